@@ -1,0 +1,1 @@
+"""From arXiv LaTeX sources to the ``arxiv_structured`` and ``arxiv_plain`` corpora."""

@@ -1,0 +1,1 @@
+"""Model and dataset cards generated from real results, and publishing to the Hub."""

@@ -1,0 +1,1 @@
+"""Pre-training, fine-tuning, attention analysis and the structured-vs-plain experiment."""
