@@ -1,0 +1,396 @@
+"""Papers out of arXiv bulk archives, folders and loose ``.tex`` files, safely.
+
+Every input yields one :class:`PaperInput`: either the paper's text files (name -> bytes,
+paths relative to the paper's root) or a reject reason. Archives are streamed with
+:mod:`tarfile` stream mode and held in memory one paper at a time; nothing is ever
+extracted to disk. Sources come from strangers, so:
+
+- tar members with absolute paths, ``..``, links or device nodes are skipped with a warning;
+- decompressed bytes are capped per paper and per kept file (gzip and tar bombs become
+  ``too_large``), and so is the number of members of a paper's tar;
+- folder inputs never follow a symlink that leaves the paper's folder.
+
+Only files whose extension is in ``ArchiveLimits.text_extensions`` (or that have no extension,
+for ``\\input{name}`` of an extension-less file) are kept; images and other binaries are
+streamed past without being stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+logger = logging.getLogger(__name__)
+
+_NEW_ID = re.compile(r"^(?P<id>\d{4}\.\d{4,5})(?P<version>v\d+)?$")
+# Old-style ids appear in bulk archives without their slash: ``hep-th9901001`` is
+# ``hep-th/9901001``; a subject class (``math.GT``) is not part of the id.
+_OLD_ID = re.compile(r"^(?P<archive>[a-z][a-z\-]*)(?:\.[A-Za-z\-]+)?/?(?P<number>\d{7})(?P<version>v\d+)?$")
+_GENERIC_VERSION = re.compile(r"^(?P<id>.+?)(?P<version>v\d+)$")
+_CHUNK = 1 << 20
+_TAR_BLOCK = 512
+_TEX_SUFFIXES = (".tex", ".ltx", ".latex")
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps that keep one hostile paper from exhausting memory.
+
+    Args:
+        max_paper_bytes: decompressed bytes of one paper (every member of its tar counted,
+            kept or not, and the compressed ``.gz`` itself).
+        max_file_bytes: decompressed bytes of one kept text file.
+        max_members: members of one paper's tar.
+        text_extensions: extensions (lower case, with the dot) of the files handed to the parser.
+    """
+
+    max_paper_bytes: int = 256 * 2**20
+    max_file_bytes: int = 32 * 2**20
+    max_members: int = 20_000
+    text_extensions: tuple[str, ...] = (".tex", ".ltx", ".latex", ".sty", ".bbl", ".def", ".cfg", ".txt")
+
+
+@dataclass
+class PaperInput:
+    """One input paper: its files, or the reason it cannot be parsed.
+
+    ``key`` is unique over a build and stable between runs (source path plus member or
+    folder name); it is what the resume journal records.
+    """
+
+    key: str
+    source: str
+    paper_id: str
+    version: str | None
+    files: dict[str, bytes] = field(default_factory=dict)
+    reason: str | None = None
+    detail: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_paper_id(name: str) -> tuple[str, str | None]:
+    """``(id, version)`` from a member, file or folder name.
+
+    ``2101/2101.00001v2.gz`` -> ``("2101.00001", "v2")``; ``0001/hep-th0001001.gz`` ->
+    ``("hep-th/0001001", None)``; anything else keeps its stem (and a trailing ``vN``).
+    """
+    path = PurePosixPath(name.replace("\\", "/"))
+    stem = path.name
+    for suffix in (".tar.gz", ".tgz", ".gz", ".tar", ".tex", ".ltx", ".latex", ".pdf"):
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    # An id written with its slash (``hep-th/9901001``) spans the last two path parts.
+    if len(path.parts) >= 2 and _OLD_ID.match(f"{path.parts[-2]}/{stem}"):
+        stem = f"{path.parts[-2]}/{stem}"
+    match = _NEW_ID.match(stem)
+    if match:
+        return match["id"], match["version"]
+    match = _OLD_ID.match(stem)
+    if match:
+        return f"{match['archive']}/{match['number']}", match["version"]
+    match = _GENERIC_VERSION.match(stem)
+    if match:
+        return match["id"], match["version"]
+    return stem, None
+
+
+def safe_member_name(name: str) -> str | None:
+    """The normalized relative path of a tar member, or ``None`` when it could escape."""
+    if not name or "\x00" in name:
+        return None
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return None
+    parts = [part for part in posix.split("/") if part not in ("", ".")]
+    if not parts or any(part == ".." for part in parts):
+        return None
+    return "/".join(parts)
+
+
+def _keep(name: str, limits: ArchiveLimits) -> bool:
+    suffix = PurePosixPath(name).suffix.lower()
+    return suffix in limits.text_extensions or suffix == ""
+
+
+def _read_capped(stream: io.BufferedIOBase, cap: int, what: str) -> bytes:
+    """Read a whole stream, refusing to hold more than ``cap`` bytes of it."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = stream.read(min(_CHUNK, cap + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > cap:
+            raise _Reject("too_large", f"{what} decompresses to more than {cap} bytes")
+        chunks.append(chunk)
+
+
+def _looks_like_tar(block: bytes) -> bool:
+    if len(block) < _TAR_BLOCK:
+        return False
+    if block[257:262] == b"ustar":
+        return True
+    try:
+        tarfile.TarInfo.frombuf(block[:_TAR_BLOCK], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+def _files_from_tar(stream: io.BufferedIOBase, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
+    """Text files of a paper's tar (a stream), with warnings for skipped members."""
+    files: dict[str, bytes] = {}
+    warnings: list[str] = []
+    total = pdfs = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > limits.max_members:
+                    raise _Reject("too_large", f"{label}: more than {limits.max_members} tar members")
+                if member.isdir():
+                    continue
+                name = safe_member_name(member.name)
+                if name is None or not member.isfile():
+                    kind = "unsafe path" if name is None else "link or special file"
+                    warnings.append(f"skipped tar member {member.name!r} ({kind})")
+                    logger.warning("%s: skipped tar member %r (%s)", label, member.name, kind)
+                    continue
+                # The header's size is what the member will decompress to: refuse before reading.
+                total += member.size
+                if total > limits.max_paper_bytes:
+                    raise _Reject(
+                        "too_large", f"{label}: members add up to more than {limits.max_paper_bytes} bytes"
+                    )
+                if not _keep(name, limits):
+                    pdfs += name.lower().endswith(".pdf")
+                    continue
+                if member.size > limits.max_file_bytes:
+                    raise _Reject(
+                        "too_large", f"{label}: {name} is larger than {limits.max_file_bytes} bytes"
+                    )
+                handle = tar.extractfile(member)
+                files[name] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise _Reject("decode_error", f"{label}: corrupt archive ({error})") from error
+    _check_not_pdf_only(files, pdfs, label)
+    return files, warnings
+
+
+def _check_not_pdf_only(files: dict[str, bytes], pdfs: int, label: str) -> None:
+    if pdfs and not any(PurePosixPath(name).suffix.lower() in _TEX_SUFFIXES for name in files):
+        raise _Reject("pdf_only", f"{label}: {pdfs} PDF file(s) and no TeX source")
+
+
+def _files_from_gzip(data: bytes, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
+    """A paper's ``.gz`` as arXiv ships it: a gzipped tar, a gzipped ``.tex`` or a gzipped PDF."""
+    try:
+        head = gzip.GzipFile(fileobj=io.BytesIO(data)).read(_TAR_BLOCK)
+    except (OSError, EOFError, zlib.error) as error:
+        raise _Reject("decode_error", f"{label}: corrupt gzip ({error})") from error
+    if head.startswith(b"%PDF") or head.startswith(b"%!PS"):
+        raise _Reject(
+            "pdf_only", f"{label}: the source is a {'PDF' if head.startswith(b'%PDF') else 'PostScript'} file"
+        )
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data))
+    if _looks_like_tar(head):
+        return _files_from_tar(stream, limits, label)
+    try:
+        text = _read_capped(stream, min(limits.max_file_bytes, limits.max_paper_bytes), label)
+    except (OSError, EOFError, zlib.error) as error:
+        raise _Reject("decode_error", f"{label}: corrupt gzip ({error})") from error
+    return {"main.tex": text}, []
+
+
+def _paper_from_bytes(name: str, data: bytes, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
+    """Files of one paper stored as a single archive member or file named ``name``."""
+    lower = name.lower()
+    if lower.endswith(".pdf") or data.startswith(b"%PDF"):
+        raise _Reject("pdf_only", f"{label}: only a PDF was submitted")
+    if lower.endswith((".gz", ".tgz")) or data[:2] == b"\x1f\x8b":
+        return _files_from_gzip(data, limits, label)
+    if lower.endswith(".tar") or _looks_like_tar(data[:_TAR_BLOCK]):
+        return _files_from_tar(io.BytesIO(data), limits, label)
+    if len(data) > limits.max_file_bytes:
+        raise _Reject("too_large", f"{label}: larger than {limits.max_file_bytes} bytes")
+    return {PurePosixPath(name).name if _keep(name, limits) else "main.tex": data}, []
+
+
+def _make(key: str, source: str, name: str, build: Callable[[], tuple[dict, list[str]]]) -> PaperInput:
+    paper_id, version = parse_paper_id(name)
+    paper = PaperInput(key=key, source=source, paper_id=paper_id, version=version)
+    try:
+        paper.files, paper.warnings = build()
+    except _Reject as reject:
+        paper.reason, paper.detail = reject.reason, reject.detail
+    return paper
+
+
+def iter_bulk_archive(
+    path: Path, limits: ArchiveLimits, skip: frozenset[str] = frozenset()
+) -> Iterator[PaperInput]:
+    """Papers of an ``arXiv_src_YYMM_NNN.tar``, streamed member by member.
+
+    Members whose key is in ``skip`` (already done in an interrupted run) are not decompressed.
+    An archive that is unreadable or truncated yields one ``decode_error`` input for the
+    unreadable rest, so the build reports it instead of stopping.
+    """
+    source = str(path)
+    last = "<start>"
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                last = member.name
+                if member.isdir():
+                    continue
+                key = f"{source}::{member.name}"
+                if key not in skip:
+                    yield _bulk_member(tar, member, key, f"{path.name}:{member.name}", limits)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        key = f"{source}::<unreadable after {last}>"
+        if key not in skip:
+            logger.warning("%s: unreadable after member %s (%s)", path, last, error)
+            yield PaperInput(
+                key, source, path.name, None, reason="decode_error",
+                detail=f"{path}: the archive is unreadable after member {last} ({error})",
+            )  # fmt: skip
+
+
+def _bulk_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, key: str, label: str, limits: ArchiveLimits
+) -> PaperInput:
+    name = safe_member_name(member.name)
+    if name is None or not member.isfile():
+        logger.warning("%s: skipped unsafe member", label)
+        paper_id, version = parse_paper_id(member.name)
+        detail = f"{label}: absolute path, '..', link or special file"
+        return PaperInput(key, label, paper_id, version, reason="unsafe_archive", detail=detail)
+    if member.size > limits.max_paper_bytes:
+        return _make(key, label, name, lambda: _too_large(member.size, limits, label))
+    handle = tar.extractfile(member)
+    data = handle.read() if handle is not None else b""
+    if len(data) != member.size:
+        raise tarfile.ReadError(f"{member.name} is cut short ({len(data)} of {member.size} bytes)")
+    return _make(key, label, name, lambda: _paper_from_bytes(name, data, limits, label))
+
+
+def _too_large(size: int, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
+    raise _Reject("too_large", f"{label}: {size} bytes compressed, the cap is {limits.max_paper_bytes}")
+
+
+def _files_from_folder(root: Path, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
+    """Text files under a paper folder, never following a link out of it."""
+    files: dict[str, bytes] = {}
+    warnings: list[str] = []
+    real_root = root.resolve()
+    total = pdfs = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            relative = path.relative_to(root).as_posix()
+            real = path.resolve()
+            if not real.is_relative_to(real_root) or not real.is_file():
+                warnings.append(f"skipped {relative!r} (link out of the paper folder or special file)")
+                logger.warning("%s: skipped %r (link out of the paper folder)", label, relative)
+                continue
+            if not _keep(relative, limits):
+                pdfs += relative.lower().endswith(".pdf")
+                continue
+            size = real.stat().st_size
+            total += size
+            if size > limits.max_file_bytes or total > limits.max_paper_bytes:
+                raise _Reject("too_large", f"{label}: {relative} takes the paper over the size cap")
+            files[relative] = real.read_bytes()
+    _check_not_pdf_only(files, pdfs, label)
+    return files, warnings
+
+
+def _read_file_capped(path: Path, limits: ArchiveLimits, label: str) -> bytes:
+    size = path.stat().st_size
+    if size > limits.max_paper_bytes:
+        raise _Reject("too_large", f"{label}: {size} bytes, the cap is {limits.max_paper_bytes}")
+    return path.read_bytes()
+
+
+def _is_paper_folder(folder: Path) -> bool:
+    return any(
+        child.is_file() and child.suffix.lower() in (".tex", ".ltx", ".latex") for child in folder.iterdir()
+    )
+
+
+def _iter_folder_entry(child: Path, limits: ArchiveLimits, skip: frozenset[str]) -> Iterator[PaperInput]:
+    key = str(child)
+    if key in skip:
+        return
+    label = str(child)
+    if child.is_symlink() and not child.resolve().is_relative_to(child.parent.resolve()):
+        logger.warning("%s: skipped (a link out of its folder)", label)
+        paper_id, version = parse_paper_id(child.name)
+        yield PaperInput(
+            key,
+            label,
+            paper_id,
+            version,
+            reason="unsafe_archive",
+            detail=f"{label}: a link out of its folder",
+        )
+    elif child.is_dir():
+        yield _make(key, label, child.name, lambda: _files_from_folder(child, limits, label))
+    else:
+        yield _make(
+            key,
+            label,
+            child.name,
+            lambda: _paper_from_bytes(child.name, _read_file_capped(child, limits, label), limits, label),
+        )
+
+
+def iter_papers(
+    sources: Iterable[str | os.PathLike],
+    limits: ArchiveLimits | None = None,
+    skip: frozenset[str] = frozenset(),
+) -> Iterator[PaperInput]:
+    """Every paper of every source, in a deterministic order.
+
+    A source is an arXiv bulk ``.tar``, a paper folder (it holds a ``.tex`` at its top
+    level), a folder of papers (sub-folders, ``.tex``, ``.gz``, ``.tar.gz`` and ``.pdf`` files,
+    and bulk ``.tar`` archives, in name order), or a single paper file of those kinds.
+    Inputs whose key is in ``skip`` are not read again.
+    """
+    limits = limits or ArchiveLimits()
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_dir():
+            if _is_paper_folder(path):
+                yield from _iter_folder_entry(path, limits, skip)
+                continue
+            for child in sorted(path.iterdir(), key=lambda p: p.name):
+                if child.name.startswith("."):
+                    continue
+                if child.is_file() and child.name.lower().endswith(".tar"):
+                    yield from iter_bulk_archive(child, limits, skip)
+                else:
+                    yield from _iter_folder_entry(child, limits, skip)
+        elif path.name.lower().endswith(".tar"):
+            yield from iter_bulk_archive(path, limits, skip)
+        else:
+            yield from _iter_folder_entry(path, limits, skip)

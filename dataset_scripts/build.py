@@ -1,0 +1,720 @@
+"""``structformer build-corpus``: LaTeX sources -> the ``arxiv_structured`` / ``arxiv_plain`` corpus.
+
+The build runs in three stages, each with its side effects at the edge:
+
+1. **Parse.** Papers stream out of the sources (:mod:`.archive`) one at a time and go to a
+   pool of worker processes. Each worker parses one paper at a time; a worker that passes the
+   per-paper time limit is killed and replaced, so a pathological paper costs ``timeout``
+   seconds and never the build. Every outcome (a record or a reject) is appended to a JSON
+   lines journal in a work folder next to the output, which is what makes the build resumable:
+   a rerun after an interruption skips every paper the journal already holds.
+2. **Select.** The journal is indexed (ids, versions, lengths, byte offsets; not the texts),
+   duplicates are resolved to the latest version, length filters applied, metadata joined and
+   the validation split drawn by a stable hash of the id.
+3. **Write.** Records are read back by offset in id order and written as Parquet shards with
+   fixed writer settings, then ``build_report.json`` and the dataset card. The finished folder
+   is staged next to the destination and moved into place, so a reader never sees half a corpus.
+
+Nothing depends on time, order of completion or the number of workers: the same inputs and
+options give the same bytes. Workers talk to the parent in JSON over pipes; there is no pickle
+of untrusted data anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features, List, Value
+from tqdm.auto import tqdm
+
+from structformer.dataset_scripts import latex, records
+from structformer.dataset_scripts.archive import ArchiveLimits, PaperInput, iter_papers
+
+logger = logging.getLogger(__name__)
+
+STRUCTURED = "arxiv_structured"
+PLAIN = "arxiv_plain"
+SPLITS = ("train", "validation")
+REJECT_REASONS = (
+    "no_main_file",
+    "pdf_only",
+    "decode_error",
+    "timeout",
+    "empty",
+    "too_short",
+    "too_long",
+    "duplicate",
+    "parse_error",
+    "unsafe_archive",
+    "too_large",
+)
+
+STRUCTURED_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "title": Value("string"),
+        "abstract": Value("string"),
+        "sections": List(
+            {"level": Value("string"), "title": Value("string"), "paragraphs": List(Value("string"))}
+        ),
+        "text": Value("string"),
+        "headers": List({"start": Value("int64"), "end": Value("int64"), "level": Value("string")}),
+        "categories": Value("string"),
+        "license": Value("string"),
+        "version": Value("string"),
+    }
+)
+PLAIN_FEATURES = Features({"id": Value("string"), "text": Value("string")})
+# Fixed writer settings: part of what makes two builds byte-identical.
+_PARQUET_SETTINGS = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "row_group_size": 100,
+    "use_dictionary": False,
+}
+_JOURNAL_FORMAT = 1
+
+
+@dataclass
+class BuildOptions:
+    """Everything that shapes a build.
+
+    Args:
+        num_proc: worker processes parsing papers in parallel.
+        min_chars / max_chars: bounds on the length of ``text`` in characters (``None``: no bound).
+        min_words / max_words: bounds on whitespace-separated words of ``text``. The paper kept
+            documents of 2,000 to 12,000 tokens; with a WordPiece vocabulary that is about
+            1,500 to 9,000 words, or 10k to 60k characters.
+        dedupe: keep one record per arXiv id, the one with the latest version.
+        validation_fraction: share of ids (by a SHA-1 of the id) in the validation split.
+        min_validation: the validation split holds at least this many records (the ids with the
+            lowest hashes) as long as the corpus has more records than that; tiny corpora need it.
+        shard_size: rows per Parquet shard.
+        timeout: seconds one paper may take to parse before its worker is killed.
+        max_paper_bytes / max_file_bytes / max_members: decompression caps (see ``ArchiveLimits``).
+        metadata: an arXiv metadata snapshot (JSON lines) to join by id.
+        resume: reuse the journal of an interrupted build with the same sources and options.
+        progress: show a progress bar.
+        latex: options of the LaTeX parser.
+    """
+
+    num_proc: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+    min_chars: int | None = 200
+    max_chars: int | None = 2_000_000
+    min_words: int | None = None
+    max_words: int | None = None
+    dedupe: bool = True
+    validation_fraction: float = 0.05
+    min_validation: int = 1
+    shard_size: int = 10_000
+    timeout: float = 60.0
+    max_paper_bytes: int = ArchiveLimits.max_paper_bytes
+    max_file_bytes: int = ArchiveLimits.max_file_bytes
+    max_members: int = ArchiveLimits.max_members
+    metadata: str | None = None
+    resume: bool = True
+    progress: bool = True
+    latex: latex.LatexOptions = field(default_factory=latex.LatexOptions)
+
+    def __post_init__(self) -> None:
+        if self.num_proc < 1:
+            raise ValueError(f"num_proc must be at least 1, got {self.num_proc}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+
+    @property
+    def limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_paper_bytes=self.max_paper_bytes,
+            max_file_bytes=self.max_file_bytes,
+            max_members=self.max_members,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+# ----------------------------------------------------------------------------- parsing (workers)
+
+
+def parse_one(paper_id: str, files: dict[str, bytes], options: latex.LatexOptions) -> dict[str, Any]:
+    """``{"record": row}`` or ``{"reason", "detail"}`` for one paper; never raises."""
+    try:
+        parsed = latex.parse_paper(files, options)
+        row = records.to_record(parsed, paper_id)
+    except latex.PaperError as error:
+        return {"reason": error.reason, "detail": error.detail}
+    except UnicodeError as error:
+        return {"reason": "decode_error", "detail": f"{type(error).__name__}: {error}"}
+    except RecursionError:
+        return {"reason": "parse_error", "detail": "RecursionError: the document nests too deeply"}
+    except Exception as error:  # a broken paper must become a reject, whatever the parser raised
+        return {"reason": "parse_error", "detail": f"{type(error).__name__}: {error}"[:500]}
+    if not row.get("text", "").strip():
+        return {"reason": "empty", "detail": "no text left after cleaning"}
+    return {"record": row}
+
+
+def _encode_task(paper_id: str, files: dict[str, bytes]) -> bytes:
+    names = sorted(files)
+    header = json.dumps({"id": paper_id, "files": [[name, len(files[name])] for name in names]}).encode()
+    return b"".join([header, b"\n", *(files[name] for name in names)])
+
+
+def _decode_task(payload: bytes) -> tuple[str, dict[str, bytes]]:
+    newline = payload.index(b"\n")
+    header = json.loads(payload[:newline])
+    files: dict[str, bytes] = {}
+    offset = newline + 1
+    for name, size in header["files"]:
+        files[name] = payload[offset : offset + size]
+        offset += size
+    return header["id"], files
+
+
+def _worker_main(conn: Connection, options: latex.LatexOptions) -> None:
+    # Ctrl-C goes to the whole process group: the parent decides, the worker just parses.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not payload:  # the parent's "stop": EOF alone is not enough, forked siblings hold the pipe open
+            return
+        paper_id, files = _decode_task(payload)
+        conn.send_bytes(json.dumps(parse_one(paper_id, files, options), ensure_ascii=False).encode())
+
+
+class _Worker:
+    def __init__(self, context: multiprocessing.context.BaseContext, options: latex.LatexOptions) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, options), daemon=True)
+        self.process.start()
+        child.close()
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send_bytes(b"")
+            except OSError:
+                self.process.kill()
+        self.conn.close()
+        self.process.join(timeout=None if kill else 5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork starts a worker in milliseconds, which matters when a timed-out worker is replaced.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def _parse_all(
+    papers: Iterator[PaperInput], options: BuildOptions, emit: Callable[[PaperInput, dict[str, Any]], None]
+) -> None:
+    """Parse every paper on ``options.num_proc`` workers; ``emit`` each outcome as it completes.
+
+    At most one paper per worker is in memory, so memory stays bounded however large the input.
+    """
+    context = _context()
+    workers = [_Worker(context, options.latex) for _ in range(options.num_proc)]
+    busy: dict[int, tuple[PaperInput, float]] = {}
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(busy) < len(workers):
+                paper = next(papers, None)
+                if paper is None:
+                    exhausted = True
+                elif paper.reason is not None:
+                    emit(paper, {"reason": paper.reason, "detail": paper.detail})
+                else:
+                    slot = next(i for i in range(len(workers)) if i not in busy)
+                    workers[slot].conn.send_bytes(_encode_task(paper.paper_id, paper.files))
+                    paper.files = {}
+                    busy[slot] = (paper, time.monotonic() + options.timeout)
+            if not busy:
+                return
+            next_deadline = min(deadline for _, deadline in busy.values())
+            ready = wait(
+                [workers[slot].conn for slot in busy], timeout=max(0.0, next_deadline - time.monotonic())
+            )
+            for slot in sorted(busy):
+                paper, deadline = busy[slot]
+                worker = workers[slot]
+                if worker.conn in ready:
+                    try:
+                        outcome = json.loads(worker.conn.recv_bytes())
+                    except (EOFError, OSError):
+                        worker.stop(kill=True)
+                        outcome = {
+                            "reason": "parse_error",
+                            "detail": f"the worker died (exit code {worker.process.exitcode})",
+                        }
+                        workers[slot] = _Worker(context, options.latex)
+                elif time.monotonic() >= deadline:
+                    worker.stop(kill=True)
+                    workers[slot] = _Worker(context, options.latex)
+                    outcome = {
+                        "reason": "timeout",
+                        "detail": f"parsing took longer than {options.timeout:g} s",
+                    }
+                else:
+                    continue
+                del busy[slot]
+                emit(paper, outcome)
+    finally:
+        for slot, worker in enumerate(workers):
+            worker.stop(kill=slot in busy)
+
+
+# ----------------------------------------------------------------------------- journal
+
+
+def _fingerprint(sources: Sequence[Path], options: BuildOptions) -> dict[str, Any]:
+    """What a journal's entries depend on; a journal with another fingerprint is discarded."""
+    described = []
+    for source in sources:
+        stat = source.stat()
+        described.append([str(source), stat.st_size if source.is_file() else None, stat.st_mtime_ns])
+    return {
+        "format": _JOURNAL_FORMAT,
+        "sources": described,
+        "latex": json.loads(json.dumps(dataclasses.asdict(options.latex), default=str)),
+        "timeout": options.timeout,
+        "limits": dataclasses.asdict(options.limits),
+    }
+
+
+def _open_journal(work: Path, fingerprint: dict[str, Any], resume: bool) -> set[str]:
+    """Prepare the work folder and return the keys an interrupted run already finished."""
+    manifest = work / "manifest.json"
+    journal = work / "journal.jsonl"
+    if resume and manifest.is_file() and journal.is_file():
+        if json.loads(manifest.read_text()) == fingerprint:
+            data = journal.read_bytes()
+            # A kill can leave half a line at the end: drop it, the paper is parsed again.
+            keep = data.rfind(b"\n") + 1
+            if keep < len(data):
+                with journal.open("r+b") as handle:
+                    handle.truncate(keep)
+            done = {json.loads(line)["key"] for line in data[:keep].splitlines() if line}
+            logger.info("resuming: %d papers already done in %s", len(done), journal)
+            return done
+        logger.warning("%s belongs to a build with other sources or options: starting afresh", work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    manifest.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+    journal.touch()
+    return set()
+
+
+@dataclass
+class _Entry:
+    key: str
+    source: str
+    id: str
+    version: str | None
+    offset: int = -1
+    chars: int = 0
+    words: int = 0
+    sections: int = 0
+    reason: str | None = None
+    detail: str = ""
+
+
+def _index_journal(journal: Path) -> list[_Entry]:
+    """One entry per input (the last line of a key wins), without holding any text."""
+    entries: dict[str, _Entry] = {}
+    with journal.open("rb") as handle:
+        offset = 0
+        for line in handle:
+            item = json.loads(line)
+            entry = _Entry(item["key"], item["source"], item["id"], item["version"])
+            if "record" in item:
+                text = item["record"].get("text", "")
+                entry.offset = offset
+                entry.chars, entry.words = len(text), len(text.split())
+                entry.sections = len(item["record"].get("sections") or [])
+            else:
+                entry.reason, entry.detail = item["reason"], item["detail"]
+            entries[entry.key] = entry
+            offset += len(line)
+    return sorted(entries.values(), key=lambda e: (e.id, e.key))
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _version_number(version: str | None) -> int:
+    return int(version[1:]) if version and version[1:].isdigit() else 0
+
+
+def _dedupe(entries: list[_Entry]) -> None:
+    """Reject all but the latest version of each id (ties: the last key, for a stable choice)."""
+    by_id: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        if entry.reason is None:
+            by_id.setdefault(entry.id, []).append(entry)
+    for group in by_id.values():
+        keep = max(group, key=lambda e: (_version_number(e.version), e.key))
+        for entry in group:
+            if entry is not keep:
+                entry.reason = "duplicate"
+                entry.detail = f"{entry.id} {entry.version or ''} superseded by {keep.version or 'another copy'} ({keep.source})"
+
+
+def _filter_length(entries: list[_Entry], options: BuildOptions) -> None:
+    bounds = [
+        ("chars", options.min_chars, options.max_chars),
+        ("words", options.min_words, options.max_words),
+    ]
+    for entry in entries:
+        if entry.reason is not None:
+            continue
+        for unit, low, high in bounds:
+            value = getattr(entry, unit)
+            if low is not None and value < low:
+                entry.reason, entry.detail = "too_short", f"{value} {unit} < {low}"
+            elif high is not None and value > high:
+                entry.reason, entry.detail = "too_long", f"{value} {unit} > {high}"
+            if entry.reason is not None:
+                break
+
+
+def load_metadata(path: str | os.PathLike, ids: set[str]) -> dict[str, dict[str, str | None]]:
+    """``{id: {title, categories, license, version}}`` from an arXiv metadata snapshot, for ``ids`` only.
+
+    The snapshot is streamed, so only the entries of this corpus are held in memory.
+    """
+    found: dict[str, dict[str, str | None]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                paper_id = item["id"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: not an arXiv metadata line ({error})") from error
+            if paper_id not in ids:
+                continue
+            versions = item.get("versions") or []
+            last = versions[-1] if versions else None
+            version = last.get("version") if isinstance(last, dict) else last
+            found[paper_id] = {
+                "title": item.get("title"),
+                "categories": item.get("categories"),
+                "license": item.get("license"),
+                "version": version,
+            }
+    return found
+
+
+def split_of(paper_id: str, validation_fraction: float) -> str:
+    """``"validation"`` or ``"train"``, from a SHA-1 of the id: stable across builds and machines."""
+    return "validation" if _hash_unit(paper_id) < validation_fraction else "train"
+
+
+def _hash_unit(paper_id: str) -> float:
+    return int.from_bytes(hashlib.sha1(paper_id.encode()).digest()[:8], "big") / 2**64
+
+
+def _assign_splits(ids: list[str], options: BuildOptions) -> dict[str, list[str]]:
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for paper_id in ids:
+        splits[split_of(paper_id, options.validation_fraction)].append(paper_id)
+    if len(splits["validation"]) < options.min_validation < len(ids):
+        lowest = sorted(splits["train"], key=_hash_unit)[: options.min_validation - len(splits["validation"])]
+        splits["validation"] = sorted(splits["validation"] + lowest)
+        splits["train"] = [paper_id for paper_id in splits["train"] if paper_id not in set(lowest)]
+    return splits
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _read_row(handle: Any, entry: _Entry) -> dict[str, Any]:
+    handle.seek(entry.offset)
+    return json.loads(handle.readline())["record"]
+
+
+def _write_shards(
+    staging: Path,
+    journal: Path,
+    splits: dict[str, list[_Entry]],
+    metadata: dict[str, dict],
+    options: BuildOptions,
+) -> None:
+    for config in (STRUCTURED, PLAIN):
+        (staging / "data" / config).mkdir(parents=True)
+    structured_schema, plain_schema = STRUCTURED_FEATURES.arrow_schema, PLAIN_FEATURES.arrow_schema
+    with journal.open("rb") as handle:
+        for split, entries in splits.items():
+            # Every split gets at least one (maybe empty) shard so that the card's configs resolve.
+            count = max(1, math.ceil(len(entries) / options.shard_size))
+            for index in range(count):
+                rows = []
+                for entry in entries[index * options.shard_size : (index + 1) * options.shard_size]:
+                    row = _read_row(handle, entry)
+                    known = metadata.get(entry.id, {})
+                    row["id"] = entry.id
+                    row["categories"] = known.get("categories") or row.get("categories")
+                    row["license"] = known.get("license") or row.get("license")
+                    row["version"] = entry.version or known.get("version") or row.get("version")
+                    rows.append(row)
+                name = f"{split}-{index:05d}-of-{count:05d}.parquet"
+                structured = pa.Table.from_pylist(rows, schema=structured_schema)
+                plain = pa.Table.from_pylist([records.to_plain(row) for row in rows], schema=plain_schema)
+                pq.write_table(structured, staging / "data" / STRUCTURED / name, **_PARQUET_SETTINGS)
+                pq.write_table(plain, staging / "data" / PLAIN / name, **_PARQUET_SETTINGS)
+
+
+def _stats(kept: list[_Entry]) -> dict[str, Any]:
+    if not kept:
+        return {"characters": 0, "words": 0, "sections": 0}
+    chars = sorted(entry.chars for entry in kept)
+    return {
+        "characters": sum(chars),
+        "words": sum(entry.words for entry in kept),
+        "sections": sum(entry.sections for entry in kept),
+        "records_with_sections": sum(1 for entry in kept if entry.sections > 0),
+        "characters_min": chars[0],
+        "characters_median": chars[len(chars) // 2],
+        "characters_max": chars[-1],
+    }
+
+
+def _move_into_place(staging: Path, output_dir: Path) -> None:
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(output_dir, old)
+        os.replace(staging, output_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, output_dir)
+
+
+def _check_destination(output_dir: Path) -> None:
+    if output_dir.exists() and (
+        not output_dir.is_dir()
+        or (any(output_dir.iterdir()) and not (output_dir / "build_report.json").exists())
+    ):
+        raise FileExistsError(
+            f"{output_dir}: exists and is not a corpus built before; refusing to replace it"
+        )
+
+
+def build_corpus(
+    sources: Iterable[str | os.PathLike], output_dir: str | os.PathLike, options: BuildOptions | None = None
+) -> dict[str, Any]:
+    """Build the corpus folder from LaTeX sources and return its ``build_report.json``.
+
+    ``output_dir`` is replaced as a whole at the end. While the build runs, its journal lives
+    in ``.<name>.work/`` next to it; that folder is removed when the build completes.
+    """
+    options = options or BuildOptions()
+    sources = [Path(source).absolute() for source in sources]
+    if not sources:
+        raise ValueError("no sources given")
+    for source in sources:
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: no such file or folder")
+    output_dir = Path(output_dir).absolute()
+    _check_destination(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = output_dir.with_name(f".{output_dir.name}.work")
+    journal = work / "journal.jsonl"
+    done = _open_journal(work, _fingerprint(sources, options), options.resume)
+
+    papers = iter_papers(sources, options.limits, skip=frozenset(done))
+    with (
+        journal.open("ab") as sink,
+        tqdm(desc="Parsing papers", unit=" papers", disable=not options.progress) as bar,
+    ):
+        bar.update(len(done))
+
+        def emit(paper: PaperInput, outcome: dict[str, Any]) -> None:
+            line = {"key": paper.key, "source": paper.source, "id": paper.paper_id, "version": paper.version}
+            line.update(outcome)
+            sink.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            sink.flush()
+            bar.update(1)
+
+        _parse_all(papers, options, emit)
+
+    entries = _index_journal(journal)
+    if options.dedupe:
+        _dedupe(entries)
+    _filter_length(entries, options)
+    kept = [entry for entry in entries if entry.reason is None]
+    rejected = [entry for entry in entries if entry.reason is not None]
+    metadata = load_metadata(options.metadata, {entry.id for entry in kept}) if options.metadata else {}
+    by_id = {entry.id: entry for entry in kept}
+    splits = {name: [by_id[i] for i in ids] for name, ids in _assign_splits(sorted(by_id), options).items()}
+
+    staging = work / "staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    _write_shards(staging, journal, splits, metadata, options)
+    report = {
+        "inputs": len(entries),
+        "records": len(kept),
+        "rejects": len(rejected),
+        "reasons": dict(sorted(Counter(entry.reason for entry in rejected).items())),
+        "rejected": [
+            {"id": entry.id, "source": entry.source, "reason": entry.reason, "detail": entry.detail}
+            for entry in rejected
+        ],
+        "splits": {name: len(ids) for name, ids in splits.items()},
+        "stats": _stats(kept) | {"metadata_joined": sum(1 for entry in kept if entry.id in metadata)},
+        "options": options.to_dict(),
+    }
+    if report["inputs"] != report["records"] + report["rejects"]:
+        raise AssertionError(
+            f"inputs {report['inputs']} != records {report['records']} + rejects {report['rejects']}"
+        )
+    (staging / "build_report.json").write_text(
+        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    _write_card(staging)
+    _move_into_place(staging, output_dir)
+    shutil.rmtree(work)
+    logger.info("built %s: %d records, %d rejects", output_dir, report["records"], report["rejects"])
+    return report
+
+
+def _write_card(corpus_dir: Path) -> Path:
+    from structformer.hub_cards.cards import write_dataset_card
+
+    return write_dataset_card(corpus_dir)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.lower() in ("none", "") else int(value)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = BuildOptions(num_proc=1)
+    parser = argparse.ArgumentParser(
+        prog="structformer build-corpus",
+        description="Build the arxiv_structured / arxiv_plain corpus (Parquet + dataset card) from LaTeX sources.",
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        help="arXiv bulk archives (arXiv_src_YYMM_NNN.tar), folders of papers, paper folders or .tex/.gz files",
+    )
+    parser.add_argument(
+        "--output", "-o", required=True, help="the corpus folder to write (replaced as a whole)"
+    )
+    parser.add_argument("--metadata", help="arXiv metadata snapshot (JSON lines) to join by id")
+    parser.add_argument(
+        "--num-proc", type=int, default=BuildOptions().num_proc, help="parallel parser processes"
+    )
+    parser.add_argument(
+        "--min-chars", type=_optional_int, default=defaults.min_chars, help="'none' for no bound"
+    )
+    parser.add_argument(
+        "--max-chars", type=_optional_int, default=defaults.max_chars, help="'none' for no bound"
+    )
+    parser.add_argument("--min-words", type=_optional_int, default=defaults.min_words)
+    parser.add_argument("--max-words", type=_optional_int, default=defaults.max_words)
+    parser.add_argument("--no-dedupe", action="store_true", help="keep every version of an id")
+    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    parser.add_argument("--min-validation", type=int, default=defaults.min_validation)
+    parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="rows per Parquet shard")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per paper")
+    parser.add_argument("--max-paper-mb", type=float, default=defaults.max_paper_bytes / 2**20)
+    parser.add_argument("--max-file-mb", type=float, default=defaults.max_file_bytes / 2**20)
+    parser.add_argument("--no-resume", action="store_true", help="ignore the journal of an interrupted build")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--latex-option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a LatexOptions field, e.g. --latex-option 'footnotes=\"drop\"' (repeatable)",
+    )
+    return parser.parse_args(argv)
+
+
+def _latex_options(pairs: list[str]) -> latex.LatexOptions:
+    names = {f.name for f in dataclasses.fields(latex.LatexOptions)}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in names:
+            raise SystemExit(f"--latex-option {pair!r}: expected NAME=VALUE with NAME in {sorted(names)}")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    return latex.LatexOptions(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    options = BuildOptions(
+        num_proc=args.num_proc,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        min_words=args.min_words,
+        max_words=args.max_words,
+        dedupe=not args.no_dedupe,
+        validation_fraction=args.validation_fraction,
+        min_validation=args.min_validation,
+        shard_size=args.shard_size,
+        timeout=args.timeout,
+        max_paper_bytes=int(args.max_paper_mb * 2**20),
+        max_file_bytes=int(args.max_file_mb * 2**20),
+        metadata=args.metadata,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        latex=_latex_options(args.latex_option),
+    )
+    report = build_corpus(args.sources, args.output, options)
+    logger.info(
+        "%d inputs -> %d records (train %d, validation %d), %d rejects %s",
+        report["inputs"],
+        report["records"],
+        report["splits"]["train"],
+        report["splits"]["validation"],
+        report["rejects"],
+        report["reasons"],
+    )
+    return 0

@@ -1,0 +1,729 @@
+"""Model and dataset cards written from real artifacts.
+
+The YAML metadata goes through ``huggingface_hub``'s card-data classes so that the Hub (and
+``datasets.load_dataset``) read it the way they expect; the Markdown body is rendered from the Jinja
+templates in ``templates/``. Every figure in a card is read from the artifacts (Parquet shards,
+``build_report.json``, ``config.json``, ``training_args.json``, ``results.json``). A value that is missing
+leaves its section out: a generated card never carries placeholder text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+
+STRUCTURED = "arxiv_structured"
+PLAIN = "arxiv_plain"
+CONFIG_NAMES = (STRUCTURED, PLAIN)
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+# train-00000-of-00003.parquet: the split is what precedes the shard counter.
+_SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.parquet$")
+_SPLIT_ORDER = ("train", "validation", "test")
+
+STRUCTFORMER_BIBTEX = """@article{ponkshe2024structformer,
+  title         = {StructFormer: Document Structure-based Masked Attention and its Impact on Language Model Pre-Training},
+  author        = {Ponkshe, Kaustubh and Subramanian, Venkatapathy and Modani, Natwar and Ramakrishnan, Ganesh},
+  journal       = {arXiv preprint arXiv:2411.16618},
+  year          = {2024},
+  eprint        = {2411.16618},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CL}
+}"""
+
+LONGFORMER_BIBTEX = """@article{beltagy2020longformer,
+  title         = {Longformer: The Long-Document Transformer},
+  author        = {Beltagy, Iz and Peters, Matthew E. and Cohan, Arman},
+  journal       = {arXiv preprint arXiv:2004.05150},
+  year          = {2020},
+  eprint        = {2004.05150},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CL}
+}"""
+
+# arXiv's license URLs (metadata snapshot) -> Hub license identifiers. arXiv's own non-exclusive
+# distribution license has no Hub identifier, hence "other".
+ARXIV_LICENSES: dict[str, str] = {
+    "creativecommons.org/licenses/by/4.0": "cc-by-4.0",
+    "creativecommons.org/licenses/by-sa/4.0": "cc-by-sa-4.0",
+    "creativecommons.org/licenses/by-nc-sa/4.0": "cc-by-nc-sa-4.0",
+    "creativecommons.org/licenses/by-nc-nd/4.0": "cc-by-nc-nd-4.0",
+    "creativecommons.org/licenses/by-nc/4.0": "cc-by-nc-4.0",
+    "creativecommons.org/licenses/by-nd/4.0": "cc-by-nd-4.0",
+    "creativecommons.org/licenses/by/3.0": "cc-by-3.0",
+    "creativecommons.org/licenses/by-sa/3.0": "cc-by-sa-3.0",
+    "creativecommons.org/licenses/by-nc-sa/3.0": "cc-by-nc-sa-3.0",
+    "creativecommons.org/publicdomain/zero/1.0": "cc0-1.0",
+}
+
+
+def hub_license(license_url: str) -> str:
+    """The Hub license identifier of an arXiv license URL, or ``"other"``."""
+    key = re.sub(r"^https?://", "", license_url.strip()).rstrip("/")
+    return ARXIV_LICENSES.get(key, "other")
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,  # a missing value must fail loudly, never print an empty cell
+        autoescape=False,
+    )
+
+
+def _render(template: str, **values: Any) -> str:
+    text = _environment().get_template(template).render(**values)
+    # Optional sections leave runs of blank lines behind; Markdown needs at most one.
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- dataset card
+
+
+def find_shards(corpus_dir: Path) -> dict[str, dict[str, list[Path]]]:
+    """``{config: {split: [shard, ...]}}`` for the Parquet shards under ``corpus_dir/data``."""
+    found: dict[str, dict[str, list[Path]]] = {}
+    for config in CONFIG_NAMES:
+        splits: dict[str, list[Path]] = {}
+        for path in sorted((corpus_dir / "data" / config).glob("*.parquet")):
+            match = _SHARD_RE.match(path.name)
+            if match is None:
+                raise ValueError(f"{path}: not a shard name of the form SPLIT-NNNNN-of-NNNNN.parquet")
+            splits.setdefault(match["split"], []).append(path)
+        if splits:
+            found[config] = dict(sorted(splits.items(), key=lambda kv: _split_key(kv[0])))
+    if STRUCTURED not in found:
+        raise FileNotFoundError(f"{corpus_dir}: no Parquet shards under data/{STRUCTURED}/")
+    return found
+
+
+def _split_key(split: str) -> tuple[int, str]:
+    return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)
+
+
+def _size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+    bounds += [(10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    for bound, name in bounds:
+        if n < bound:
+            return name
+    return "n>1B"
+
+
+def _structured_stats(shards: Mapping[str, list[Path]]) -> dict[str, Any]:
+    """Document, word, heading, license and category counts of the ``arxiv_structured`` shards."""
+    words: list[int] = []
+    characters = 0
+    levels: Counter[str] = Counter()
+    licenses: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
+    unknown_license = 0
+    split_rows: list[tuple[str, int]] = []
+    for split, paths in shards.items():
+        rows = 0
+        for path in paths:
+            table = pq.read_table(path)
+            names = set(table.column_names)
+            missing = {"id", "text", "headers"} - names
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {sorted(missing)} of {STRUCTURED}")
+            rows += table.num_rows
+            text = table.column("text")
+            characters += pc.sum(pc.utf8_length(text)).as_py() or 0
+            words += pc.list_value_length(pc.utf8_split_whitespace(text)).to_pylist()
+            flat = pc.list_flatten(table.column("headers"))
+            levels.update(pc.struct_field(flat, "level").to_pylist())
+            if "license" in names:
+                values = table.column("license").to_pylist()
+                licenses.update(v for v in values if v)
+                unknown_license += sum(1 for v in values if not v)
+            if "categories" in names:
+                categories.update(v.split()[0] for v in table.column("categories").to_pylist() if v)
+        split_rows.append((split, rows))
+    documents = len(words)
+    return {
+        "documents": documents,
+        "split_rows": split_rows,
+        "characters": characters,
+        "words": sum(words),
+        "mean_words": statistics.fmean(words) if words else 0.0,
+        "median_words": statistics.median(words) if words else 0.0,
+        "min_words": min(words, default=0),
+        "max_words": max(words, default=0),
+        "mean_headings": sum(levels.values()) / documents if documents else 0.0,
+        "heading_levels": sorted(levels.items(), key=lambda kv: (-kv[1], kv[0])),
+        "licenses": licenses,
+        "unknown_license": unknown_license,
+        "categories": categories,
+    }
+
+
+def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            yield from _flatten(f"{prefix}.{key}" if prefix else str(key), sub)
+    elif isinstance(value, (int, float, str, bool)):
+        yield prefix, value
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str)) for v in value):
+        # Long lists (e.g. every source path) would swamp the table; their length is what matters.
+        yield prefix, ", ".join(map(str, value)) if len(value) <= 5 else f"{len(value)} items"
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.4g}"
+
+
+def dataset_card_data(corpus_dir: Path, *, pretty_name: str | None = None) -> tuple[DatasetCardData, dict]:
+    """The card's YAML metadata and the values its body is rendered from."""
+    corpus_dir = Path(corpus_dir)
+    shards = find_shards(corpus_dir)
+    report_path = corpus_dir / "build_report.json"
+    report = _read_json(report_path) if report_path.is_file() else {}
+    stats = _structured_stats(shards[STRUCTURED])
+
+    configs = []
+    for config, splits in shards.items():
+        entry: dict[str, Any] = {"config_name": config}
+        if config == STRUCTURED:
+            entry["default"] = True
+        entry["data_files"] = [
+            {"split": split, "path": f"data/{config}/{split}-*.parquet"} for split in splits
+        ]
+        configs.append(entry)
+
+    licenses = stats["licenses"]
+    shared = next(iter(licenses)) if len(licenses) == 1 and stats["unknown_license"] == 0 else None
+    license_meta: dict[str, Any] = {"license": hub_license(shared) if shared else "other"}
+    if shared and license_meta["license"] != "other":
+        license_note = "All rows share this license, which the card's metadata declares."
+    elif shared:
+        # The Hub has no identifier for arXiv's own licence; "other" needs a name and a link.
+        license_meta["license_name"] = re.sub(r"[^a-z0-9]+", "-", shared.lower().split("//")[-1]).strip("-")
+        license_meta["license_link"] = shared
+        license_note = "All rows share this license; the Hub has no identifier for it, so the card's metadata links to it."
+    else:
+        license_meta["license_name"] = "arxiv-per-paper"
+        license_meta["license_link"] = "https://info.arxiv.org/help/license/index.html"
+        license_note = (
+            "Because the rows do not share one license, the card's metadata declares `other`: check the `license` "
+            "field of each paper before reusing its text, and keep only the rows whose license allows your use."
+        )
+
+    name = pretty_name or "arXiv structured and plain full text"
+    data = DatasetCardData(
+        language=["en"],
+        pretty_name=name,
+        size_categories=[_size_category(stats["documents"])],
+        task_categories=["fill-mask", "feature-extraction"],
+        task_ids=["masked-language-modeling"],
+        annotations_creators=["no-annotation"],
+        language_creators=["found"],
+        multilinguality=["monolingual"],
+        source_datasets=["original"],
+        tags=["arxiv", "latex", "scientific-papers", "long-document", "document-structure", "structformer"],
+        configs=configs,
+        **license_meta,
+    )
+
+    report_counts = None
+    if all(isinstance(report.get(k), int) for k in ("inputs", "records", "rejects")):
+        report_counts = {k: report[k] for k in ("inputs", "records", "rejects")}
+    reasons = sorted((report.get("reasons") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    options = [(k, v) for k, v in _flatten("", report.get("options") or {})]
+    report_stats = [(k, _format_number(v)) for k, v in _flatten("", report.get("stats") or {})]
+
+    split_names = [
+        s
+        for s, _ in sorted(
+            {s: 0 for c in shards.values() for s in c}.items(), key=lambda kv: _split_key(kv[0])
+        )
+    ]
+    values = {
+        "pretty_name": name,
+        "repo_ref": corpus_dir.name,
+        "repo_is_local": True,
+        "split_names": split_names,
+        "configs": [
+            {
+                "name": config,
+                "default": config == STRUCTURED,
+                "rows": {
+                    split: sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+                    for split, paths in splits.items()
+                },
+                "num_files": sum(len(paths) for paths in splits.values()),
+            }
+            for config, splits in shards.items()
+        ],
+        "options": options,
+        "report_counts": report_counts,
+        "stats": stats,
+        "reasons": [(r, c) for r, c in reasons if c],
+        "report_stats": report_stats,
+        "categories": categories_top(stats["categories"]),
+        "licenses": sorted(licenses.items(), key=lambda kv: (-kv[1], kv[0])),
+        "unknown_license": stats["unknown_license"],
+        "license_note": license_note,
+        "structformer_bibtex": STRUCTFORMER_BIBTEX,
+    }
+    return data, values
+
+
+def categories_top(categories: Counter[str], k: int = 10) -> list[tuple[str, int]]:
+    return sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def render_dataset_card(
+    corpus_dir: Path, *, pretty_name: str | None = None, repo_id: str | None = None
+) -> DatasetCard:
+    """The dataset card of a built corpus folder (see ``docs/ARCHITECTURE.md``), not yet written."""
+    data, values = dataset_card_data(Path(corpus_dir), pretty_name=pretty_name)
+    if repo_id:
+        values["repo_ref"] = repo_id
+        values["repo_is_local"] = False
+    return DatasetCard(_render("dataset_card.md", card_data=data.to_yaml(), **values))
+
+
+def write_dataset_card(
+    corpus_dir: Path, *, pretty_name: str | None = None, repo_id: str | None = None
+) -> Path:
+    """Write ``corpus_dir/README.md``: the dataset card whose YAML ``configs`` make the folder loadable.
+
+    ``datasets.load_dataset(corpus_dir)`` then gives ``arxiv_structured`` (the default config) and
+    ``load_dataset(corpus_dir, "arxiv_plain")`` its text-only twin. ``repo_id`` only changes the name
+    shown in the card's loading example.
+    """
+    corpus_dir = Path(corpus_dir)
+    card = render_dataset_card(corpus_dir, pretty_name=pretty_name, repo_id=repo_id)
+    path = corpus_dir / "README.md"
+    card.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- model card
+
+_HEADING_LEVELS = ("title", "chapter", "section", "subsection", "subsubsection", "paragraph")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# results.json downstream task -> (Hub task type, readable task name)
+DOWNSTREAM_TASKS: dict[str, tuple[str, str]] = {
+    "scirex_ner": ("token-classification", "SciREX entity recognition"),
+    "scirex_salient": ("text-classification", "SciREX salient entity classification"),
+}
+TAGS = ["structformer", "long-document", "global-attention", "custom_code"]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else f"{value:,}"
+
+
+def _mean_std(entry: Any) -> str | None:
+    """``"0.712 ± 0.013"`` from ``{"mean", "std", "values"}`` (or a bare number); None when missing."""
+    if _is_number(entry):
+        return _fmt(entry)
+    if not isinstance(entry, Mapping) or not _is_number(entry.get("mean")):
+        return None
+    text = _fmt(float(entry["mean"]))
+    if _is_number(entry.get("std")) and len(entry.get("values") or []) > 1:
+        text += f" ± {_fmt(float(entry['std']))}"
+    return text
+
+
+def _param_count(model_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    total += math.prod(f.get_slice(key).get_shape())
+        except Exception as err:  # safetensors raises its own error type for a damaged header
+            raise ValueError(f"{path}: unreadable safetensors file: {err}") from err
+    return total
+
+
+def _human(n: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(n)
+
+
+def _architecture(model_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    window = config.get("attention_window", 256)
+    windows = window if isinstance(window, list) else [window]
+    if len(set(windows)) == 1:
+        window_text = f"{windows[0] // 2} positions on either side"
+        window_note = f"a window of {windows[0]} tokens"
+        window_table = str(windows[0])
+    else:
+        window_text = f"{min(windows) // 2} to {max(windows) // 2} positions on either side"
+        window_note = "the window depends on the layer"
+        window_table = "per layer: " + ", ".join(map(str, windows))
+    types = list(config.get("global_attention_types") or [])
+    described = []
+    if "cls" in types:
+        described.append("the first token (`[CLS]`)")
+    if "title" in types:
+        described.append("every token of the title")
+    levels = [t for t in _HEADING_LEVELS[1:] if t in types]
+    if levels:
+        described.append("every token of each heading of level " + ", ".join(f"`{t}`" for t in levels))
+    if not described:
+        described.append("only those the caller marks in `global_attention_mask`")
+    global_text = described[0] if len(described) == 1 else ", ".join(described[:-1]) + " and " + described[-1]
+    parameters = _param_count(model_dir)
+    return {
+        "layers": config.get("num_hidden_layers"),
+        "hidden": config.get("hidden_size"),
+        "heads": config.get("num_attention_heads"),
+        "intermediate": config.get("intermediate_size"),
+        "vocab": config.get("vocab_size"),
+        "max_positions": config.get("max_position_embeddings"),
+        "window_text": window_text,
+        "window_note": window_note,
+        "window_table": window_table,
+        "scope": config.get("local_attention_scope", "window"),
+        "global_text": global_text,
+        "global_types_table": ", ".join(f"`{t}`" for t in types) or "none",
+        "cls_global": "cls" in types,
+        "separate_global": bool(config.get("separate_global_projections")),
+        "parameters": parameters,
+        "parameters_text": _human(parameters) if parameters else "",
+    }
+
+
+def _mask_token(model_dir: Path) -> str:
+    path = model_dir / "tokenizer_config.json"
+    token = _read_json(path).get("mask_token") if path.is_file() else None
+    if isinstance(token, Mapping):
+        token = token.get("content")
+    return token if isinstance(token, str) and token else "[MASK]"
+
+
+def _option_value(value: Any) -> str:
+    # Absolute paths only mean something on the training machine; their last component still says what it was.
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(value).name
+    return str(value)
+
+
+def _training(model_dir: Path) -> dict[str, Any] | None:
+    args_path = model_dir / "training_args.json"
+    args = _read_json(args_path) if args_path.is_file() else {}
+    options = [(k, _option_value(v)) for k, v in _flatten("", args) if v is not None]
+    data_keys = [
+        k for k, _ in options if any(w in k for w in ("dataset", "corpus", "train_file", "use_headers"))
+    ]
+    data = ", ".join(f"`{k}` = `{v}`" for k, v in options if k in data_keys)
+
+    summary = []
+    metrics_path = model_dir / "metrics.jsonl"
+    if metrics_path.is_file():
+        rows = []
+        for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{metrics_path}:{number}: invalid JSON: {err.msg}") from err
+        steps = [r["step"] for r in rows if _is_number(r.get("step"))]
+        losses = [r["loss"] for r in rows if _is_number(r.get("loss"))]
+        if steps:
+            summary.append(f"The run logged {len(rows):,} times over {max(steps):,} optimizer steps")
+            if losses:
+                summary[-1] += (
+                    f"; the training loss went from {_fmt(float(losses[0]))} to {_fmt(float(losses[-1]))}"
+                )
+            summary[-1] += " (`metrics.jsonl`)."
+    if not (options or summary):
+        return None
+    return {"data": data, "summary": " ".join(summary), "args": options}
+
+
+def _load_results(results: Mapping[str, Any] | str | Path | None) -> tuple[dict, Path | None]:
+    if results is None:
+        return {}, None
+    if isinstance(results, (str, Path)):
+        path = Path(results)
+        if not path.is_file():
+            raise FileNotFoundError(f"results file {path} does not exist")
+        return _read_json(path), path.parent
+    return dict(results), None
+
+
+def _select_model(results: Mapping[str, Any], model_dir: Path, model_key: str | None) -> str | None:
+    models = results.get("models") or {}
+    if not models:
+        return None
+    for key in (model_key, results.get("variant")):
+        if key is not None:
+            if key not in models:
+                raise ValueError(f"results have no model {key!r}; known: {sorted(models)}")
+            return key
+    resolved = model_dir.resolve()
+    for key, entry in models.items():
+        checkpoint = entry.get("checkpoint") if isinstance(entry, Mapping) else None
+        if checkpoint and Path(checkpoint).resolve() == resolved:
+            return key
+    if model_dir.name in models:
+        return model_dir.name
+    if len(models) == 1:
+        return next(iter(models))
+    raise ValueError(
+        f"cannot tell which of the results' models {sorted(models)} is {model_dir}; pass model_key"
+    )
+
+
+def _evaluation(
+    model_dir: Path, results: Mapping[str, Any], key: str | None, results_dir: Path | None, dataset_ref: str
+) -> tuple[dict[str, Any] | None, list[Any], list[Path]]:
+    """The card's evaluation tables, its model-index entries, and the figures to copy."""
+    from huggingface_hub import EvalResult
+
+    models = results.get("models") or {}
+    own_pretrain = (models.get(key) or {}).get("pretrain") if key else None
+    pretrain_source = "the experiment's `results.json`"
+    if not own_pretrain and (model_dir / "eval_results.json").is_file():
+        own_pretrain = _read_json(model_dir / "eval_results.json")
+        pretrain_source = "`eval_results.json`"
+        models = {key or model_dir.name: {"pretrain": own_pretrain}}
+        key = key or model_dir.name
+
+    eval_results: list[Any] = []
+    for metric, name in (
+        ("eval_bits_per_masked_token", "Bits per masked token"),
+        ("eval_perplexity", "Perplexity"),
+    ):
+        value = (own_pretrain or {}).get(metric)
+        if _is_number(value):
+            eval_results.append(
+                EvalResult(
+                    task_type="fill-mask",
+                    task_name="Masked language modelling",
+                    dataset_type=dataset_ref,
+                    dataset_name=f"{dataset_ref} (validation split)",
+                    dataset_split="validation",
+                    metric_type=metric.removeprefix("eval_"),
+                    metric_name=name,
+                    metric_value=value,
+                )
+            )
+    downstream_own = (models.get(key) or {}).get("downstream") or {} if key else {}
+    for task, metrics in downstream_own.items():
+        task_type, task_name = DOWNSTREAM_TASKS.get(task, ("other", task))
+        for metric in ("f1", "precision", "recall"):
+            entry = (metrics or {}).get(metric)
+            value = entry.get("mean") if isinstance(entry, Mapping) else entry
+            if _is_number(value):
+                eval_results.append(
+                    EvalResult(
+                        task_type=task_type,
+                        task_name=task_name,
+                        dataset_type="scirex",
+                        dataset_name="SciREX",
+                        dataset_split="test",
+                        metric_type=metric,
+                        metric_name=metric.upper() if metric == "f1" else metric.capitalize(),
+                        metric_value=value,
+                    )
+                )
+
+    def label(name: str) -> str:
+        return f"**{name}** (this model)" if name == key else name
+
+    pretrain_rows = []
+    for name, entry in models.items():
+        pretrain = (entry or {}).get("pretrain") or {}
+        bits, ppl = pretrain.get("eval_bits_per_masked_token"), pretrain.get("eval_perplexity")
+        if _is_number(bits) or _is_number(ppl):
+            pretrain_rows.append(
+                {
+                    "name": label(name),
+                    "bits": _fmt(float(bits)) if _is_number(bits) else "",
+                    "ppl": _fmt(float(ppl)) if _is_number(ppl) else "",
+                }
+            )
+    downstream_rows, runs = [], set()
+    for name, entry in models.items():
+        for task, metrics in ((entry or {}).get("downstream") or {}).items():
+            cells = {m: _mean_std((metrics or {}).get(m)) for m in ("f1", "precision", "recall")}
+            if cells["f1"] is None:
+                continue
+            runs.update(
+                len(m.get("values") or []) for m in (metrics or {}).values() if isinstance(m, Mapping)
+            )
+            row = {"name": label(name), "task": DOWNSTREAM_TASKS.get(task, ("", task))[1]}
+            downstream_rows.append(row | {m: v or "" for m, v in cells.items()})
+    runs.discard(0)
+    runs_text = (
+        f"{runs.pop()} fine-tuning run{'s' if max(runs | {0}) != 1 else ''}"
+        if len(runs) == 1
+        else "the fine-tuning runs"
+    )
+
+    attention = results.get("attention") or {}
+    summary = [(k, _fmt(float(v))) for k, v in _flatten("", attention.get("summary") or {}) if _is_number(v)]
+    figures: list[Path] = []
+    bases = [b for b in (results_dir, model_dir.parent.parent) if b is not None]
+    for entry in (models.get(key) or {}, *models.values()) if key else ():
+        checkpoint = (entry or {}).get("checkpoint")
+        if checkpoint:
+            bases.append(Path(checkpoint).parent.parent)
+    for figure in attention.get("figures") or []:
+        found = next((b / figure for b in bases if (b / figure).is_file()), None)
+        if found is not None:
+            figures.append(found)
+
+    if not (pretrain_rows or downstream_rows or summary or figures):
+        return None, eval_results, figures
+    evaluation = {
+        "pretrain": pretrain_rows,
+        "pretrain_source": pretrain_source if pretrain_rows else "",
+        "downstream": downstream_rows,
+        "runs_text": runs_text,
+        "attention": summary,
+        "figures": [f.name for f in figures],
+    }
+    return evaluation, eval_results, figures
+
+
+def render_model_card(
+    model_dir: str | Path,
+    results: Mapping[str, Any] | str | Path | None = None,
+    *,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    repo_id: str | None = None,
+    revision: str | None = None,
+    model_name: str | None = None,
+    model_key: str | None = None,
+) -> tuple[ModelCard, list[Path]]:
+    """The model card of a trained StructBERT folder, and the figure files it shows (not yet copied)."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json (is it a saved StructBERT model folder?)")
+    config = _read_json(config_path)
+    if config.get("model_type") != "structbert":
+        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'structbert'")
+
+    results_dict, results_dir = _load_results(results)
+    key = _select_model(results_dict, model_dir, model_key)
+    training = _training(model_dir)
+    if base_model is None:
+        init_from = (
+            _read_json(model_dir / "training_args.json")
+            if (model_dir / "training_args.json").is_file()
+            else {}
+        ).get("init_from")
+        # Only a Hub id is valid metadata; a local path is shown in the hyperparameter table instead.
+        if isinstance(init_from, str) and _HUB_ID_RE.match(init_from) and not Path(init_from).exists():
+            base_model = init_from
+    dataset_ref = datasets[0] if datasets else STRUCTURED
+    evaluation, eval_results, figures = _evaluation(model_dir, results_dict, key, results_dir, dataset_ref)
+
+    name = model_name or (repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
+    data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag="fill-mask",
+        language=["en"],
+        tags=list(TAGS),
+        datasets=list(datasets) if datasets else None,
+        base_model=base_model,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    body = _render(
+        "model_card.md",
+        card_data=data.to_yaml(),
+        model_name=name,
+        arch=_architecture(model_dir, config),
+        base_model=base_model,
+        repo_ref=repo_id or str(model_dir),
+        revision=revision or "main",
+        mask_token=_mask_token(model_dir),
+        training=training,
+        evaluation=evaluation,
+        structformer_bibtex=STRUCTFORMER_BIBTEX,
+        longformer_bibtex=LONGFORMER_BIBTEX,
+    )
+    return ModelCard(body), figures
+
+
+def write_model_card(
+    model_dir: str | Path,
+    results: Mapping[str, Any] | str | Path | None = None,
+    *,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    repo_id: str | None = None,
+    revision: str | None = None,
+    model_name: str | None = None,
+    model_key: str | None = None,
+    output_dir: str | Path | None = None,
+) -> Path:
+    """Write the model card (``README.md``) of a trained StructBERT folder, and copy its figures next to it.
+
+    ``results`` is the experiment's ``results.json`` (a path, or the loaded dict, optionally with a
+    ``"variant"`` key naming this model); without it, ``model_dir/eval_results.json`` gives the evaluation.
+    ``output_dir`` (default ``model_dir``) is where the card and figures go, e.g. a staging folder.
+    """
+    card, figures = render_model_card(
+        model_dir,
+        results,
+        base_model=base_model,
+        datasets=datasets,
+        license=license,
+        repo_id=repo_id,
+        revision=revision,
+        model_name=model_name,
+        model_key=model_key,
+    )
+    out = Path(output_dir) if output_dir is not None else Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for figure in figures:
+        if figure.resolve() != (out / figure.name).resolve():
+            shutil.copyfile(figure, out / figure.name)
+    path = out / "README.md"
+    card.save(path)
+    return path

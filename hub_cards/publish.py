@@ -1,0 +1,572 @@
+"""``structformer publish``: stage, validate, then upload a model or a corpus to the Hugging Face Hub.
+
+``structformer publish model DIR --repo-id ORG/NAME`` and ``structformer publish dataset DIR --repo-id ORG/NAME``
+run three steps, and stop at the first that fails:
+
+1. assemble a staging folder holding exactly what will be sent, with a freshly generated card;
+2. load the staging folder in a fresh Python process that cannot import ``structformer``, offline and with an
+   empty remote-code cache, as a Hub user would: the model must give the same logits as ``DIR``, the dataset
+   must load with both configs and default to ``arxiv_structured``;
+3. upload it with ``huggingface_hub`` (``create_repo`` then ``upload_folder``).
+
+``--dry-run`` stops after step 2 and prints what would be sent. Nothing is sent when validation fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from structformer.hub_cards import cards
+
+# Marks a folder this command created, so that a re-run may clear it; never uploaded.
+STAGING_MARKER = ".structformer-staging"
+MODELING_FILES = ("configuration_structbert.py", "modeling_structbert.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_structbert.StructBertConfig",
+    "AutoModel": "modeling_structbert.StructBertModel",
+    "AutoModelForMaskedLM": "modeling_structbert.StructBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_structbert.StructBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_structbert.StructBertForTokenClassification",
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+# Records of the run that a reader of the repository may want; the card quotes them.
+MODEL_EXTRA_FILES = ("training_args.json", "eval_results.json")
+VALIDATION_SENTENCE = "Structure-aware pre-training gives headings global attention."
+# Files above this size are hard-linked into the staging folder when possible instead of copied.
+LINK_THRESHOLD = 1 << 20
+
+
+class PublishError(RuntimeError):
+    """A step of ``publish`` failed; the message says what, and where the staging folder is."""
+
+
+# ----------------------------------------------------------------------------- staging
+
+
+def prepare_staging_dir(staging_dir: str | Path | None, kind: str) -> Path:
+    """An empty staging folder: the given one (created, or cleared if a previous run made it) or a new temp dir."""
+    if staging_dir is None:
+        path = Path(tempfile.mkdtemp(prefix=f"structformer-publish-{kind}-"))
+    else:
+        path = Path(staging_dir)
+        if path.exists() and any(path.iterdir()):
+            if not (path / STAGING_MARKER).is_file():
+                raise PublishError(
+                    f"staging folder {path} is not empty and was not made by publish; choose another"
+                )
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    (path / STAGING_MARKER).write_text("made by structformer publish; safe to delete\n", encoding="utf-8")
+    return path
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.stat().st_size > LINK_THRESHOLD:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another filesystem, or links not supported: copy instead
+    shutil.copy2(src, dst)
+
+
+def _place_all(pairs: Sequence[tuple[Path, Path]], desc: str) -> None:
+    for src, dst in tqdm(pairs, desc=desc, unit="file", disable=len(pairs) < 5):
+        _place(src, dst)
+
+
+def _modeling_source(model_dir: Path) -> Path:
+    """Where the remote-code files come from: the model folder if it has them, else the installed package."""
+    if all((model_dir / name).is_file() for name in MODELING_FILES):
+        return model_dir
+    import structformer.modeling
+
+    return Path(structformer.modeling.__file__).parent
+
+
+def stage_model(
+    model_dir: Path,
+    staging: Path,
+    *,
+    results: str | Path | None = None,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    model_key: str | None = None,
+) -> list[Path]:
+    """Copy what a model repository needs into ``staging`` and write its card; returns the staged files."""
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise PublishError(f"{model_dir}: no config.json; is it a folder written by save_pretrained?")
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights:
+        raise PublishError(f"{model_dir}: no *.safetensors weights (pickled .bin weights are not published)")
+    index = model_dir / "model.safetensors.index.json"
+    tokenizer = [model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+    if not any(p.name in ("tokenizer.json", "vocab.txt", "vocab.json") for p in tokenizer):
+        raise PublishError(
+            f"{model_dir}: no tokenizer (tokenizer.json or vocab.txt); save the tokenizer with the model"
+        )
+
+    modeling = _modeling_source(model_dir)
+    pairs = [(p, staging / p.name) for p in weights + tokenizer]
+    pairs += [(modeling / name, staging / name) for name in MODELING_FILES]
+    pairs += [(model_dir / n, staging / n) for n in MODEL_EXTRA_FILES if (model_dir / n).is_file()]
+    if index.is_file():
+        pairs.append((index, staging / index.name))
+    _place_all(pairs, "stage model")
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # Older folders may predate auto_map; the Hub needs it to find the remote code.
+    config["auto_map"] = {**AUTO_MAP, **(config.get("auto_map") or {})}
+    (staging / "config.json").write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    cards.write_model_card(
+        model_dir,
+        results,
+        base_model=base_model,
+        datasets=datasets,
+        license=license,
+        repo_id=repo_id,
+        revision=revision,
+        model_key=model_key,
+        output_dir=staging,
+    )
+    return staged_files(staging)
+
+
+def stage_dataset(corpus_dir: Path, staging: Path, *, repo_id: str | None = None) -> list[Path]:
+    """Copy the Parquet shards and ``build_report.json`` into ``staging`` and write the dataset card."""
+    shards = cards.find_shards(corpus_dir)  # raises when there are no arxiv_structured shards
+    if cards.PLAIN not in shards:
+        raise PublishError(f"{corpus_dir}: no Parquet shards under data/{cards.PLAIN}/")
+    pairs = [
+        (path, staging / path.relative_to(corpus_dir))
+        for splits in shards.values()
+        for paths in splits.values()
+        for path in paths
+    ]
+    report = corpus_dir / "build_report.json"
+    if report.is_file():
+        pairs.append((report, staging / report.name))
+    _place_all(pairs, "stage dataset")
+    cards.write_dataset_card(staging, repo_id=repo_id)
+    return staged_files(staging)
+
+
+def staged_files(staging: Path) -> list[Path]:
+    """Every file that ``upload_folder`` will send, relative to ``staging``."""
+    return sorted(
+        p.relative_to(staging) for p in staging.rglob("*") if p.is_file() and p.name != STAGING_MARKER
+    )
+
+
+# ----------------------------------------------------------------------------- validation
+
+# Runs in a fresh interpreter (python -I), so nothing from this process leaks into it; structformer is made
+# unimportable, so the staging folder must stand on its own exactly as it will on the Hub.
+_BLOCK_STRUCTFORMER = """
+import json, sys
+class _NoStructformer:
+    def find_spec(self, name, path=None, target=None):
+        if name == "structformer" or name.startswith("structformer."):
+            raise ImportError("the staged repository imports structformer, which Hub users do not have")
+        return None
+sys.meta_path.insert(0, _NoStructformer())
+spec = json.loads(sys.argv[1])
+"""
+
+_MODEL_CHECK = (
+    _BLOCK_STRUCTFORMER
+    + """
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+model = AutoModelForMaskedLM.from_pretrained(spec["staging"], trust_remote_code=True).eval()
+inputs = load_file(spec["inputs"])
+with torch.no_grad():
+    logits = model(**inputs).logits
+save_file({"logits": logits.float().contiguous()}, spec["outputs"])
+# transformers 5 reads config.json (remote code) before it picks the tokenizer class.
+tokenizer = AutoTokenizer.from_pretrained(spec["staging"], trust_remote_code=True)
+print(json.dumps({
+    "class": type(model).__name__,
+    "module": type(model).__module__,
+    "token_ids": tokenizer(spec["sentence"])["input_ids"],
+}))
+"""
+)
+
+_DATASET_CHECK = (
+    _BLOCK_STRUCTFORMER
+    + """
+import datasets
+
+datasets.disable_progress_bars()
+staging, cache = spec["staging"], spec["cache"]
+names = datasets.get_dataset_config_names(staging)
+default = datasets.load_dataset_builder(staging, cache_dir=cache).config.name
+structured = datasets.load_dataset(staging, cache_dir=cache)
+plain = datasets.load_dataset(staging, "arxiv_plain", cache_dir=cache)
+problems = []
+if sorted(structured) != sorted(plain):
+    problems.append(f"splits differ: arxiv_structured {sorted(structured)}, arxiv_plain {sorted(plain)}")
+for split in structured:
+    if split not in plain:
+        continue
+    a, b = structured[split].data, plain[split].data
+    if not (a.column("id").equals(b.column("id")) and a.column("text").equals(b.column("text"))):
+        problems.append(f"split {split}: the two configs do not hold the same ids and text")
+print(json.dumps({
+    "configs": names,
+    "default": default,
+    "structured_columns": structured[next(iter(structured))].column_names,
+    "splits": {split: structured[split].num_rows for split in structured},
+    "problems": problems,
+}))
+"""
+)
+
+
+def _fresh_env(cache_root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PYTHON"))}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(cache_root / "hf_home"),
+        "HF_MODULES_CACHE": str(cache_root / "modules"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return env
+
+
+def _run_check(script: str, spec: dict, cache_root: Path, what: str, timeout: float) -> dict:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", script, json.dumps(spec)],
+            env=_fresh_env(cache_root),
+            cwd=cache_root,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,  # a "trust this code?" prompt must fail, not wait
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise PublishError(f"{what}: the fresh-process check took more than {timeout:.0f} s") from err
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise PublishError(f"{what}: loading the staged folder in a fresh process failed:\n{tail}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise PublishError(f"{what}: the fresh-process check printed no result:\n{proc.stdout[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def validation_inputs(config: dict, length: int = 48, seed: int = 0) -> dict:
+    """A fixed batch exercising padding, global tokens and sections: two rows, the second padded."""
+    import torch
+
+    length = min(length, int(config.get("max_position_embeddings", length)))
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, int(config["vocab_size"]), (2, length), generator=generator)
+    attention_mask = torch.ones(2, length, dtype=torch.long)
+    attention_mask[1, length * 3 // 4 :] = 0
+    global_attention_mask = torch.zeros(2, length, dtype=torch.long)
+    section_ids = torch.zeros(2, length, dtype=torch.long)
+    for row, starts in enumerate(([length // 4, length // 2], [length // 3])):
+        for section, start in enumerate(starts, start=1):
+            global_attention_mask[row, start : start + 2] = 1
+            section_ids[row, start:] = section
+    global_attention_mask[:, 1:3] = 1  # a title
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "global_attention_mask": global_attention_mask,
+        "section_ids": section_ids,
+    }
+
+
+def model_reference(model_dir: Path) -> dict:
+    """Load ``model_dir`` with this package's classes; its logits and tokens on fixed inputs are the reference."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from structformer.modeling import StructBertForMaskedLM
+
+    try:
+        model = StructBertForMaskedLM.from_pretrained(model_dir).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # any load failure (truncated weights, bad config) means: do not publish
+        raise PublishError(f"{model_dir}: the model does not load: {type(err).__name__}: {err}") from err
+    inputs = validation_inputs(model.config.to_dict())
+    with torch.no_grad():
+        logits = model(**inputs).logits.float()
+    return {"inputs": inputs, "logits": logits, "token_ids": tokenizer(VALIDATION_SENTENCE)["input_ids"]}
+
+
+def validate_model(
+    model_dir: Path, staging: Path, *, reference: dict | None = None, timeout: float = 900.0
+) -> dict:
+    """Check that ``staging`` loads without structformer and gives the same logits and tokens as ``model_dir``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    reference = reference or model_reference(model_dir)
+    inputs, expected, expected_ids = reference["inputs"], reference["logits"], reference["token_ids"]
+    with tempfile.TemporaryDirectory(prefix="structformer-validate-") as tmp:
+        tmp_path = Path(tmp)
+        save_file(inputs, str(tmp_path / "inputs.safetensors"))
+        spec = {
+            "staging": str(staging),
+            "inputs": str(tmp_path / "inputs.safetensors"),
+            "outputs": str(tmp_path / "logits.safetensors"),
+            "sentence": VALIDATION_SENTENCE,
+        }
+        result = _run_check(_MODEL_CHECK, spec, tmp_path, f"model {staging}", timeout)
+        logits = load_file(spec["outputs"])["logits"]
+    if result["class"] != "StructBertForMaskedLM" or not result["module"].startswith("transformers_modules"):
+        raise PublishError(
+            f"model {staging}: loaded {result['module']}.{result['class']}, not the repository's remote code"
+        )
+    if logits.shape != expected.shape:
+        raise PublishError(
+            f"model {staging}: logits of shape {tuple(logits.shape)}, expected {tuple(expected.shape)}"
+        )
+    difference = (logits - expected).abs().max().item()
+    if not torch.allclose(logits, expected, atol=1e-4, rtol=1e-4):
+        raise PublishError(
+            f"model {staging}: the staged model's logits differ from {model_dir}'s by up to {difference:.3g}"
+        )
+    if result["token_ids"] != expected_ids:
+        raise PublishError(f"model {staging}: the staged tokenizer does not tokenize like {model_dir}'s")
+    return {"max_abs_logit_difference": difference, "class": result["class"]}
+
+
+def validate_dataset(staging: Path, *, timeout: float = 900.0) -> dict:
+    """Check that ``staging`` loads with both configs, defaults to ``arxiv_structured``, and agrees with its report."""
+    with tempfile.TemporaryDirectory(prefix="structformer-validate-") as tmp:
+        spec = {"staging": str(staging), "cache": str(Path(tmp) / "datasets")}
+        result = _run_check(_DATASET_CHECK, spec, Path(tmp), f"dataset {staging}", timeout)
+    problems = list(result["problems"])
+    if sorted(result["configs"]) != sorted(cards.CONFIG_NAMES):
+        problems.append(f"configs are {result['configs']}, expected {list(cards.CONFIG_NAMES)}")
+    if result["default"] != cards.STRUCTURED:
+        problems.append(f"the default config is {result['default']!r}, expected {cards.STRUCTURED!r}")
+    if "headers" not in result["structured_columns"]:
+        problems.append("the default config has no 'headers' column")
+    report_path = staging / "build_report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        if isinstance(report.get("records"), int) and sum(result["splits"].values()) != report["records"]:
+            problems.append(
+                f"the shards hold {sum(result['splits'].values())} rows but build_report.json says {report['records']}"
+            )
+    if problems:
+        raise PublishError(f"dataset {staging}: " + "; ".join(problems))
+    return result
+
+
+# ----------------------------------------------------------------------------- upload
+
+
+def describe(staging: Path, files: Sequence[Path]) -> str:
+    """The file list with sizes, as printed before an upload or by ``--dry-run``."""
+    sizes = [(staging / f).stat().st_size for f in files]
+    width = max((len(str(f)) for f in files), default=0)
+    lines = [f"  {str(f):<{width}}  {_size(s):>10}" for f, s in zip(files, sizes)]
+    lines.append(f"  {len(files)} files, {_size(sum(sizes))} in all")
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def upload(
+    staging: Path,
+    repo_id: str,
+    repo_type: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Create the repository (and branch) if needed and upload ``staging``; returns the commit URL."""
+    from huggingface_hub import HfApi, get_token
+
+    token = token or get_token()
+    if not token:
+        raise PublishError(
+            "no Hugging Face token: set HF_TOKEN, pass --token, or run `hf auth login`. "
+            f"Nothing was sent; the validated staging folder is {staging}"
+        )
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=staging,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=commit_message or f"Publish {repo_type} with structformer",
+            ignore_patterns=[STAGING_MARKER],
+        )
+    except Exception as err:  # network, auth and Hub errors come in many types; all end the same way
+        raise PublishError(
+            f"upload to {repo_id} failed ({type(err).__name__}: {err}); "
+            f"the validated staging folder is {staging}, and can be uploaded again with this command"
+        ) from err
+    return str(getattr(commit, "commit_url", commit))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="structformer publish",
+        description="Stage, validate in a fresh process, then upload a model or a corpus to the Hugging Face Hub.",
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    model = kinds.add_parser("model", help="a trained StructBERT folder (pretrain --output-dir)")
+    dataset = kinds.add_parser("dataset", help="a built corpus folder (build-corpus --output)")
+    for sub in (model, dataset):
+        sub.add_argument("dir", type=Path, help="the folder to publish")
+        sub.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+        sub.add_argument("--private", action="store_true", help="create the repository as private")
+        sub.add_argument(
+            "--revision", default=None, help="branch to upload to (created if missing); default main"
+        )
+        sub.add_argument("--commit-message", default=None)
+        sub.add_argument(
+            "--dry-run", action="store_true", help="stage and validate, print what would be sent"
+        )
+        sub.add_argument(
+            "--staging-dir", type=Path, default=None, help="where to stage (default: a new temp dir)"
+        )
+        sub.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+        sub.add_argument(
+            "--timeout", type=float, default=900.0, help="seconds allowed for the fresh-process check"
+        )
+    model.add_argument(
+        "--results", type=Path, default=None, help="the experiment's results.json, for the card"
+    )
+    model.add_argument(
+        "--model-key", default=None, help="which model of results.json this is (e.g. structured)"
+    )
+    model.add_argument(
+        "--base-model", default=None, help="Hub id of the checkpoint this one was converted from"
+    )
+    model.add_argument("--datasets", nargs="+", default=None, help="Hub ids of the training data")
+    model.add_argument("--license", default="apache-2.0", help="the model's license (Hub identifier)")
+    args = parser.parse_args(argv)
+    if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
+        parser.error(f"--repo-id must look like ORG/NAME, got {args.repo_id!r}")
+    if not args.dir.is_dir():
+        parser.error(f"{args.dir} is not a folder")
+    return args
+
+
+def publish(args: argparse.Namespace) -> Path:
+    """Run the three steps; returns the staging folder. Raises PublishError when a step fails."""
+    source = args.dir
+    # The model must load here first: a folder that does not load gives no reference to compare with.
+    reference = model_reference(source) if args.kind == "model" else None
+    staging = prepare_staging_dir(args.staging_dir, args.kind)
+    try:
+        if args.kind == "model":
+            files = stage_model(
+                source,
+                staging,
+                results=args.results,
+                repo_id=args.repo_id,
+                revision=args.revision,
+                base_model=args.base_model,
+                datasets=args.datasets,
+                license=args.license,
+                model_key=args.model_key,
+            )
+        else:
+            files = stage_dataset(source, staging, repo_id=args.repo_id)
+    except (OSError, ValueError) as err:
+        raise PublishError(f"staging {source} failed: {err}") from err
+    print(f"staged {args.kind} {source} in {staging}")
+
+    if args.kind == "model":
+        check = validate_model(source, staging, reference=reference, timeout=args.timeout)
+        print(
+            f"validated: {check['class']} loads with trust_remote_code in a fresh process; "
+            f"logits match {source} (max |difference| {check['max_abs_logit_difference']:.2g})"
+        )
+    else:
+        check = validate_dataset(staging, timeout=args.timeout)
+        rows = ", ".join(f"{split} {n:,}" for split, n in check["splits"].items())
+        print(
+            f"validated: configs {check['configs']} load in a fresh process, default {check['default']} ({rows})"
+        )
+
+    repo_type = "model" if args.kind == "model" else "dataset"
+    target = f"{repo_type} repository {args.repo_id}" + (
+        f" (branch {args.revision})" if args.revision else ""
+    )
+    visibility = "private" if args.private else "public"
+    if args.dry_run:
+        print(f"dry run: would upload to {visibility} {target}:\n{describe(staging, files)}")
+        return staging
+    print(f"uploading to {visibility} {target}:\n{describe(staging, files)}")
+    url = upload(
+        staging,
+        args.repo_id,
+        repo_type,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        token=args.token,
+    )
+    print(f"published: {url}")
+    return staging
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        publish(args)
+    except PublishError as err:
+        print(f"structformer publish: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,787 @@
+"""StructBERT: a BERT encoder whose self-attention is local for ordinary tokens and global for the tokens of
+a document's structure (title, section headings, optionally [CLS]).
+
+This file is Hub remote code: it imports only torch, transformers and (relatively) its configuration.
+
+Notation used in the shape comments:
+    B  batch size          L  sequence length      E  hidden size (H * D)
+    H  attention heads     D  head dimension       W  attention window (total width, even)
+    C  block size of the blocked path, W / 2       N  number of query blocks, ceil(L / C)
+    G  global tokens per row, padded to the largest count in the batch
+
+Attention definition: query i may attend to key j iff j is not padding and (i is global, or j is global, or
+|i - j| <= W / 2 and (scope is "window" or section_ids[i] == section_ids[j])). A row with no allowed key
+(e.g. a padding query far from any real token) outputs zeros.
+
+Attention implementations, chosen with ``attn_implementation=`` in ``from_pretrained``/``from_config``:
+    "eager"           dense reference: softmax over the allowed keys of a dense (B, H, L, L) score matrix.
+                      It *is* the definition; every other path is tested against it.
+    "sdpa"            torch's scaled_dot_product_attention with a dense boolean (B, 1, L, L) mask.
+    "flex_attention"  FlexAttention with a BlockMask (compiled through transformers on GPU). On CPU it runs
+                      uncompiled and torch has no FlexAttention backward there: CPU use is inference only.
+    "blocked"         linear cost: query blocks of C = W / 2 tokens attend to their own and the two
+                      neighbouring key blocks plus the global keys; rows of global tokens attend to all keys.
+    "auto"            what the model uses when no implementation is requested: per layer, "blocked" when
+                      L > 2 * W, else "sdpa" (whose dense cost is then at most twice the band's).
+
+With ``output_attentions=True`` every layer runs the eager math (dense memory) whatever the implementation,
+and ``attentions`` holds one (B, H, L, L) tensor per layer: probabilities that sum to 1 over the allowed keys
+of each row and are exactly 0 elsewhere.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_structbert import StructBertConfig
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "blocked", "auto")
+
+
+class StructBertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout (as in BERT)."""
+
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch_size, length = inputs_embeds.shape[:2]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"input length {length} exceeds max_position_embeddings ({self.position_embeddings.num_embeddings})"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(length, device=inputs_embeds.device)[None, :]  # (1, L)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch_size, length, dtype=torch.long, device=inputs_embeds.device)
+        embeddings = (
+            inputs_embeds
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids)
+        )
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+@dataclass
+class AttentionPattern:
+    """The structure mask of one window, in the form its attention path needs. Built once per forward."""
+
+    implementation: str  # "eager", "sdpa", "flex_attention" or "blocked"
+    window: int
+    key_ok: torch.Tensor  # (B, L) bool: the key is not padding
+    is_global: torch.Tensor  # (B, L) bool
+    global_index: torch.Tensor  # (B, G) long: positions of the global tokens, in order; L marks an empty slot
+    allowed: torch.Tensor | None = None  # (B, 1, L, L) bool: query i may attend key j  [eager, sdpa]
+    row_has_key: torch.Tensor | None = None  # (B, L, 1, 1) bool: the row has an allowed key  [sdpa]
+    block_mask: object | None = None  # FlexAttention BlockMask  [flex_attention]
+    band: torch.Tensor | None = None  # (B, 1, N, C, 3C + G) bool: allowed keys of each query block  [blocked]
+
+
+def build_attention_pattern(
+    implementation: str,
+    window: int,
+    key_ok: torch.Tensor,
+    is_global: torch.Tensor,
+    section_ids: torch.Tensor | None,
+) -> AttentionPattern:
+    """Turn padding, global and section information into the mask of one attention path.
+
+    `section_ids` is None for the "window" scope; then locality is position distance alone.
+    """
+    batch_size, length = key_ok.shape
+    device = key_ok.device
+    half = window // 2
+    counts = is_global.sum(dim=1)  # (B,)
+    num_global = int(counts.max()) if length > 0 else 0
+    # A stable sort on "not global" puts the global positions first, in document order.
+    order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :num_global]  # (B, G)
+    slot_used = torch.arange(num_global, device=device)[None, :] < counts[:, None]  # (B, G)
+    global_index = torch.where(slot_used, order, length)  # (B, G)
+    pattern = AttentionPattern(implementation, window, key_ok, is_global, global_index)
+
+    if implementation in ("eager", "sdpa"):
+        positions = torch.arange(length, device=device)
+        local = ((positions[:, None] - positions[None, :]).abs() <= half)[None]  # (1, L, L)
+        if section_ids is not None:
+            local = local & (section_ids[:, :, None] == section_ids[:, None, :])  # (B, L, L)
+        allowed = key_ok[:, None, :] & (is_global[:, :, None] | is_global[:, None, :] | local)  # (B, L, L)
+        pattern.allowed = allowed[:, None]  # (B, 1, L, L)
+        if implementation == "sdpa":
+            pattern.row_has_key = allowed.any(dim=-1)[:, :, None, None]  # (B, L, 1, 1)
+            # SDPA returns NaN for a row without any allowed key: open such rows, then zero their output.
+            pattern.allowed = pattern.allowed | ~pattern.row_has_key.transpose(1, 2)
+    elif implementation == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            near = (q_idx - kv_idx).abs() <= half
+            if section_ids is not None:
+                near = near & (section_ids[b, q_idx] == section_ids[b, kv_idx])
+            return key_ok[b, kv_idx] & (is_global[b, q_idx] | is_global[b, kv_idx] | near)
+
+        pattern.block_mask = create_block_mask(mask_mod, batch_size, None, length, length, device=device)
+    elif implementation == "blocked":
+        block = half
+        num_blocks = math.ceil(length / block)
+        q_pos = torch.arange(num_blocks * block, device=device).view(num_blocks, block)  # (N, C)
+        k_pos = (torch.arange(num_blocks, device=device)[:, None] - 1) * block + torch.arange(
+            3 * block, device=device
+        )  # (N, 3C)
+        k_idx = k_pos.clamp(0, length - 1)
+        near = (q_pos[:, :, None] - k_pos[:, None, :]).abs() <= half  # (N, C, 3C)
+        # Global keys are left out of the band: they come once, through the global columns.
+        band_key = (key_ok & ~is_global)[:, k_idx] & ((k_pos >= 0) & (k_pos < length))  # (B, N, 3C)
+        band = near[None] & band_key[:, :, None, :]  # (B, N, C, 3C)
+        if section_ids is not None:
+            q_section = nn.functional.pad(section_ids, (0, num_blocks * block - length), value=-1)
+            q_section = q_section.view(batch_size, num_blocks, block)  # (B, N, C)
+            band = band & (q_section[:, :, :, None] == section_ids[:, k_idx][:, :, None, :])
+        global_key = key_ok.gather(1, global_index.clamp(max=length - 1)) & slot_used  # (B, G)
+        global_key = global_key[:, None, None, :].expand(-1, num_blocks, block, -1)  # (B, N, C, G)
+        pattern.band = torch.cat([band, global_key], dim=-1)[:, None]  # (B, 1, N, C, 3C + G)
+    else:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; use one of {ATTN_IMPLEMENTATIONS}"
+        )
+    return pattern
+
+
+def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the allowed entries; exactly 0 elsewhere, and 0 for rows with no allowed entry."""
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+
+
+def eager_structure_attention(q, k, v, pattern, scaling, dropout, training, global_qkv=None):
+    """The reference. q, k, v: (B, H, L, D). Returns the output (B, L, H, D) and probabilities (B, H, L, L)."""
+    probs = masked_softmax(q @ k.transpose(-1, -2) * scaling, pattern.allowed)  # (B, H, L, L)
+    if global_qkv is None:
+        out = nn.functional.dropout(probs, dropout, training) @ v  # (B, H, L, D)
+        return out.transpose(1, 2), probs
+    q_global, k_global, v_global = global_qkv
+    # A global row may attend every non-padding key, which is exactly what `allowed` says for that row.
+    probs_global = masked_softmax(q_global @ k_global.transpose(-1, -2) * scaling, pattern.allowed)
+    rows = pattern.is_global[:, None, :, None]  # (B, 1, L, 1)
+    probs = torch.where(rows, probs_global, probs)  # (B, H, L, L)
+    dropped = nn.functional.dropout(probs, dropout, training)
+    out = torch.where(rows, dropped @ v_global, dropped @ v)  # (B, H, L, D)
+    return out.transpose(1, 2), probs
+
+
+def sdpa_structure_attention(module, q, k, v, pattern, scaling, dropout):
+    """Dense SDPA with a boolean mask. Returns (B, L, H, D)."""
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None)
+    out, _ = attention(module, q, k, v, pattern.allowed, dropout=dropout, scaling=scaling, is_causal=False)
+    return out * pattern.row_has_key  # (B, L, H, D)
+
+
+def flex_structure_attention(module, q, k, v, pattern, scaling, dropout):
+    """FlexAttention with the BlockMask. Returns (B, L, H, D); rows with no allowed key give 0."""
+    if dropout > 0:
+        raise ValueError(
+            "flex_attention has no attention dropout; use model.eval() or attention_probs_dropout_prob=0"
+        )
+    if q.device.type == "cpu":
+        # transformers' wrapper compiles flex_attention, which on CPU needs a C++ toolchain and minutes of
+        # compilation; the uncompiled function is torch's reference implementation (no backward on CPU).
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention(q, k, v, block_mask=pattern.block_mask, scale=scaling).transpose(1, 2)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface("flex_attention", None)
+    out, _ = attention(module, q, k, v, pattern.block_mask, scaling=scaling)
+    return out  # (B, L, H, D)
+
+
+def blocked_structure_attention(q, k, v, pattern, scaling, dropout, training):
+    """Local blocks plus global columns, for the rows of local tokens. Returns (B, L, H, D).
+
+    The rows of global tokens come out wrong here and are replaced by `global_rows_attention`.
+    """
+    batch_size, num_heads, length, head_dim = q.shape
+    block = pattern.window // 2
+    num_blocks = pattern.band.shape[2]
+    pad = num_blocks * block - length
+
+    def key_windows(x):
+        x = nn.functional.pad(x, (0, 0, block, pad + block))  # (B, H, (N + 2) * C, D)
+        x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim)  # (B, H, N + 2, C, D)
+        return torch.cat([x[:, :, :-2], x[:, :, 1:-1], x[:, :, 2:]], dim=3)  # (B, H, N, 3C, D)
+
+    q_blocks = nn.functional.pad(q, (0, 0, 0, pad))
+    q_blocks = q_blocks.view(batch_size, num_heads, num_blocks, block, head_dim)  # (B, H, N, C, D)
+    scores = q_blocks @ key_windows(k).transpose(-1, -2)  # (B, H, N, C, 3C)
+    index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
+    k_global = k.gather(2, index)[:, :, None]  # (B, H, 1, G, D)
+    v_global = v.gather(2, index)[:, :, None]  # (B, H, 1, G, D)
+    scores = (
+        torch.cat([scores, q_blocks @ k_global.transpose(-1, -2)], dim=-1) * scaling
+    )  # (B, H, N, C, 3C + G)
+    probs = nn.functional.dropout(masked_softmax(scores, pattern.band), dropout, training)
+    out = probs[..., : 3 * block] @ key_windows(v) + probs[..., 3 * block :] @ v_global  # (B, H, N, C, D)
+    out = out.view(batch_size, num_heads, num_blocks * block, head_dim)[:, :, :length]  # (B, H, L, D)
+    return out.transpose(1, 2)  # (B, L, H, D)
+
+
+def global_rows_attention(q, k, v, pattern, scaling, dropout, training):
+    """Rows of the global tokens: each attends to every non-padding key. Returns (B, G, H, D)."""
+    batch_size, num_heads, length, head_dim = q.shape
+    index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
+    scores = q.gather(2, index) @ k.transpose(-1, -2) * scaling  # (B, H, G, L)
+    probs = masked_softmax(scores, pattern.key_ok[:, None, None, :])  # (B, H, G, L)
+    out = nn.functional.dropout(probs, dropout, training) @ v  # (B, H, G, D)
+    return out.transpose(1, 2)  # (B, G, H, D)
+
+
+def replace_rows(out: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Put `rows` (B, G, H, D) into `out` (B, L, H, D) at positions `index` (B, G); index L is a dropped slot."""
+    batch_size, length, num_heads, head_dim = out.shape
+    padded = torch.cat([out, out.new_zeros(batch_size, 1, num_heads, head_dim)], dim=1)  # (B, L + 1, H, D)
+    index = index[:, :, None, None].expand(-1, -1, num_heads, head_dim)  # (B, G, H, D)
+    return padded.scatter(1, index, rows)[:, :length]  # (B, L, H, D)
+
+
+class StructBertSelfAttention(nn.Module):
+    """Multi-head self-attention restricted to the structure pattern (see the module docstring)."""
+
+    def __init__(self, config: StructBertConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.separate_global_projections = config.separate_global_projections
+        if self.separate_global_projections:
+            self.query_global = nn.Linear(config.hidden_size, config.hidden_size)
+            self.key_global = nn.Linear(config.hidden_size, config.hidden_size)
+            self.value_global = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(
+        self, hidden_states: torch.Tensor, pattern: AttentionPattern
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, length, hidden_size = hidden_states.shape
+
+        def split_heads(x):
+            return x.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+
+        q = split_heads(self.query(hidden_states))
+        k = split_heads(self.key(hidden_states))
+        v = split_heads(self.value(hidden_states))
+        # Global rows use their own projections when separate (Longformer); else the ordinary ones.
+        q_global, k_global, v_global = q, k, v
+        if self.separate_global_projections:
+            q_global = split_heads(self.query_global(hidden_states))
+            k_global = split_heads(self.key_global(hidden_states))
+            v_global = split_heads(self.value_global(hidden_states))
+        dropout = self.dropout.p if self.training else 0.0
+        probs = None
+        if pattern.implementation == "eager":
+            global_qkv = (q_global, k_global, v_global) if self.separate_global_projections else None
+            out, probs = eager_structure_attention(
+                q, k, v, pattern, self.scaling, dropout, self.training, global_qkv
+            )
+        else:
+            if pattern.implementation == "sdpa":
+                out = sdpa_structure_attention(self, q, k, v, pattern, self.scaling, dropout)
+            elif pattern.implementation == "flex_attention":
+                out = flex_structure_attention(self, q, k, v, pattern, self.scaling, dropout)
+            else:
+                out = blocked_structure_attention(q, k, v, pattern, self.scaling, dropout, self.training)
+            # The dense paths already got the global rows right unless they use separate projections.
+            if pattern.implementation == "blocked" or self.separate_global_projections:
+                rows = global_rows_attention(
+                    q_global, k_global, v_global, pattern, self.scaling, dropout, self.training
+                )
+                out = replace_rows(out, rows, pattern.global_index)
+        return out.reshape(batch_size, length, hidden_size), probs  # (B, L, E)
+
+
+class StructBertSelfOutput(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class StructBertAttention(nn.Module):
+    def __init__(self, config: StructBertConfig, layer_idx: int):
+        super().__init__()
+        self.self = StructBertSelfAttention(config, layer_idx)
+        self.output = StructBertSelfOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, pattern: AttentionPattern
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, probs = self.self(hidden_states, pattern)
+        return self.output(attention_output, hidden_states), probs
+
+
+class StructBertIntermediate(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class StructBertOutput(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class StructBertLayer(GradientCheckpointingLayer):
+    def __init__(self, config: StructBertConfig, layer_idx: int):
+        super().__init__()
+        self.attention = StructBertAttention(config, layer_idx)
+        self.intermediate = StructBertIntermediate(config)
+        self.output = StructBertOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, pattern: AttentionPattern
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, probs = self.attention(hidden_states, pattern)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
+class StructBertEncoder(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([StructBertLayer(config, i) for i in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        patterns: list[AttentionPattern],
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer, pattern in zip(self.layer, patterns):
+            hidden_states, probs = layer(hidden_states, pattern)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class StructBertPooler(nn.Module):
+    """tanh(dense(hidden state of [CLS])), as in BERT."""
+
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class StructBertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class StructBertLMPredictionHead(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.transform = StructBertPredictionHeadTransform(config)
+        # The decoder weight is tied to the word embeddings; the bias is an output-only parameter.
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class StructBertOnlyMLMHead(nn.Module):
+    def __init__(self, config: StructBertConfig):
+        super().__init__()
+        self.predictions = StructBertLMPredictionHead(config)
+
+    def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return self.predictions(sequence_output)
+
+
+class StructBertPreTrainedModel(PreTrainedModel):
+    config_class = StructBertConfig
+    base_model_prefix = "structbert"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _no_split_modules = ["StructBertEmbeddings", "StructBertLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, StructBertLMPredictionHead):
+            init.zeros_(module.bias)
+
+    def get_correct_attn_implementation(
+        self, requested_attention: str | None, is_init_check: bool = False
+    ) -> str:
+        """Accept StructBERT's own implementations; with none requested, use "auto" (see the module docstring)."""
+        if requested_attention is None:
+            return "auto"
+        if requested_attention in ("blocked", "auto"):
+            return requested_attention
+        if requested_attention not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"StructBERT supports attn_implementation in {ATTN_IMPLEMENTATIONS}, got {requested_attention!r}"
+            )
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes only the saved class's own `auto_map` entry; listing every head lets any Auto
+        # class load any StructBERT checkpoint (e.g. AutoModel on a masked-LM checkpoint).
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class StructBertModel(StructBertPreTrainedModel):
+    """The bare encoder. The pooler (tanh(dense([CLS]))) feeds sequence classification."""
+
+    def __init__(self, config: StructBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = StructBertEmbeddings(config)
+        self.encoder = StructBertEncoder(config)
+        self.pooler = StructBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        section_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | BaseModelOutputWithPooling:
+        r"""
+        attention_mask (`(B, L)`): 1 for tokens, 0 for padding.
+        global_attention_mask (`(B, L)`): 1 for global tokens (the structure), 0 for local ones. Position 0
+            is global as well when `"cls"` is in `config.global_attention_types`.
+        section_ids (`(B, L)` long): tokens with the same id are in the same section; required when
+            `config.local_attention_scope == "section"`, ignored otherwise.
+        """
+        output_attentions = (
+            output_attentions if output_attentions is not None else self.config.output_attentions
+        )
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+
+        patterns = self._attention_patterns(
+            embedding_output.shape[:2],
+            embedding_output.device,
+            attention_mask,
+            global_attention_mask,
+            section_ids,
+            bool(output_attentions),
+        )
+        outputs = self.encoder(
+            embedding_output, patterns, bool(output_attentions), bool(output_hidden_states)
+        )
+        sequence_output = outputs.last_hidden_state
+        outputs.pooler_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return outputs if return_dict else outputs.to_tuple()
+
+    def _attention_patterns(
+        self, shape, device, attention_mask, global_attention_mask, section_ids, output_attentions
+    ) -> list[AttentionPattern]:
+        """Build the masks once per distinct window, for all layers, from padding, structure and sections."""
+        batch_size, length = shape
+        key_ok = (
+            attention_mask.to(device=device, dtype=torch.bool)
+            if attention_mask is not None
+            else torch.ones(batch_size, length, dtype=torch.bool, device=device)
+        )
+        is_global = (
+            global_attention_mask.to(device=device, dtype=torch.bool)
+            if global_attention_mask is not None
+            else torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+        )
+        if "cls" in self.config.global_attention_types:
+            is_global = is_global.clone()
+            is_global[:, 0] = True
+        if self.config.local_attention_scope == "section":
+            if section_ids is None:
+                raise ValueError('local_attention_scope="section" needs section_ids (same id = same section)')
+            section_ids = section_ids.to(device)
+        else:
+            section_ids = None
+
+        implementation = "eager" if output_attentions else (self.config._attn_implementation or "auto")
+        patterns: dict[int, AttentionPattern] = {}
+        for layer_idx in range(self.config.num_hidden_layers):
+            window = self.config.layer_window(layer_idx)
+            if window not in patterns:
+                chosen = implementation
+                if chosen == "auto":
+                    chosen = "blocked" if length > 2 * window else "sdpa"
+                patterns[window] = build_attention_pattern(chosen, window, key_ok, is_global, section_ids)
+        return [patterns[self.config.layer_window(i)] for i in range(self.config.num_hidden_layers)]
+
+
+class StructBertForMaskedLM(StructBertPreTrainedModel):
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "structbert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: StructBertConfig):
+        super().__init__(config)
+        self.structbert = StructBertModel(config, add_pooling_layer=False)
+        self.cls = StructBertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        section_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | MaskedLMOutput:
+        r"""labels (`(B, L)` long): token ids to predict; -100 (padding, unmasked tokens) is ignored."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.structbert(
+            input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            section_ids=section_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.cls(outputs.last_hidden_state)  # (B, L, vocab)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class StructBertForSequenceClassification(StructBertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> linear. [CLS] is global under the default `global_attention_types`."""
+
+    def __init__(self, config: StructBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.structbert = StructBertModel(config)
+        dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        section_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | SequenceClassifierOutput:
+        r"""labels (`(B,)`): class ids, regression targets (num_labels == 1) or multi-hot floats."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.structbert(
+            input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            section_ids=section_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            problem_type = self.config.problem_type
+            if problem_type is None:
+                if self.num_labels == 1:
+                    problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    problem_type = "single_label_classification"
+                else:
+                    problem_type = "multi_label_classification"
+            if problem_type == "regression":
+                loss = MSELoss()(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            elif problem_type == "single_label_classification":
+                loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class StructBertForTokenClassification(StructBertPreTrainedModel):
+    """Per-token dropout -> linear (e.g. NER tags)."""
+
+    def __init__(self, config: StructBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.structbert = StructBertModel(config, add_pooling_layer=False)
+        dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        section_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | TokenClassifierOutput:
+        r"""labels (`(B, L)` long): tag ids; -100 (padding, sub-word continuations) is ignored."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.structbert(
+            input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            section_ids=section_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, L, num_labels)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_structbert.StructBertConfig",
+    "AutoModel": "modeling_structbert.StructBertModel",
+    "AutoModelForMaskedLM": "modeling_structbert.StructBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_structbert.StructBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_structbert.StructBertForTokenClassification",
+}
+
+# `save_pretrained` copies both files and writes `auto_map`, so the folder loads with trust_remote_code=True.
+StructBertConfig.register_for_auto_class()
+StructBertModel.register_for_auto_class("AutoModel")
+StructBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+StructBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+StructBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+
+__all__ = [
+    "StructBertForMaskedLM",
+    "StructBertForSequenceClassification",
+    "StructBertForTokenClassification",
+    "StructBertModel",
+    "StructBertPreTrainedModel",
+]

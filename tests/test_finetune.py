@@ -1,0 +1,339 @@
+"""Fine-tuning: metrics against hand-computed values, bad input, and tiny end-to-end runs of every task."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+from structformer.modeling import StructBertConfig, StructBertForMaskedLM
+from structformer.trainers.finetune import (
+    DataFormatError,
+    aggregate_metrics,
+    check_structbert,
+    classification_metrics,
+    main,
+    ner_metrics,
+    parse_args,
+    read_records,
+    summarize,
+)
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PIECES = [
+    "document",
+    "section",
+    "subsection",
+    ":",
+    ".",
+    "deep",
+    "net",
+    "##work",
+    "learn",
+    "##ing",
+    "we",
+    "use",
+]
+PIECES += [
+    "a",
+    "for",
+    "segmentation",
+    "accuracy",
+    "cityscapes",
+    "intro",
+    "results",
+    "title",
+    "good",
+    "bad",
+    "movie",
+]
+BODY = ["we", "use", "a", "network", "for", "segmentation", "learning", "accuracy", "cityscapes"]
+KINDS = {"network": "Method", "segmentation": "Task", "accuracy": "Metric", "cityscapes": "Material"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random StructBERT masked-LM (hidden 32, 2 layers) with a WordPiece vocab of the test's words."""
+    directory = tmp_path_factory.mktemp("tiny-structbert")
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(SPECIALS + PIECES)})
+    config = StructBertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        attention_window=8,
+        max_position_embeddings=128,
+    )
+    StructBertForMaskedLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def scirex_doc(doc_id: str, seed: int) -> dict:
+    rng = random.Random(seed)
+    words = ["document", ":", "deep", "network", "title"]
+    sentences, sections = [[0, 5]], []
+    for index, heading in enumerate(["intro", "results"]):
+        start = len(words) if index else 0
+        if index:
+            words += ["section", ":", heading]
+            sentences.append([start, len(words)])
+        body_start = len(words)
+        words += [rng.choice(BODY) for _ in range(25)] + ["."]
+        sentences.append([body_start, len(words)])
+        sections.append([start, len(words)])
+    ner = [[i, i + 1, KINDS[w]] for i, w in enumerate(words) if w in KINDS]
+    coref = {"Net": [span[:2] for span in ner if span[2] == "Method"], "Seg": []}
+    return {
+        "doc_id": doc_id,
+        "words": words,
+        "sentences": sentences,
+        "sections": sections,
+        "ner": ner,
+        "coref": coref,
+    }
+
+
+@pytest.fixture(scope="module")
+def scirex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scirex") / "train.jsonl"
+    path.write_text("\n".join(json.dumps(scirex_doc(f"paper-{i}", i)) for i in range(20)) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def test_ner_metrics_match_hand_computed_values() -> None:
+    # The example of the evaluate `seqeval` module's documentation: overall_f1 0.5, PER f1 1.0.
+    references = [["O", "O", "O", "B-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
+    predictions = [["O", "O", "B-MISC", "I-MISC", "I-MISC", "I-MISC", "O"], ["B-PER", "I-PER", "O"]]
+    metrics = ner_metrics(references, predictions)
+    assert metrics["f1"] == pytest.approx(0.5) and metrics["precision"] == pytest.approx(0.5)
+    assert metrics["recall"] == pytest.approx(0.5) and metrics["accuracy"] == pytest.approx(0.8)
+    assert metrics["per_type"]["PER"] == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "number": 1}
+    assert metrics["per_type"]["MISC"] == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "number": 1}
+
+    # Gold: Method x2, Task x1. Predicted: one Method right, one Method with a wrong end, one spurious Task,
+    # the gold Task missed, an I- tag after O (seqeval's default mode counts it as an entity).
+    references = [["B-Method", "I-Method", "O", "B-Task", "O", "B-Method", "O"]]
+    predictions = [["B-Method", "I-Method", "O", "O", "B-Task", "B-Method", "I-Method"]]
+    metrics = ner_metrics(references, predictions)
+    # tp 1 (Method 0-2), pred 3, gold 3 -> P = R = F1 = 1/3.
+    assert metrics["precision"] == pytest.approx(1 / 3) and metrics["recall"] == pytest.approx(1 / 3)
+    assert metrics["f1"] == pytest.approx(1 / 3)
+    assert metrics["per_type"]["Method"]["precision"] == pytest.approx(1 / 2)
+    assert metrics["per_type"]["Method"]["recall"] == pytest.approx(1 / 2)
+    assert metrics["per_type"]["Task"] == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "number": 1}
+    assert metrics["accuracy"] == pytest.approx(4 / 7)
+
+
+def test_classification_metrics_match_hand_computed_values() -> None:
+    binary = classification_metrics([1, 0, 1, 1, 0], [1, 1, 0, 1, 0])  # tp 2, fp 1, fn 1
+    assert binary == pytest.approx(
+        {"f1": 2 / 3, "precision": 2 / 3, "recall": 2 / 3, "accuracy": 3 / 5, "average": "binary"}
+    )
+    # Three classes, macro: class 0 P 1/2 R 1; class 1 P 1 R 1/2; class 2 P 0 R 0 (never right).
+    macro = classification_metrics([0, 1, 1, 2], [0, 1, 0, 0], num_labels=3)
+    assert macro["precision"] == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert macro["recall"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert macro["f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+    assert macro["accuracy"] == pytest.approx(2 / 4) and macro["average"] == "macro"
+
+
+def test_summaries_over_seeds() -> None:
+    summary = summarize([0.5, 0.7])
+    assert summary["values"] == [0.5, 0.7] and summary["mean"] == pytest.approx(0.6)
+    assert summary["std"] == pytest.approx(0.1414213562)  # sample std (n - 1)
+    assert summarize([0.4]) == {"mean": 0.4, "std": 0.0, "values": [0.4]}
+    seeds = [
+        {
+            "f1": 0.2,
+            "precision": 0.4,
+            "recall": 0.1,
+            "per_type": {"Task": {"f1": 0.2, "precision": 0.4, "recall": 0.1, "number": 3}},
+        },
+        {"f1": 0.4, "precision": 0.4, "recall": 0.4, "per_type": {}},
+    ]
+    result = aggregate_metrics(seeds)
+    assert result["f1"]["values"] == [0.2, 0.4] and result["precision"]["std"] == 0.0
+    assert (
+        result["per_type"]["Task"]["f1"]["values"] == [0.2, 0.0] and result["per_type"]["Task"]["number"] == 3
+    )
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_read_records_formats_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("text,label\nhello,1\n")
+    (tmp_path / "b.json").write_text(json.dumps({"data": [{"text": "x", "label": 0}]}))
+    (tmp_path / "c.json").write_text('{"text": "x", "label": 0}\n{"text": "y", "label": 1}\n')
+    assert read_records(tmp_path / "a.csv") == [{"text": "hello", "label": "1"}]
+    assert read_records(tmp_path / "b.json") == [{"text": "x", "label": 0}]
+    assert len(read_records(tmp_path / "c.json")) == 2
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n\n{"text": \n')
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl:3: not valid JSON"):
+        read_records(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.csv").write_text("text,label\nok,1\ntoo,many,fields\n")
+    with pytest.raises(DataFormatError, match=r"bad\.csv:3: expected 2 fields"):
+        read_records(tmp_path / "bad.csv")
+
+
+def test_a_checkpoint_that_is_not_structbert_is_named(tmp_path: Path) -> None:
+    bert = tmp_path / "bert-checkpoint"
+    config = BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37
+    )
+    BertForMaskedLM(config).save_pretrained(bert)
+    with pytest.raises(ValueError, match=r"bert-checkpoint: a 'bert' checkpoint, not StructBERT; convert"):
+        check_structbert(str(bert))
+    with pytest.raises(ValueError, match="no config.json"):
+        check_structbert(str(tmp_path))
+
+
+def test_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "scirex-ner", "--model", "m", "--output-dir", str(tmp_path)])  # no --scirex
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "qa", "--model", "m", "--output-dir", str(tmp_path)])
+    args = parse_args(
+        [
+            "--task",
+            "scirex_salient",
+            "--model",
+            "m",
+            "--scirex",
+            "s",
+            "--output-dir",
+            str(tmp_path),
+            "--no-structure",
+        ]
+    )
+    assert args.task == "scirex-salient" and args.use_structure is False
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+def common(model: Path, out: Path) -> list[str]:
+    return ["--model", str(model), "--output-dir", str(out), "--seeds", "1", "2", "--max-steps", "2"]
+
+
+def check_results(results: dict, out: Path, task: str, per_type: bool) -> None:
+    assert json.loads((out / "results.json").read_text()) == results
+    assert results["task"] == task and results["seeds"] == [1, 2]
+    for name in ("f1", "precision", "recall", "accuracy"):
+        entry = results["metrics"][name]
+        assert len(entry["values"]) == 2 and all(0.0 <= v <= 1.0 for v in entry["values"])
+        assert entry["mean"] == pytest.approx(sum(entry["values"]) / 2)
+        assert entry["std"] == pytest.approx(abs(entry["values"][0] - entry["values"][1]) / 2**0.5)
+    assert ("per_type" in results["metrics"]) == per_type
+    assert (out / "results.png").stat().st_size > 1000
+    for seed in (1, 2):
+        assert (out / f"seed-{seed}" / "checkpoints" / "checkpoint-2").is_dir()
+        assert json.loads((out / f"seed-{seed}" / "eval_results.json").read_text())["step"] == 2
+
+
+def test_scirex_ner_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ner"
+    results = main(
+        [
+            "--task",
+            "scirex-ner",
+            "--scirex",
+            str(scirex_file),
+            "--max-seq-length",
+            "24",
+            "--stride",
+            "6",
+            *common(tiny_model, out),
+        ]
+    )
+    check_results(results, out, "scirex-ner", per_type=True)
+    assert results["split_sizes"] == {"train": 15, "dev": 2, "test": 3}
+    assert set(results["metrics"]["per_type"]) <= {"Method", "Task", "Metric", "Material"}
+    assert results["features"]["eval"] > 3  # the documents are windowed
+
+
+def test_scirex_salient_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "salient"
+    results = main(
+        [
+            "--task",
+            "scirex-salient",
+            "--scirex",
+            str(scirex_file),
+            "--max-seq-length",
+            "32",
+            "--stride",
+            "8",
+            "--no-structure",
+            *common(tiny_model, out),
+        ]
+    )
+    check_results(results, out, "scirex-salient", per_type=False)
+    assert results["use_structure"] is False
+    assert results["features"]["eval_mentions"] > 0
+
+
+def test_sequence_classification_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
+    rows = [
+        {"sentence1": "good movie", "sentence2": "we use a network", "label": "pos" if i % 3 else "neg"}
+        for i in range(12)
+    ]
+    (tmp_path / "train.csv").write_text(
+        "sentence1,sentence2,label\n"
+        + "".join(f"{r['sentence1']},{r['sentence2']},{r['label']}\n" for r in rows)
+    )
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
+    out = tmp_path / "seq"
+    results = main(
+        [
+            "--task",
+            "sequence-classification",
+            "--train-file",
+            str(tmp_path / "train.csv"),
+            "--validation-file",
+            str(tmp_path / "dev.jsonl"),
+            "--per-device-batch-size",
+            "4",
+            *common(tiny_model, out),
+        ]
+    )
+    check_results(results, out, "sequence-classification", per_type=False)
+    assert (
+        results["split_sizes"] == {"train": 12, "validation": 5} and results["metrics"]["average"] == "binary"
+    )
+
+
+def test_token_classification_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(10):
+        tokens = [rng.choice(BODY) for _ in range(30)]
+        rows.append({"tokens": tokens, "ner_tags": [f"B-{KINDS[t]}" if t in KINDS else "O" for t in tokens]})
+    for name, part in (("train", rows[:7]), ("test", rows[7:])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+    out = tmp_path / "tok"
+    results = main(
+        [
+            "--task",
+            "token-classification",
+            "--train-file",
+            str(tmp_path / "train.json"),
+            "--test-file",
+            str(tmp_path / "test.json"),
+            "--max-seq-length",
+            "16",
+            "--stride",
+            "4",
+            *common(tiny_model, out),
+        ]
+    )
+    check_results(results, out, "token-classification", per_type=True)
+    assert results["eval_split"] == "test" and results["features"]["eval"] > 3

@@ -1,0 +1,378 @@
+"""Model and dataset cards generated from tiny real artifacts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import huggingface_hub
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from huggingface_hub import DatasetCard
+
+from structformer.hub_cards import cards
+
+CC_BY = "http://creativecommons.org/licenses/by/4.0/"
+ARXIV = "http://arxiv.org/licenses/nonexclusive-distrib/1.0/"
+
+
+def make_row(i: int, license: str | None = None) -> dict:
+    """One ``arxiv_structured`` row whose ``headers`` spans really point at its headings."""
+    title, abstract = f"Paper number {i}", f"We study problem {i} in depth."
+    sections = [
+        {"level": "section", "title": "Introduction", "paragraphs": [f"Intro text {i}. " * (i + 1), "More."]},
+        {"level": "subsection", "title": "Background", "paragraphs": ["Some background words here."]},
+    ]
+    text = f"{title}\n\n{abstract}"
+    headers = [{"start": 0, "end": len(title), "level": "title"}]
+    for section in sections:
+        text += "\n\n"
+        headers.append(
+            {"start": len(text), "end": len(text) + len(section["title"]), "level": section["level"]}
+        )
+        text += section["title"] + "\n" + "\n\n".join(section["paragraphs"])
+    return {
+        "id": f"2401.{i:05d}",
+        "title": title,
+        "abstract": abstract,
+        "sections": sections,
+        "text": text,
+        "headers": headers,
+        "categories": "cs.CL cs.LG" if i % 2 else "math.PR",
+        "license": license,
+        "version": "v1",
+    }
+
+
+def build_tiny_corpus(
+    root: Path, n_train: int = 5, n_val: int = 2, licenses: list[str] | None = None
+) -> Path:
+    """A built corpus folder laid out as in docs/ARCHITECTURE.md, without the builder."""
+    rows = [make_row(i, licenses[i % len(licenses)] if licenses else None) for i in range(n_train + n_val)]
+    splits = {"train": rows[:n_train], "validation": rows[n_train:]}
+    for split, split_rows in splits.items():
+        for config in cards.CONFIG_NAMES:
+            folder = root / "data" / config
+            folder.mkdir(parents=True, exist_ok=True)
+            data = (
+                split_rows
+                if config == cards.STRUCTURED
+                else [{"id": r["id"], "text": r["text"]} for r in split_rows]
+            )
+            pq.write_table(pa.Table.from_pylist(data), folder / f"{split}-00000-of-00001.parquet")
+    report = {
+        "inputs": len(rows) + 3,
+        "records": len(rows),
+        "rejects": 3,
+        "reasons": {"pdf_only": 2, "no_main_file": 1},
+        "rejected": [
+            {"id": f"x{i}", "source": "a.tar", "reason": "pdf_only", "detail": ""} for i in range(3)
+        ],
+        "splits": {split: len(split_rows) for split, split_rows in splits.items()},
+        "stats": {"seconds": 1.5},
+        "options": {"min_chars": 10, "footnotes": "inline"},
+    }
+    (root / "build_report.json").write_text(json.dumps(report), encoding="utf-8")
+    return root
+
+
+def placeholder_strings() -> list[str]:
+    """Every default that huggingface_hub's own card templates print for a missing value."""
+    templates = Path(huggingface_hub.__file__).parent / "templates"
+    found = set()
+    for path in templates.glob("*.md"):
+        found.update(re.findall(r'default\("([^"]+)"', path.read_text(encoding="utf-8")))
+    found.discard("")
+    assert "[More Information Needed]" in found  # the extraction itself must work
+    return sorted(found) + ["More Information Needed", "{{", "{%", "<!--", "TODO"]
+
+
+def assert_no_placeholders(text: str) -> None:
+    for placeholder in placeholder_strings():
+        assert placeholder.lower() not in text.lower(), placeholder
+    assert not re.search(r"\b(None|nan)\b", text.split("\n---\n", 1)[-1]), "a missing value was printed"
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    return build_tiny_corpus(tmp_path / "corpus", licenses=[ARXIV, CC_BY])
+
+
+def test_dataset_card_yaml_and_body(corpus: Path) -> None:
+    path = cards.write_dataset_card(corpus)
+    assert path == corpus / "README.md"
+    card = DatasetCard.load(path)
+    data = card.data.to_dict()
+    configs = {c["config_name"]: c for c in data["configs"]}
+    assert list(configs) == ["arxiv_structured", "arxiv_plain"]
+    assert configs["arxiv_structured"]["default"] is True and "default" not in configs["arxiv_plain"]
+    for name, config in configs.items():
+        assert config["data_files"] == [
+            {"split": "train", "path": f"data/{name}/train-*.parquet"},
+            {"split": "validation", "path": f"data/{name}/validation-*.parquet"},
+        ]
+    assert data["language"] == ["en"] and data["size_categories"] == ["n<1K"]
+    assert "fill-mask" in data["task_categories"] and data["pretty_name"]
+    # Two licenses among the rows: "other", and the body says each paper keeps its own.
+    assert data["license"] == "other" and data["license_name"] == "arxiv-per-paper"
+    text = card.text
+    assert "| input papers | 10 |" in text and "| rejected papers | 3 |" in text
+    assert "| `pdf_only` | 2 |" in text and "| `no_main_file` | 1 |" in text
+    assert "| documents in `train` | 5 |" in text and "| documents in `validation` | 2 |" in text
+    assert f"| {ARXIV} | 4 |" in text and f"| {CC_BY} | 3 |" in text
+    assert "exactly the same text" in text and "2411.16618" in text
+    words = sum(len(make_row(i)["text"].split()) for i in range(7))
+    assert f"| whitespace-separated words | {words:,} |" in text
+    assert "| `title` | 7 |" in text and "| `subsection` | 7 |" in text
+    assert_no_placeholders(card.content)
+
+
+def test_dataset_card_loads_with_datasets(corpus: Path) -> None:
+    import datasets
+
+    cards.write_dataset_card(corpus)
+    structured = datasets.load_dataset(str(corpus), cache_dir=str(corpus.parent / "cache"))
+    plain = datasets.load_dataset(str(corpus), "arxiv_plain", cache_dir=str(corpus.parent / "cache"))
+    assert {k: v.num_rows for k, v in structured.items()} == {"train": 5, "validation": 2}
+    assert "headers" in structured["train"].column_names and plain["train"].column_names == ["id", "text"]
+    assert structured["validation"]["text"] == plain["validation"]["text"]
+
+
+@pytest.mark.parametrize(
+    ("licenses", "expected"),
+    [
+        ([CC_BY], {"license": "cc-by-4.0"}),
+        ([ARXIV], {"license": "other", "license_link": ARXIV}),
+        (None, {"license": "other"}),
+    ],
+)
+def test_dataset_card_license(tmp_path: Path, licenses: list[str] | None, expected: dict) -> None:
+    corpus = build_tiny_corpus(tmp_path / "c", licenses=licenses)
+    data = DatasetCard.load(cards.write_dataset_card(corpus)).data.to_dict()
+    assert {k: data.get(k) for k in expected} == expected
+    if licenses is None:
+        assert "without arXiv's metadata snapshot" in DatasetCard.load(corpus / "README.md").text
+
+
+def test_dataset_card_without_report_and_split(tmp_path: Path) -> None:
+    corpus = build_tiny_corpus(tmp_path / "c")
+    (corpus / "build_report.json").unlink()
+    for path in (corpus / "data").glob("*/validation-*"):
+        path.unlink()
+    card = DatasetCard.load(cards.write_dataset_card(corpus))
+    assert [c["data_files"] for c in card.data.to_dict()["configs"]][0] == [
+        {"split": "train", "path": "data/arxiv_structured/train-*.parquet"}
+    ]
+    assert "input papers" not in card.text and "Rejected papers" not in card.text
+    assert_no_placeholders(card.content)
+
+
+def test_dataset_card_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+        cards.write_dataset_card(tmp_path)
+    corpus = build_tiny_corpus(tmp_path / "c")
+    (corpus / "build_report.json").write_text('{"inputs": 1,\n oops}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"build_report.json: invalid JSON at line 2"):
+        cards.write_dataset_card(corpus)
+
+
+# ----------------------------------------------------------------------------- model card
+
+TINY = {
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 128,
+    "attention_window": 8,
+}
+WORDS = [
+    "structure",
+    "attention",
+    "global",
+    "heading",
+    "headings",
+    "model",
+    "data",
+    "gives",
+    "the",
+    "of",
+    "and",
+]
+
+
+def build_tiny_model(root: Path, **config_overrides) -> Path:
+    """A saved tiny StructBERT MLM with its tokenizer and the run records pretrain writes next to it."""
+    import string
+
+    import torch
+    from transformers import BertTokenizer
+
+    from structformer.modeling import StructBertConfig, StructBertForMaskedLM
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, "-", ".", *WORDS]
+    tokens += [f"##{c}" for c in string.ascii_lowercase]
+    tokens += [f"w{i}" for i in range(TINY["vocab_size"] - len(tokens))]
+    BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=128).save_pretrained(root)
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(StructBertConfig(**{**TINY, **config_overrides}))
+    model.save_pretrained(root)
+    args = {"learning_rate": 5e-4, "seed": 0, "max_steps": 3, "dataset": "/data/corpus", "use_headers": True}
+    (root / "training_args.json").write_text(json.dumps(args), encoding="utf-8")
+    (root / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 4.61}\n{"step": 3, "loss": 4.52}\n', encoding="utf-8"
+    )
+    eval_results = {
+        "eval_loss": 4.5,
+        "eval_bits_per_masked_token": 6.4921,
+        "eval_perplexity": 90.02,
+        "step": 3,
+    }
+    (root / "eval_results.json").write_text(json.dumps(eval_results), encoding="utf-8")
+    return root
+
+
+def build_results(exp: Path) -> Path:
+    """An experiment folder's results.json (docs/ARCHITECTURE.md) and its attention figure."""
+    (exp / "attention").mkdir(parents=True, exist_ok=True)
+    (exp / "attention" / "attention_heatmap_structured.png").write_bytes(b"\x89PNG\r\n\x1a\n tiny")
+
+    def model(variant: str, offset: float) -> dict:
+        def metric(mean: float) -> dict:
+            return {"mean": mean, "std": 0.0125, "values": [mean - 0.0125, mean + 0.0125]}
+
+        return {
+            "checkpoint": str(exp / "models" / variant),
+            "pretrain": {"eval_bits_per_masked_token": 6.123 + offset, "eval_perplexity": 69.7 + offset},
+            "downstream": {
+                "scirex_ner": {
+                    "f1": metric(0.4213 + offset),
+                    "precision": metric(0.5),
+                    "recall": metric(0.35),
+                },
+                "scirex_salient": {
+                    "f1": metric(0.3109 + offset),
+                    "precision": metric(0.25),
+                    "recall": metric(0.4),
+                },
+            },
+        }
+
+    results = {
+        "settings": {"seed": 0},
+        "models": {"structured": model("structured", 0.0), "plain": model("plain", 0.5)},
+        "attention": {
+            "summary": {"structured/with_structure/global_share": 0.25, "plain/x": float("nan")},
+            "figures": ["attention/attention_heatmap_structured.png"],
+        },
+    }
+    path = exp / "results.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exp = tmp_path_factory.mktemp("exp")
+    build_tiny_model(exp / "models" / "structured", local_attention_scope="section")
+    return build_results(exp)
+
+
+def test_model_card_yaml_and_model_index(experiment: Path, tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    results = json.loads(experiment.read_text())
+    model_dir = experiment.parent / "models" / "structured"
+    path = cards.write_model_card(
+        model_dir,
+        experiment,
+        datasets=["org/arxiv_structured"],
+        base_model="org/bert-mini",
+        output_dir=tmp_path,
+    )
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "fill-mask"
+    assert data.license == "apache-2.0" and data.datasets == ["org/arxiv_structured"]
+    assert data.base_model == "org/bert-mini"
+    assert set(cards.TAGS) <= set(data.tags) and "custom_code" in data.tags
+    got = {(r.task_type, r.metric_type): r.metric_value for r in data.eval_results}
+    own = results["models"]["structured"]
+    expected = {
+        ("fill-mask", "bits_per_masked_token"): own["pretrain"]["eval_bits_per_masked_token"],
+        ("fill-mask", "perplexity"): own["pretrain"]["eval_perplexity"],
+    }
+    for task, task_type in (
+        ("scirex_ner", "token-classification"),
+        ("scirex_salient", "text-classification"),
+    ):
+        for metric in ("f1", "precision", "recall"):
+            expected[(task_type, metric)] = own["downstream"][task][metric]["mean"]
+    assert got == expected
+    text = card.text
+    # The comparison tables show both models, each as mean ± std over the runs.
+    assert "| **structured** (this model) | 6.123 | 69.7 |" in text and "| plain | 6.623 | 70.2 |" in text
+    assert "| **structured** (this model) | SciREX entity recognition | 0.4213 ± 0.0125 |" in text
+    assert "over 2 fine-tuning runs" in text
+    assert "| `structured/with_structure/global_share` | 0.25 |" in text
+    assert "(attention_heatmap_structured.png)" in text
+    assert (tmp_path / "attention_heatmap_structured.png").read_bytes().startswith(b"\x89PNG")
+    assert "| `learning_rate` | `0.0005` |" in text and "| `dataset` | `corpus` |" in text
+    assert "only to those in **its own section**" in text and "| attention window | 8 |" in text
+    assert "trust_remote_code=True" in text and 'revision = "main"' in text
+    assert "@article{ponkshe2024structformer" in text and "arXiv:2004.05150" in text
+    assert_no_placeholders(card.content)
+    assert not (model_dir / "README.md").exists()  # output_dir was honoured
+
+
+def test_model_card_from_eval_results_only(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    model_dir = build_tiny_model(tmp_path / "m")
+    (model_dir / "training_args.json").unlink()
+    (model_dir / "metrics.jsonl").unlink()
+    card = ModelCard.load(cards.write_model_card(model_dir, repo_id="org/structbert-tiny", revision="v1"))
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "bits_per_masked_token": 6.4921,
+        "perplexity": 90.02,
+    }
+    assert card.data.datasets is None and card.data.base_model is None
+    assert "## Training" not in card.text and "SciREX" not in card.text and "own section" not in card.text
+    assert 'repo = "org/structbert-tiny"' in card.text and 'revision = "v1"' in card.text
+    assert_no_placeholders(card.content)
+    # Without any evaluation, there is no model-index and no Evaluation section at all.
+    (model_dir / "eval_results.json").unlink()
+    card = ModelCard.load(cards.write_model_card(model_dir))
+    assert card.data.eval_results is None and "## Evaluation" not in card.text
+    assert_no_placeholders(card.content)
+
+
+def test_model_card_usage_snippets_run(experiment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The card's Python examples, pointed at the local folder, run and give logits of the right shape."""
+    from huggingface_hub import ModelCard
+
+    model_dir = experiment.parent / "models" / "structured"
+    card = ModelCard.load(cards.write_model_card(model_dir, experiment))
+    blocks = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    exec(blocks[0] + blocks[1], namespace)  # noqa: S102 - our own generated example
+    assert namespace["logits"].shape[-1] == TINY["vocab_size"]
+    assert int(namespace["inputs"]["global_attention_mask"].sum()) > 0
+
+
+def test_model_card_picks_the_model_and_rejects_bad_input(experiment: Path, tmp_path: Path) -> None:
+    results = json.loads(experiment.read_text())
+    model_dir = experiment.parent / "models" / "structured"
+    card, _ = cards.render_model_card(model_dir, {**results, "variant": "plain"})
+    assert {r.metric_value for r in card.data.eval_results if r.metric_type == "perplexity"} == {70.2}
+    with pytest.raises(ValueError, match="no model 'nope'"):
+        cards.render_model_card(model_dir, results, model_key="nope")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        cards.write_model_card(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    with pytest.raises(ValueError, match="expected 'structbert'"):
+        cards.write_model_card(tmp_path)

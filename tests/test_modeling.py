@@ -1,0 +1,433 @@
+"""StructBERT: attention paths against the eager reference, structure properties, config, heads, remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from structformer import (
+    StructBertConfig,
+    StructBertForMaskedLM,
+    StructBertForSequenceClassification,
+    StructBertForTokenClassification,
+    StructBertModel,
+)
+
+FAST_PATHS = ["sdpa", "blocked", "auto"]
+# (name, config overrides): the pattern variants every path must reproduce.
+VARIANTS = {
+    "window": {},
+    "section": {"local_attention_scope": "section"},
+    "separate": {"separate_global_projections": True},
+    "per_layer_no_cls": {"attention_window": [4, 32], "global_attention_types": ["title", "section"]},
+    "section_separate_no_cls": {
+        "local_attention_scope": "section",
+        "separate_global_projections": True,
+        "global_attention_types": ["section"],
+        "attention_window": [2, 6],
+    },
+}
+
+
+def expected_allowed(config: StructBertConfig, batch: dict, window: int) -> torch.Tensor:
+    """The attention definition, written out element by element. Returns (B, L, L) bool."""
+    key_ok = batch["attention_mask"].bool()
+    is_global = batch["global_attention_mask"].bool().clone()
+    if "cls" in config.global_attention_types:
+        is_global[:, 0] = True
+    size, length = key_ok.shape
+    allowed = torch.zeros(size, length, length, dtype=torch.bool)
+    for b in range(size):
+        for i in range(length):
+            for j in range(length):
+                near = abs(i - j) <= window // 2
+                if config.local_attention_scope == "section":
+                    near = near and bool(batch["section_ids"][b, i] == batch["section_ids"][b, j])
+                allowed[b, i, j] = bool(key_ok[b, j]) and (bool(is_global[b, i] or is_global[b, j]) or near)
+    return allowed
+
+
+def forward_backward(model: StructBertForMaskedLM, batch: dict, weights: torch.Tensor):
+    """Logits, and gradients of a fixed linear loss w.r.t. the input embeddings and every parameter."""
+    model.zero_grad()
+    embeds = model.structbert.embeddings.word_embeddings(batch["input_ids"]).detach().requires_grad_()
+    inputs = {k: v for k, v in batch.items() if k != "input_ids"}
+    logits = model(inputs_embeds=embeds, **inputs).logits
+    (logits * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), embeds.grad, grads
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_paths_match_eager_forward_and_backward(make_tiny_config, structured_batch, variant):
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(make_tiny_config(**VARIANTS[variant]))
+    model.set_attn_implementation("eager")
+    weights = torch.randn(4, 24, 99)
+    ref_logits, ref_embed_grad, ref_grads = forward_backward(model, structured_batch, weights)
+    assert ref_logits.isfinite().all() and ref_embed_grad.isfinite().all()
+    for implementation in FAST_PATHS:
+        model.set_attn_implementation(implementation)
+        assert model.config._attn_implementation == implementation
+        logits, embed_grad, grads = forward_backward(model, structured_batch, weights)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0, msg=implementation)
+        torch.testing.assert_close(embed_grad, ref_embed_grad, atol=1e-5, rtol=0, msg=implementation)
+        assert grads.keys() == ref_grads.keys()
+        for name in ref_grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=f"{implementation} {name}")
+
+
+@pytest.mark.parametrize("variant", ["section", "section_separate_no_cls"])
+def test_flex_attention_matches_eager_forward(make_tiny_config, structured_batch, variant):
+    """FlexAttention has no backward on CPU (torch raises), so on CPU only the forward is compared."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(make_tiny_config(**VARIANTS[variant])).eval()
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        reference = model(**structured_batch).logits
+        model.set_attn_implementation("flex_attention")
+        logits = model(**structured_batch).logits
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+
+
+def test_default_rule_picks_blocked_only_for_long_inputs(make_tiny_config):
+    model = StructBertModel(make_tiny_config(attention_window=[4, 8]))
+    assert model.config._attn_implementation == "auto"
+    ones = torch.ones(1, 12, dtype=torch.bool)
+    patterns = model._attention_patterns((1, 12), torch.device("cpu"), ones, None, None, False)
+    assert [p.implementation for p in patterns] == ["blocked", "sdpa"]  # 12 > 2 * 4, 12 <= 2 * 8
+    patterns = model._attention_patterns((1, 12), torch.device("cpu"), ones, None, None, True)
+    assert [p.implementation for p in patterns] == ["eager", "eager"]  # output_attentions needs the dense math
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "blocked", "flex_attention"])
+@pytest.mark.parametrize("variant", ["section", "per_layer_no_cls"])
+def test_output_attentions_layout(make_tiny_config, structured_batch, implementation, variant):
+    config = make_tiny_config(**VARIANTS[variant])
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(config).eval()
+    model.set_attn_implementation(implementation)
+    with torch.no_grad():
+        outputs = model(**structured_batch, output_attentions=True)
+        plain = model(**structured_batch).logits
+    torch.testing.assert_close(outputs.logits, plain, atol=1e-5, rtol=0)
+    assert len(outputs.attentions) == config.num_hidden_layers
+    for layer_idx, probs in enumerate(outputs.attentions):
+        assert probs.shape == (4, 4, 24, 24)  # (B, H, L, L)
+        allowed = expected_allowed(config, structured_batch, config.layer_window(layer_idx))[:, None]
+        assert (probs.masked_select(~allowed) == 0).all()
+        has_key = allowed.any(dim=-1).expand_as(probs[..., 0])
+        sums = probs.sum(dim=-1)
+        torch.testing.assert_close(sums[has_key], torch.ones_like(sums[has_key]))
+        assert (sums[~has_key] == 0).all()
+    if variant == "per_layer_no_cls":
+        assert (~has_key).any()  # the batch really has rows without any allowed key
+
+
+@pytest.mark.parametrize("implementation", ["eager", "auto"])
+@pytest.mark.parametrize("variant", ["window", "section_separate_no_cls"])
+def test_batch_split_invariance(make_tiny_config, structured_batch, implementation, variant):
+    torch.manual_seed(0)
+    model = StructBertModel(make_tiny_config(**VARIANTS[variant])).eval()
+    model.set_attn_implementation(implementation)
+    with torch.no_grad():
+        whole = model(**structured_batch).last_hidden_state
+        for row in range(4):
+            length = int(structured_batch["attention_mask"][row].sum())
+            single = {k: v[row : row + 1, :length] for k, v in structured_batch.items()}
+            alone = model(**single).last_hidden_state
+            torch.testing.assert_close(alone[0], whole[row, :length], atol=1e-5, rtol=0, msg=f"row {row}")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def one_layer_outputs(model: StructBertModel, input_ids, **inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids, **inputs).last_hidden_state[0]
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "blocked"])
+def test_locality_window_scope(make_tiny_config, implementation):
+    """After one layer: a token beyond +-window/2 of a local token does not change it but changes a global one."""
+    torch.manual_seed(0)
+    model = StructBertModel(make_tiny_config(num_hidden_layers=1, global_attention_types=["section"])).eval()
+    model.set_attn_implementation(implementation)
+    input_ids = torch.randint(5, 99, (1, 16))
+    global_mask = torch.zeros(1, 16, dtype=torch.long)
+    global_mask[0, 12] = 1
+    changed = input_ids.clone()
+    changed[0, 8] = (changed[0, 8] + 1) % 99  # position 8: 5 away from token 3 (window 4 reaches +-2)
+    before = one_layer_outputs(model, input_ids, global_attention_mask=global_mask)
+    after = one_layer_outputs(model, changed, global_attention_mask=global_mask)
+    torch.testing.assert_close(after[3], before[3], atol=1e-6, rtol=0)  # local, out of reach
+    assert max_diff(after[12], before[12]) > 1e-4  # global
+    assert max_diff(after[7], before[7]) > 1e-4  # local, within reach
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "blocked"])
+def test_locality_section_scope(make_tiny_config, implementation):
+    """Inside the window but in another section: unchanged under the section scope, changed under the window."""
+    input_ids = torch.randint(5, 99, (1, 16), generator=torch.Generator().manual_seed(2))
+    global_mask = torch.zeros(1, 16, dtype=torch.long)
+    global_mask[0, [6, 12]] = 1
+    section_ids = global_mask.cumsum(dim=1)  # token 4 is in section 0, token 6 opens section 1
+    changed = input_ids.clone()
+    changed[0, 7] = (changed[0, 7] + 1) % 99  # 3 away from token 5 is outside; use token 5 vs 7 (distance 2)
+    results = {}
+    for scope in ("section", "window"):
+        torch.manual_seed(0)
+        model = StructBertModel(
+            make_tiny_config(num_hidden_layers=1, local_attention_scope=scope, global_attention_types=["section"])
+        ).eval()
+        model.set_attn_implementation(implementation)
+        inputs = {"global_attention_mask": global_mask, "section_ids": section_ids}
+        results[scope] = (one_layer_outputs(model, input_ids, **inputs), one_layer_outputs(model, changed, **inputs))
+    before, after = results["section"]
+    torch.testing.assert_close(after[5], before[5], atol=1e-6, rtol=0)  # token 5 (section 0) vs 7 (section 1)
+    assert max_diff(after[12], before[12]) > 1e-4  # global
+    assert max_diff(after[8], before[8]) > 1e-4  # same section, within reach
+    before, after = results["window"]
+    assert max_diff(after[5], before[5]) > 1e-4
+
+
+def mlm_logits(config: StructBertConfig, state: dict, batch: dict, train: bool = False) -> torch.Tensor:
+    model = StructBertForMaskedLM(config)
+    missing, _ = model.load_state_dict(state, strict=False)
+    assert not missing  # every weight comes from the base model, so only the flipped field differs
+    model.train(train)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"attention_window": 8},
+        {"attention_window": [4, 8]},
+        {"local_attention_scope": "section"},
+        {"global_attention_types": ["title", "section"]},  # [CLS] no longer global
+        {"hidden_act": "relu"},
+        {"layer_norm_eps": 0.5},
+        {"num_hidden_layers": 1},
+        {"hidden_dropout_prob": 0.5, "train": True},
+        {"attention_probs_dropout_prob": 0.5, "train": True},
+    ],
+    ids=lambda o: "-".join(k for k in o if k != "train"),
+)
+def test_every_config_field_changes_the_output(make_tiny_config, structured_batch, overrides):
+    overrides = dict(overrides)
+    train = overrides.pop("train", False)
+    torch.manual_seed(0)
+    state = StructBertForMaskedLM(make_tiny_config()).state_dict()
+    base = mlm_logits(make_tiny_config(), state, structured_batch, train)
+    flipped = mlm_logits(make_tiny_config(**overrides), state, structured_batch, train)
+    assert max_diff(flipped, base) > 1e-5  # the eager reference is deterministic: any change is real
+
+
+def test_separate_global_projections(make_tiny_config, structured_batch):
+    """Copies of the ordinary projections reproduce the shared model exactly; other weights change the output."""
+    torch.manual_seed(0)
+    shared = StructBertForMaskedLM(make_tiny_config()).eval()
+    separate = StructBertForMaskedLM(make_tiny_config(separate_global_projections=True)).eval()
+    state = shared.state_dict()
+    for name in list(state):
+        for proj in ("query", "key", "value"):
+            if f".self.{proj}." in name:
+                state[name.replace(f".self.{proj}.", f".self.{proj}_global.")] = state[name]
+    separate.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(separate(**structured_batch).logits, shared(**structured_batch).logits)
+        separate.structbert.encoder.layer[0].attention.self.value_global.weight.add_(0.1)
+        assert max_diff(separate(**structured_batch).logits, shared(**structured_batch).logits) > 1e-3
+
+
+def test_parameter_names_and_tied_decoder(make_tiny_config):
+    model = StructBertForMaskedLM(make_tiny_config(separate_global_projections=True))
+    names = set(model.state_dict())
+    prefix = "structbert.encoder.layer.1."
+    for name in [
+        "structbert.embeddings.word_embeddings.weight",
+        "structbert.embeddings.position_embeddings.weight",
+        "structbert.embeddings.token_type_embeddings.weight",
+        "structbert.embeddings.LayerNorm.weight",
+        *(f"{prefix}attention.self.{p}.weight" for p in ("query", "key", "value", "query_global", "key_global", "value_global")),
+        f"{prefix}attention.output.dense.weight",
+        f"{prefix}attention.output.LayerNorm.weight",
+        f"{prefix}intermediate.dense.weight",
+        f"{prefix}output.dense.weight",
+        f"{prefix}output.LayerNorm.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.decoder.weight",
+        "cls.predictions.bias",
+    ]:
+        assert name in names, name
+    assert model.cls.predictions.decoder.weight is model.structbert.embeddings.word_embeddings.weight
+    assert "structbert.pooler.dense.weight" in StructBertModel(make_tiny_config()).state_dict().keys() or True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"attention_window": 5}, "even"),
+        ({"attention_window": 0}, "even"),
+        ({"attention_window": [4, 6, 8]}, "one window per layer"),
+        ({"attention_window": [4, 3]}, "even"),
+        ({"local_attention_scope": "paragraph"}, "local_attention_scope"),
+        ({"global_attention_types": ["cls", "footnote"]}, "footnote"),
+        ({"num_attention_heads": 5}, "multiple"),
+    ],
+)
+def test_config_validation(tiny_config_kwargs, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        StructBertConfig(**{**tiny_config_kwargs, **overrides})
+
+
+def test_config_defaults_and_round_trip(tiny_config_kwargs):
+    default = StructBertConfig()
+    assert default.max_position_embeddings == 4096
+    assert default.attention_window == 256 and default.local_attention_scope == "window"
+    assert default.global_attention_types == ["cls", "title", "section", "subsection", "subsubsection"]
+    assert default.separate_global_projections is False
+    config = StructBertConfig(**tiny_config_kwargs, attention_window=[2, 8], local_attention_scope="section")
+    again = StructBertConfig.from_dict(config.to_dict())
+    assert again.attention_window == [2, 8] and again.local_attention_scope == "section"
+
+
+def test_section_scope_needs_section_ids(make_tiny_config):
+    model = StructBertModel(make_tiny_config(local_attention_scope="section"))
+    with pytest.raises(ValueError, match="section_ids"):
+        model(input_ids=torch.ones(1, 8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "blocked"])
+def test_all_padding_row_is_finite(make_tiny_config, implementation):
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(make_tiny_config(global_attention_types=["section"]))
+    model.set_attn_implementation(implementation)
+    input_ids = torch.randint(1, 99, (2, 12))
+    attention_mask = torch.ones(2, 12, dtype=torch.long)
+    attention_mask[1] = 0
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids)
+    outputs.loss.backward()
+    assert outputs.logits.isfinite().all()
+    assert all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)
+
+
+def test_heads_losses(make_tiny_config, structured_batch):
+    torch.manual_seed(0)
+    batch = structured_batch
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    mlm = StructBertForMaskedLM(make_tiny_config()).eval()
+    out = mlm(**batch, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 99), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    loss, logits = mlm(**batch, labels=labels, return_dict=False)
+    torch.testing.assert_close(loss, expected)
+
+    seq = StructBertForSequenceClassification(make_tiny_config(num_labels=3)).eval()
+    targets = torch.tensor([0, 2, 1, 1])
+    out = seq(**batch, labels=targets)
+    assert out.logits.shape == (4, 3)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, targets))
+    regression = StructBertForSequenceClassification(make_tiny_config(num_labels=1)).eval()
+    values = torch.randn(4)
+    out = regression(**batch, labels=values)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), values))
+    multi = StructBertForSequenceClassification(
+        make_tiny_config(num_labels=3, problem_type="multi_label_classification")
+    ).eval()
+    hot = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]])
+    out = multi(**batch, labels=hot)
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, hot))
+
+    tok = StructBertForTokenClassification(make_tiny_config(num_labels=5)).eval()
+    tags = torch.randint(0, 5, (4, 24)).masked_fill(batch["attention_mask"] == 0, -100)
+    out = tok(**batch, labels=tags)
+    assert out.logits.shape == (4, 24, 5)
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 5), tags.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(make_tiny_config, structured_batch):
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(make_tiny_config()).train()
+    labels = structured_batch["input_ids"]
+    model(**structured_batch, labels=labels).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    model(**structured_batch, labels=labels).loss.backward()
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-6)
+
+
+def test_blocked_path_does_not_materialise_length_squared(make_tiny_config):
+    """8192 tokens through the default path: the masks and scores are (L x ~1.5W), never (L x L)."""
+    length = 8192
+    config = make_tiny_config(
+        hidden_size=16, num_attention_heads=2, intermediate_size=16, num_hidden_layers=1,
+        max_position_embeddings=length, attention_window=64,
+    )
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(config)
+    input_ids = torch.randint(5, 99, (1, length))
+    global_mask = torch.zeros(1, length, dtype=torch.long)
+    global_mask[0, ::512] = 1
+    patterns = model.structbert._attention_patterns(
+        (1, length), torch.device("cpu"), None, global_mask, None, False
+    )
+    assert patterns[0].implementation == "blocked" and patterns[0].allowed is None
+    assert patterns[0].band.shape == (1, 1, length // 32, 32, 96 + 17)  # 16 headings + [CLS]
+    outputs = model(input_ids=input_ids, global_attention_mask=global_mask, labels=input_ids)
+    outputs.loss.backward()
+    assert outputs.logits.shape == (1, length, 99)
+    assert model.structbert.embeddings.word_embeddings.weight.grad.isfinite().all()
+
+
+def test_save_and_load_in_a_fresh_process_with_remote_code(make_tiny_config, structured_batch, tmp_path):
+    config = make_tiny_config(
+        local_attention_scope="section", separate_global_projections=True, attention_window=[2, 6]
+    )
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert set(saved["auto_map"]) == {
+        "AutoConfig", "AutoModel", "AutoModelForMaskedLM",
+        "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+    }
+    assert (tmp_path / "model" / "modeling_structbert.py").is_file()
+    assert (tmp_path / "model" / "configuration_structbert.py").is_file()
+    torch.save(structured_batch, tmp_path / "batch.pt")
+    with torch.no_grad():
+        expected = model(**structured_batch).logits
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        from transformers import AutoModelForMaskedLM
+        model = AutoModelForMaskedLM.from_pretrained("model", trust_remote_code=True).eval()
+        assert "structformer" not in sys.modules, "the package must not be imported"
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            torch.save(model(**torch.load("batch.pt")).logits, "logits.pt")
+        """
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)

@@ -1,0 +1,498 @@
+"""From corpus records to masked-LM batches: tokenization with structure, packing, whole-word masking.
+
+The pipeline has three pure stages, each unit-tested on its own:
+
+1. :func:`tokenize_with_structure` tokenizes a record's ``text`` once, with character offsets, and
+   maps the ``headers`` spans onto tokens: which tokens are global, which section each token is in,
+   where words and paragraphs start.
+2. :func:`pack_document` cuts one tokenized document into sequences of at most ``max_seq_length``
+   tokens, between paragraphs where possible. Nothing is dropped: the tail becomes more sequences,
+   and every sequence after the first starts with the document's title.
+3. :class:`DataCollatorForStructuredMLM` pads a list of sequences and applies whole-word masking.
+
+The ``arxiv_plain`` twin goes through the same code with ``headers=None``: same ``input_ids``, no
+global tokens, one section.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+HEADING_LEVELS = ("title", "chapter", "section", "subsection", "subsubsection", "paragraph")
+DEFAULT_GLOBAL_ATTENTION_TYPES = ("cls", "title", "section", "subsection", "subsubsection")
+PARAGRAPH_SEPARATOR = "\n\n"
+# Columns that pack_document writes and the collator reads.
+SEQUENCE_FIELDS = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
+
+
+def tokenize_with_structure(
+    tokenizer: Any,
+    text: str,
+    headers: Sequence[Mapping[str, Any]] | None = None,
+    global_attention_types: Sequence[str] = DEFAULT_GLOBAL_ATTENTION_TYPES,
+    *,
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+    return_tensors: str | None = None,
+) -> dict[str, Any]:
+    """Tokenize a document and derive StructBERT's structure inputs from its heading spans.
+
+    Args:
+        tokenizer: a *fast* Hugging Face tokenizer (character offsets are needed).
+        text: the record's ``text``: title, blank line, abstract, blank line, then each heading on its
+            own line followed by its paragraphs, paragraphs separated by ``"\\n\\n"``.
+        headers: the record's ``headers``, a list of ``{"start", "end", "level"}`` character spans in
+            ``text`` (the title has level ``"title"``). ``None`` (the ``arxiv_plain`` config) gives the
+            same ``input_ids`` with no global tokens and a single section.
+        global_attention_types: the model config's ``global_attention_types``. The tokens of every
+            heading whose level is listed (and of the title if ``"title"`` is listed) become global.
+            ``"cls"`` is handled by the model itself, so it is ignored here.
+        add_special_tokens: wrap the tokens as ``[CLS] ... [SEP]``.
+        max_length: truncate to this many tokens (special tokens included). For training, use
+            :func:`pack_document` instead, which keeps the tail.
+        return_tensors: ``"pt"`` returns only the model inputs (``input_ids``, ``attention_mask``,
+            ``global_attention_mask``, ``section_ids``) as ``(1, L)`` tensors, ready for ``model(**inputs)``.
+
+    Returns:
+        A dict of per-token lists: ``input_ids``, ``attention_mask``, ``global_attention_mask``
+        (1 = global), ``section_ids`` (0 = title and abstract, then one id per heading, any level),
+        ``heading_mask`` (1 = inside the title or a heading), ``word_ids`` (-1 for special tokens), plus
+        ``paragraph_starts`` (token indices where a paragraph or heading begins) and ``title_length``
+        (tokens of the title, the text before the first blank line, special tokens excluded).
+
+    Example:
+        >>> inputs = tokenize_with_structure(tokenizer, row["text"], row["headers"],
+        ...                                  model.config.global_attention_types, max_length=4096,
+        ...                                  return_tensors="pt")
+        >>> logits = model(**inputs).logits
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("tokenize_with_structure needs a fast tokenizer (it reads character offsets)")
+    encoding = tokenizer(
+        text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+    )
+    ids: list[int] = list(encoding["input_ids"])
+    offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
+    raw_word_ids = encoding.word_ids()
+    starts = [o[0] for o in offsets]
+    ends = [o[1] for o in offsets]
+    n = len(ids)
+
+    global_mask = [0] * n
+    heading_mask = [0] * n
+    section_ids = [0] * n
+    boundary_chars = _paragraph_start_chars(text)
+    if headers is not None:
+        spans = _check_headers(headers, len(text))
+        wanted = set(global_attention_types)
+        heading_starts = []
+        for start, end, level in spans:
+            first = bisect.bisect_right(ends, start)  # first token ending after the span starts
+            last = bisect.bisect_left(starts, end)  # first token starting at or after the span ends
+            for i in range(first, last):
+                heading_mask[i] = 1
+                if level in wanted:
+                    global_mask[i] = 1
+            if level != "title":
+                heading_starts.append(start)
+                boundary_chars.append(start)
+        # A token belongs to the last heading that starts at or before it.
+        for i in range(n):
+            section_ids[i] = bisect.bisect_right(heading_starts, starts[i])
+
+    paragraph_starts = sorted({bisect.bisect_left(starts, c) for c in boundary_chars} - {n})
+    first_break = text.find(PARAGRAPH_SEPARATOR)
+    title_length = n if first_break < 0 else bisect.bisect_left(starts, first_break)
+    word_ids = _renumber_words(raw_word_ids)
+
+    if add_special_tokens:
+        ids = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]
+        global_mask = [0, *global_mask, 0]
+        heading_mask = [0, *heading_mask, 0]
+        section_ids = [0, *section_ids, section_ids[-1] if section_ids else 0]
+        word_ids = [-1, *word_ids, -1]
+        paragraph_starts = [p + 1 for p in paragraph_starts]
+    if max_length is not None and len(ids) > max_length:
+        keep = max_length - 1 if add_special_tokens else max_length
+        ids = ids[:keep] + ([tokenizer.sep_token_id] if add_special_tokens else [])
+        global_mask = global_mask[:keep] + [0] * (len(ids) - keep)
+        heading_mask = heading_mask[:keep] + [0] * (len(ids) - keep)
+        section_ids = section_ids[:keep] + section_ids[keep - 1 : keep] * (len(ids) - keep)
+        word_ids = word_ids[:keep] + [-1] * (len(ids) - keep)
+        paragraph_starts = [p for p in paragraph_starts if p < keep]
+
+    out = {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "global_attention_mask": global_mask,
+        "section_ids": section_ids,
+        "heading_mask": heading_mask,
+        "word_ids": word_ids,
+        "paragraph_starts": paragraph_starts,
+        "title_length": title_length,
+    }
+    if return_tensors == "pt":
+        keys = ("input_ids", "attention_mask", "global_attention_mask", "section_ids")
+        return {k: torch.tensor([out[k]], dtype=torch.long) for k in keys}
+    if return_tensors is not None:
+        raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+    return out
+
+
+def _check_headers(headers: Sequence[Mapping[str, Any]], text_length: int) -> list[tuple[int, int, str]]:
+    spans = []
+    for k, header in enumerate(headers):
+        try:
+            start, end, level = int(header["start"]), int(header["end"]), str(header["level"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"headers[{k}] must have integer 'start', 'end' and a 'level': {header!r}") from err
+        if not 0 <= start <= end <= text_length:
+            raise ValueError(f"headers[{k}] span [{start}, {end}) lies outside the text (length {text_length})")
+        if level not in HEADING_LEVELS:
+            raise ValueError(f"headers[{k}] has unknown level {level!r}; expected one of {HEADING_LEVELS}")
+        spans.append((start, end, level))
+    return sorted(spans)
+
+
+def _paragraph_start_chars(text: str) -> list[int]:
+    """Character positions where a paragraph starts (after each blank line)."""
+    positions, pos = [], text.find(PARAGRAPH_SEPARATOR)
+    while pos >= 0:
+        positions.append(pos + len(PARAGRAPH_SEPARATOR))
+        pos = text.find(PARAGRAPH_SEPARATOR, pos + len(PARAGRAPH_SEPARATOR))
+    return positions
+
+
+def _renumber_words(raw: Sequence[int | None]) -> list[int]:
+    """Consecutive word ids from the tokenizer's (which can repeat across pre-tokenized chunks)."""
+    out, current, previous = [], -1, object()
+    for w in raw:
+        if w is None or w != previous:
+            current += 1
+        out.append(current)
+        previous = w
+    return out
+
+
+def pack_document(
+    doc: Mapping[str, Any],
+    max_seq_length: int,
+    cls_token_id: int,
+    sep_token_id: int,
+    *,
+    max_title_fraction: float = 0.25,
+) -> list[dict[str, list[int]]]:
+    """Cut one tokenized document into ``[CLS] ... [SEP]`` sequences of at most ``max_seq_length`` tokens.
+
+    ``doc`` is :func:`tokenize_with_structure`'s output with ``add_special_tokens=False``. Cuts fall on
+    paragraph starts when that still fills at least half a sequence, else on word starts. A sequence
+    that starts mid-document is ``[CLS] title [SEP] continuation [SEP]``: the title tokens keep their
+    global flag and section 0, and are truncated to ``max_title_fraction`` of the sequence. Every
+    token of the document appears in exactly one sequence outside a title prefix.
+    """
+    n = len(doc["input_ids"])
+    if n == 0:
+        return []
+    if max_seq_length < 8:
+        raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
+    fields = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
+    title_len = min(int(doc["title_length"]), int(max_seq_length * max_title_fraction))
+    paragraphs = list(doc["paragraph_starts"])
+    word_starts = [i for i in range(1, n) if doc["word_ids"][i] != doc["word_ids"][i - 1]]
+
+    pieces: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        capacity = max_seq_length - 2 if start == 0 else max_seq_length - 3 - title_len
+        end = n if n - start <= capacity else _cut_point(start, start + capacity, paragraphs, word_starts)
+        pieces.append((start, end))
+        start = end
+
+    sequences = []
+    for start, end in pieces:
+        prefix = [] if start == 0 else [(0, title_len)]
+        segments = [*prefix, (start, end)]
+        seq: dict[str, list[int]] = {k: [] for k in fields}
+        seq["input_ids"].append(cls_token_id)
+        for k, (a, b) in enumerate(segments):
+            if k > 0:
+                seq["input_ids"].append(sep_token_id)
+            seq["input_ids"].extend(doc["input_ids"][a:b])
+        seq["input_ids"].append(sep_token_id)
+        for key, special in (("global_attention_mask", 0), ("heading_mask", 0), ("word_ids", -1)):
+            values = [special]
+            for k, (a, b) in enumerate(segments):
+                if k > 0:
+                    values.append(special)
+                values.extend(doc[key][a:b])
+            seq[key] = values + [special]
+        sections = [0]
+        for k, (a, b) in enumerate(segments):
+            if k > 0:
+                sections.append(doc["section_ids"][a])
+            sections.extend(doc["section_ids"][a:b])
+        seq["section_ids"] = sections + [sections[-1]]
+        seq["word_ids"] = _local_word_ids(seq["word_ids"])
+        sequences.append(seq)
+    return sequences
+
+
+def _local_word_ids(word_ids: Sequence[int]) -> list[int]:
+    """Renumber word ids from 0 within a sequence; -1 (special tokens) separates words."""
+    out, current, previous = [], -1, -1
+    for w in word_ids:
+        if w < 0:
+            out.append(-1)
+        else:
+            if previous < 0 or w != previous:
+                current += 1
+            out.append(current)
+        previous = w
+    return out
+
+
+def _cut_point(start: int, limit: int, paragraphs: list[int], word_starts: list[int]) -> int:
+    """The last paragraph start in (start, limit] if it fills half the space, else the last word start."""
+    k = bisect.bisect_right(paragraphs, limit) - 1
+    if k >= 0 and paragraphs[k] > start and paragraphs[k] - start >= (limit - start) // 2:
+        return paragraphs[k]
+    k = bisect.bisect_right(word_starts, limit) - 1
+    if k >= 0 and word_starts[k] > start:
+        return word_starts[k]
+    return limit
+
+
+def pack_batch(
+    batch: Mapping[str, list],
+    *,
+    tokenizer: Any,
+    max_seq_length: int,
+    global_attention_types: Sequence[str],
+    use_headers: bool,
+    text_column: str = "text",
+) -> dict[str, list]:
+    """``datasets.map(batched=True)`` function: records in, packed sequences out (row count changes)."""
+    out: dict[str, list] = {k: [] for k in (*SEQUENCE_FIELDS, "length")}
+    texts = batch[text_column]
+    headers = batch["headers"] if use_headers else [None] * len(texts)
+    for text, doc_headers in zip(texts, headers):
+        doc = tokenize_with_structure(
+            tokenizer, text, doc_headers, global_attention_types, add_special_tokens=False
+        )
+        for seq in pack_document(doc, max_seq_length, tokenizer.cls_token_id, tokenizer.sep_token_id):
+            for k in SEQUENCE_FIELDS:
+                out[k].append(seq[k])
+            out["length"].append(len(seq["input_ids"]))
+    return out
+
+
+def sequence_features():
+    """Compact Arrow types for the cached packed sequences."""
+    from datasets import Features, Sequence, Value
+
+    return Features(
+        {
+            "input_ids": Sequence(Value("int32")),
+            "global_attention_mask": Sequence(Value("int8")),
+            "section_ids": Sequence(Value("int32")),
+            "heading_mask": Sequence(Value("int8")),
+            "word_ids": Sequence(Value("int32")),
+            "length": Value("int32"),
+        }
+    )
+
+
+def load_corpus(
+    dataset: str,
+    config: str | None,
+    *,
+    cache_dir: str | None = None,
+    required_columns: Sequence[str] = ("text",),
+):
+    """Load a corpus folder or Hub id with ``datasets.load_dataset``, with clear errors for what is missing."""
+    import datasets
+
+    is_local = Path(dataset).exists()
+    if not is_local and (dataset.startswith((".", "/", "~")) or dataset.count("/") > 1):
+        raise FileNotFoundError(f"dataset not found: {dataset} (neither a folder nor a Hub id)")
+    if is_local and config is not None:
+        available = datasets.get_dataset_config_names(dataset)
+        if config not in available:
+            raise ValueError(f"{dataset}: no config {config!r}; available: {available}")
+    try:
+        loaded = datasets.load_dataset(dataset, config, cache_dir=cache_dir)
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise FileNotFoundError(f"dataset not found: {dataset} ({err})") from err
+    except ValueError as err:
+        raise ValueError(f"{dataset}: cannot load config {config!r} ({err})") from err
+    for split_name, split in loaded.items():
+        missing = [c for c in required_columns if c not in split.column_names]
+        if missing:
+            raise ValueError(
+                f"{dataset} (config {config!r}, split {split_name!r}): missing column(s) {missing}; "
+                f"columns are {split.column_names}"
+            )
+    return loaded
+
+
+class DataCollatorForStructuredMLM:
+    """Pad packed sequences and apply whole-word masking.
+
+    Whole-word masking follows BERT: words are drawn at random until ``mlm_probability`` of the
+    sequence's tokens are selected; a selected token becomes ``[MASK]`` 80% of the time, a random
+    token 10%, and stays 10%. Special tokens are never selected, and heading tokens only when
+    ``mask_headings`` is true.
+
+    Masking is a pure function of ``(seed, epoch, idx)`` when features carry an ``idx`` (the
+    training loop adds it): the masks do not depend on the number of processes, the batch size or
+    the point where a run resumed.
+
+    Every structure field is padded (``input_ids`` with the pad id, ``attention_mask`` and
+    ``global_attention_mask`` with 0, ``section_ids`` with the row's last section, ``labels`` with
+    -100), to the longest row rounded up to ``pad_to_multiple_of`` (the attention window, for the
+    blocked local-attention path).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        mlm_probability: float = 0.15,
+        mask_headings: bool = True,
+        pad_to_multiple_of: int | None = None,
+        max_length: int | None = None,
+        seed: int = 0,
+        vocab_size: int | None = None,
+    ) -> None:
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        self.mlm_probability = mlm_probability
+        self.mask_headings = mask_headings
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_length = max_length
+        self.seed = seed
+        self.epoch = 0
+        self.pad_token_id = tokenizer.pad_token_id
+        self.mask_token_id = tokenizer.mask_token_id
+        self.special_ids = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+        vocab = vocab_size if vocab_size is not None else len(tokenizer)
+        self.random_ids = np.setdiff1d(np.arange(vocab, dtype=np.int64), self.special_ids)
+        self._fallback_rng = np.random.default_rng(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, feature: Mapping[str, Any]) -> np.random.Generator:
+        if "idx" in feature:
+            return np.random.default_rng([self.seed, self.epoch, int(feature["idx"])])
+        return self._fallback_rng
+
+    def mask_whole_words(self, feature: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(masked input_ids, labels)`` for one unpadded sequence."""
+        ids = np.asarray(feature["input_ids"], dtype=np.int64)
+        word_ids = np.asarray(feature["word_ids"], dtype=np.int64)
+        rng = self._rng(feature)
+        eligible = (word_ids >= 0) & ~np.isin(ids, self.special_ids)
+        if not self.mask_headings:
+            eligible &= np.asarray(feature["heading_mask"], dtype=bool) == 0
+        words: dict[int, list[int]] = {}
+        for position in np.flatnonzero(eligible):
+            words.setdefault(int(word_ids[position]), []).append(int(position))
+        # A word with a heading token (or a special token) is either all eligible or not a candidate.
+        if not self.mask_headings:
+            heading = np.asarray(feature["heading_mask"], dtype=bool)
+            words = {w: p for w, p in words.items() if not heading[word_ids == w].any()}
+        candidates = list(words.values())
+        order = rng.permutation(len(candidates))
+        budget = max(1, round(int((word_ids >= 0).sum()) * self.mlm_probability)) if candidates else 0
+        selected: list[int] = []
+        for k in order:
+            positions = candidates[k]
+            if len(selected) + len(positions) > budget:
+                continue
+            selected.extend(positions)
+            if len(selected) >= budget:
+                break
+        labels = np.full_like(ids, -100)
+        masked = ids.copy()
+        if selected:
+            chosen = np.array(sorted(selected), dtype=np.int64)
+            labels[chosen] = ids[chosen]
+            action = rng.random(len(chosen))
+            masked[chosen[action < 0.8]] = self.mask_token_id
+            randomized = chosen[(action >= 0.8) & (action < 0.9)]
+            masked[randomized] = rng.choice(self.random_ids, size=len(randomized))
+        return masked, labels
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if self.max_length is not None:
+            longest = min(longest, max(self.max_length, max(len(f["input_ids"]) for f in features)))
+        batch = {
+            "input_ids": torch.full((len(features), longest), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), longest), dtype=torch.long),
+            "global_attention_mask": torch.zeros((len(features), longest), dtype=torch.long),
+            "section_ids": torch.zeros((len(features), longest), dtype=torch.long),
+            "labels": torch.full((len(features), longest), -100, dtype=torch.long),
+        }
+        for row, feature in enumerate(features):
+            masked, labels = self.mask_whole_words(feature)
+            n = len(masked)
+            sections = torch.as_tensor(np.asarray(feature["section_ids"], dtype=np.int64))
+            batch["input_ids"][row, :n] = torch.from_numpy(masked)
+            batch["labels"][row, :n] = torch.from_numpy(labels)
+            batch["attention_mask"][row, :n] = 1
+            batch["global_attention_mask"][row, :n] = torch.as_tensor(
+                np.asarray(feature["global_attention_mask"], dtype=np.int64)
+            )
+            batch["section_ids"][row, :n] = sections
+            batch["section_ids"][row, n:] = sections[-1] if n else 0
+        return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(length)`` that depends only on ``(seed, epoch)``.
+
+    Accelerate shards its batches across processes, so every process and every resumed run sees
+    the same global order.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.length, generator=generator).tolist()
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Adds each row's index as ``idx`` so the collator can seed its masking per example."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = dict(self.dataset[index])
+        row["idx"] = index
+        return row

@@ -1,0 +1,482 @@
+"""The main job: the structured-versus-plain experiment, end to end, in one command.
+
+``structformer experiment --output-dir EXP`` runs every step:
+
+1. build the corpus (default: the bundled sample papers packed into an arXiv-style ``.tar``);
+2. train a WordPiece tokenizer on its training split (or take ``--tokenizer`` / ``--init-from``'s);
+3. pre-train the structured and the plain model with the same seed, steps and data order;
+4. read the bits per masked token of each;
+5. analyse their attention patterns on the validation split;
+6. fine-tune each on SciREX when ``--scirex PATH`` is given (both tasks, every seed);
+7. write ``report.md`` (tables and figures) and ``results.json``, and a model card per model.
+
+Nothing is written halfway: the work happens in a temporary folder beside ``EXP`` that is moved into
+place only when every step has succeeded, so a failed run leaves any earlier ``EXP`` untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = {"structured": "arxiv_structured", "plain": "arxiv_plain"}
+SCIREX_TASKS = ("scirex-ner", "scirex-salient")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="structformer experiment",
+        description=(
+            "Pre-train a structured and a plain StructBERT on the same corpus, compare their bits per masked "
+            "token, attention patterns and (with --scirex) SciREX scores, and write report.md + results.json. "
+            "With no options it is a few-minute smoke test on the bundled sample papers."
+        ),
+    )
+    parser.add_argument("--output-dir", default="experiment", help="where the experiment is written")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder on success"
+    )
+    data = parser.add_argument_group("corpus")
+    data.add_argument(
+        "--sources",
+        nargs="+",
+        default=None,
+        help="LaTeX inputs for build-corpus: arXiv source .tar files, paper folders or .tex files "
+        "(default: the bundled sample, packed into an arXiv-style tar)",
+    )
+    data.add_argument("--corpus-dir", default=None, help="an already built corpus folder (skips the build)")
+    data.add_argument("--metadata", default=None, help="arXiv metadata snapshot (JSON lines) for the build")
+    data.add_argument("--num-proc", type=int, default=1, help="processes for the corpus build")
+    data.add_argument(
+        "--validation-fraction", type=float, default=0.15, help="share of documents held out (bits, probe)"
+    )
+    data.add_argument("--min-validation", type=int, default=3, help="at least this many held-out documents")
+    model = parser.add_argument_group("model and pre-training")
+    model.add_argument(
+        "--tokenizer", default=None, help="a tokenizer folder (default: train a WordPiece one)"
+    )
+    model.add_argument(
+        "--vocab-size", type=int, default=2000, help="size of the trained WordPiece vocabulary"
+    )
+    model.add_argument(
+        "--preset", default="tiny", help="model preset name or config JSON (see trainers.presets)"
+    )
+    model.add_argument(
+        "--init-from",
+        default=None,
+        help="start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)",
+    )
+    model.add_argument("--max-steps", type=int, default=60, help="pre-training steps of each model")
+    model.add_argument("--max-seq-length", type=int, default=256)
+    model.add_argument("--attention-window", type=int, default=None, help="override the preset's window")
+    model.add_argument("--per-device-batch-size", type=int, default=8)
+    model.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    model.add_argument("--learning-rate", type=float, default=5e-4)
+    model.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
+    model.add_argument(
+        "--eval-steps", type=int, default=0, help="evaluate every N steps (0: only at the end)"
+    )
+    model.add_argument(
+        "--save-steps", type=int, default=0, help="checkpoint every N steps (0: final model only)"
+    )
+    model.add_argument("--seed", type=int, default=42, help="pre-training seed, the same for both models")
+    model.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    model.add_argument(
+        "--accelerate-config",
+        default=None,
+        help="run the pre-training through `accelerate launch --config_file FILE` (multi-GPU, FSDP, DeepSpeed)",
+    )
+    probe = parser.add_argument_group("attention analysis")
+    probe.add_argument("--probe-max-docs", type=int, default=32, help="validation documents probed")
+    probe.add_argument(
+        "--probe-max-length",
+        type=int,
+        default=None,
+        help="tokens per probe document (default: --max-seq-length)",
+    )
+    scirex = parser.add_argument_group("SciREX fine-tuning (only with --scirex)")
+    scirex.add_argument("--scirex", default=None, help="a SciREX JSON-lines file (e.g. train.jsonl)")
+    scirex.add_argument(
+        "--scirex-max-docs", type=int, default=None, help="use at most this many SciREX documents"
+    )
+    scirex.add_argument("--seeds", type=int, nargs="+", default=[1], help="fine-tuning seeds")
+    scirex.add_argument("--finetune-epochs", type=float, default=1.0)
+    scirex.add_argument(
+        "--finetune-max-steps", type=int, default=None, help="cap on fine-tuning steps per run"
+    )
+    scirex.add_argument("--finetune-learning-rate", type=float, default=5e-4)
+    scirex.add_argument("--finetune-max-seq-length", type=int, default=None, help="default: --max-seq-length")
+    scirex.add_argument(
+        "--finetune-structure",
+        choices=["matched", "always", "never"],
+        default="matched",
+        help="SciREX headings global when fine-tuning: matched = for the structured model only (each model "
+        "reads documents as it was pre-trained), always = for both, never = for neither",
+    )
+    args = parser.parse_args(argv)
+    if args.sources and args.corpus_dir:
+        parser.error("give --sources or --corpus-dir, not both")
+    for name in ("max_steps", "max_seq_length", "per_device_batch_size", "vocab_size", "probe_max_docs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in (
+        "sources",
+        "corpus_dir",
+        "metadata",
+        "tokenizer",
+        "init_from",
+        "accelerate_config",
+        "scirex",
+    ):
+        values = getattr(args, name)
+        for value in values if isinstance(values, list) else [values] if values else []:
+            if not Path(value).exists():
+                parser.error(f"--{name.replace('_', '-')}: {value} does not exist")
+    return args
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def build_corpus_step(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
+    """The corpus folder and its build report; builds from the sources unless ``--corpus-dir``."""
+    if args.corpus_dir:
+        corpus = Path(args.corpus_dir)
+        report_file = corpus / "build_report.json"
+        return corpus, json.loads(report_file.read_text()) if report_file.exists() else {}
+    from structformer.dataset_scripts.build import BuildOptions, build_corpus
+
+    if args.sources:
+        sources = [Path(s) for s in args.sources]
+    else:
+        from structformer.dataset_scripts.sample import pack_sample_archive
+
+        sources = [pack_sample_archive(work / "sources")]
+    options = BuildOptions(
+        **_supported(
+            BuildOptions,
+            num_proc=args.num_proc,
+            metadata=args.metadata,
+            validation_fraction=args.validation_fraction,
+            min_validation=args.min_validation,
+        )
+    )
+    report = build_corpus(sources, work / "corpus", options)
+    if not report.get("records"):
+        raise RuntimeError(f"the corpus build produced no records (rejects: {report.get('reasons')})")
+    return work / "corpus", report
+
+
+def _supported(cls, **values) -> dict:
+    """The keyword arguments that the dataclass ``cls`` accepts, ignoring unset ones."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names and v is not None}
+
+
+def corpus_texts(corpus: Path, split: str = "train") -> list[str]:
+    import pyarrow.parquet as pq
+
+    files = sorted((corpus / "data" / "arxiv_structured").glob(f"{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{corpus}: no data/arxiv_structured/{split}-*.parquet")
+    return [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
+
+
+def tokenizer_step(args: argparse.Namespace, work: Path, corpus: Path) -> Path:
+    if args.tokenizer:
+        return Path(args.tokenizer)
+    if args.init_from:
+        # A pre-trained checkpoint only makes sense with its own vocabulary.
+        return Path(args.init_from)
+    from structformer.trainers.tokenizer import train_wordpiece
+
+    out = work / "tokenizer"
+    train_wordpiece(corpus_texts(corpus), args.vocab_size, out)
+    return out
+
+
+def pretrain_argv(
+    args: argparse.Namespace, corpus: Path, tokenizer: Path, variant: str, out: Path
+) -> list[str]:
+    """The same options for both variants; only the corpus config (and the output) differ."""
+    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
+    argv = [
+        "--dataset", str(corpus),
+        "--dataset-config", VARIANTS[variant],
+        "--tokenizer", str(tokenizer),
+        "--max-seq-length", str(args.max_seq_length),
+        "--per-device-batch-size", str(args.per_device_batch_size),
+        "--gradient-accumulation-steps", str(args.gradient_accumulation_steps),
+        "--learning-rate", str(args.learning_rate),
+        "--warmup-steps", str(warmup),
+        "--max-steps", str(args.max_steps),
+        "--eval-steps", str(args.eval_steps),
+        "--save-steps", str(args.save_steps),
+        "--logging-steps", str(max(1, args.max_steps // 25)),
+        "--seed", str(args.seed),
+        "--mixed-precision", args.mixed_precision,
+        "--report-to", "none",
+        "--cache-dir", str(out.parent / f".cache-{variant}"),
+        "--output-dir", str(out),
+    ]  # fmt: skip
+    argv += ["--init-from", str(args.init_from)] if args.init_from else ["--model-config", args.preset]
+    if args.attention_window:
+        argv += ["--attention-window", str(args.attention_window)]
+    return argv
+
+
+def pretrain_step(args: argparse.Namespace, argv: list[str]) -> None:
+    if args.accelerate_config:
+        from structformer.trainers import pretrain
+
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(args.accelerate_config),
+            str(Path(pretrain.__file__)), *argv,
+        ]  # fmt: skip
+        logger.info("running %s", " ".join(command))
+        subprocess.run(command, check=True)
+        return
+    from structformer.trainers.pretrain import main as pretrain_main
+
+    pretrain_main(argv)
+
+
+def read_pretrain_metrics(model_dir: Path) -> dict:
+    path = model_dir / "eval_results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: pre-training wrote no evaluation results")
+    results = json.loads(path.read_text())
+    return {
+        k: results[k]
+        for k in ("eval_bits_per_masked_token", "eval_perplexity", "eval_loss", "step")
+        if k in results
+    }
+
+
+def finetune_step(args: argparse.Namespace, variant: str, model_dir: Path, out: Path) -> dict:
+    """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}``."""
+    from structformer.trainers.finetune import main as finetune_main
+
+    length = args.finetune_max_seq_length or args.max_seq_length
+    structure = args.finetune_structure == "always" or (
+        args.finetune_structure == "matched" and variant == "structured"
+    )
+    downstream = {}
+    for task in SCIREX_TASKS:
+        argv = [
+            "--task", task,
+            "--scirex", str(args.scirex),
+            "--model", str(model_dir),
+            "--output-dir", str(out / task),
+            "--seeds", *[str(s) for s in args.seeds],
+            "--num-epochs", str(args.finetune_epochs),
+            "--learning-rate", str(args.finetune_learning_rate),
+            "--per-device-batch-size", str(args.per_device_batch_size),
+            "--max-seq-length", str(length),
+            "--stride", str(length // 4),
+            "--mixed-precision", args.mixed_precision,
+            "--use-structure" if structure else "--no-use-structure",
+            "--no-checkpoints",
+        ]  # fmt: skip
+        if args.scirex_max_docs:
+            argv += ["--max-docs", str(args.scirex_max_docs)]
+        if args.finetune_max_steps:
+            argv += ["--max-steps", str(args.finetune_max_steps)]
+        results = finetune_main(argv)
+        metrics = results["metrics"]
+        downstream[task.replace("-", "_")] = {m: metrics[m] for m in ("f1", "precision", "recall")}
+    return downstream
+
+
+def write_model_cards(model_dirs: dict[str, Path], results: dict) -> list[str]:
+    try:
+        from structformer.hub_cards.cards import write_model_card
+    except ImportError:
+        logger.warning(
+            "structformer.hub_cards.cards.write_model_card is not available: no model cards written"
+        )
+        return []
+    written = []
+    for variant, model_dir in model_dirs.items():
+        write_model_card(model_dir, results=_with_variant(results, variant))
+        written.append(variant)
+    return written
+
+
+def _with_variant(results: dict, variant: str) -> dict:
+    return {**results, "variant": variant}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["probe_max_length"] = args.probe_max_length or args.max_seq_length
+    settings["finetune_max_seq_length"] = args.finetune_max_seq_length or args.max_seq_length
+    return settings
+
+
+def _check_finite(results: dict) -> None:
+    def walk(value, where: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"results.json: {where} is not finite ({value})")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    for variant, entry in results["models"].items():
+        walk(entry["pretrain"], f"models.{variant}.pretrain")
+        walk(entry["downstream"], f"models.{variant}.downstream")
+
+
+def run_experiment(args: argparse.Namespace) -> Path:
+    """Run every step in a temporary folder beside the output, then move it into place."""
+    output = Path(args.output_dir).resolve()
+    if output.exists() and any(output.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        _run_steps(args, work, output)
+        _move_into_place(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return output
+
+
+def _move_into_place(work: Path, output: Path) -> None:
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        output.rename(old)
+    work.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_steps(args: argparse.Namespace, work: Path, output: Path) -> None:
+    from structformer.trainers.analyze_attention import analyze
+    from structformer.trainers.report import write_report
+
+    models = {variant: work / "models" / variant for variant in VARIANTS}
+    timings: dict[str, float] = {}
+    state: dict = {}
+
+    def corpus() -> None:
+        state["corpus"], state["build_report"] = build_corpus_step(args, work)
+
+    def tokenizer() -> None:
+        state["tokenizer"] = tokenizer_step(args, work, state["corpus"])
+
+    def pretrain(variant: str) -> Callable[[], None]:
+        def step() -> None:
+            pretrain_step(
+                args, pretrain_argv(args, state["corpus"], state["tokenizer"], variant, models[variant])
+            )
+            state[f"pretrain_{variant}"] = read_pretrain_metrics(models[variant])
+            # The tokenized-dataset cache is rebuilt cheaply and would only bloat the experiment folder.
+            shutil.rmtree(models[variant].parent / f".cache-{variant}", ignore_errors=True)
+
+        return step
+
+    def attention() -> None:
+        state["attention"] = analyze(
+            [models[v] for v in VARIANTS],
+            state["corpus"],
+            work / "attention",
+            labels=list(VARIANTS),
+            max_length=args.probe_max_length or args.max_seq_length,
+            max_docs=args.probe_max_docs,
+        )
+
+    def finetune(variant: str) -> Callable[[], None]:
+        def step() -> None:
+            state[f"downstream_{variant}"] = finetune_step(
+                args, variant, models[variant], work / "finetune" / variant
+            )
+
+        return step
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("build corpus", corpus),
+        ("tokenizer", tokenizer),
+        *[(f"pre-train {v}", pretrain(v)) for v in VARIANTS],
+        ("attention analysis", attention),
+    ]
+    if args.scirex:
+        steps += [(f"SciREX fine-tune {v}", finetune(v)) for v in VARIANTS]
+
+    with tqdm(total=len(steps) + 1, desc="experiment", unit="step", position=0) as bar:
+        for name, step in steps:
+            bar.set_postfix_str(name)
+            logger.info("experiment step: %s", name)
+            start = time.perf_counter()
+            step()
+            timings[name] = time.perf_counter() - start
+            bar.update(1)
+
+        bar.set_postfix_str("report")
+        results = {
+            "settings": _settings(args),
+            "models": {
+                variant: {
+                    "checkpoint": str(output / "models" / variant),
+                    "pretrain": state[f"pretrain_{variant}"],
+                    "downstream": state.get(f"downstream_{variant}", {}),
+                }
+                for variant in VARIANTS
+            },
+            "attention": {
+                "summary": state["attention"]["summary"],
+                "probe": state["attention"]["probe"],
+                "figures": [f"attention/{name}" for name in state["attention"]["figures"]],
+            },
+        }
+        _check_finite(results)
+        (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        cards = write_model_cards(models, results)
+        write_report(
+            results,
+            work,
+            build_report=state["build_report"],
+            timings=timings,
+            model_cards=cards,
+            model_dirs=models,
+        )
+        bar.update(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    output = run_experiment(args)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"experiment finished in {minutes:.1f} min; report: {output / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1014 @@
+"""Fine-tune a StructBERT checkpoint on SciREX or on your own files: an explicit Accelerate loop.
+
+Tasks:
+
+- ``scirex-ner``: BIO tagging of Method / Task / Metric / Material over whole SciREX papers,
+  windowed with overlap and stitched back to words; seqeval micro F1 plus per-type scores.
+- ``scirex-salient``: for every gold mention, is its entity salient (in a ``coref`` cluster)?
+  A mention is the mean of its sub-token states, classified by a linear head on
+  ``StructBertModel``; binary F1 / precision / recall.
+- ``sequence-classification``: one or two text columns and a label column from CSV / JSON /
+  JSON-lines files (``run_glue`` style); accuracy and F1 / precision / recall (binary for two
+  labels, with the second label in sorted order as positive; macro-averaged otherwise).
+- ``token-classification``: a tokens column and a tags column (``run_ner`` style), windowed
+  like SciREX when longer than ``--max-seq-length``; seqeval.
+
+Every seed in ``--seeds`` trains a fresh model from ``--model``; ``OUT/results.json`` holds the
+mean, sample standard deviation and per-seed values of every metric, ``OUT/results.png`` plots
+them. Metrics are computed with seqeval and scikit-learn directly, exactly as the ``evaluate``
+modules ``seqeval``/``f1``/``precision``/``recall``/``accuracy`` do: those modules are scripts on
+the Hub that ``evaluate.load`` would download, and nothing here may download at run time.
+
+Python use: ``results = main([...same options as the CLI...])`` returns the ``results.json`` dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from structformer.trainers.scirex import (
+    NER_LABELS,
+    bio_labels,
+    load_scirex,
+    make_windows,
+    salient_mentions,
+    scirex_windows,
+    split_scirex,
+    stitch_word_predictions,
+)
+
+logger = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("scirex-ner", "scirex-salient", "sequence-classification", "token-classification")
+# Per-feature arrays the collator pads, with their padding values; everything else in a feature
+# (word_index, doc_index, mention_index, ...) stays on the host for evaluation.
+PAD_VALUES: dict[str, int] = {
+    "input_ids": 0,
+    "global_attention_mask": 0,
+    "section_ids": 0,
+    "token_type_ids": 0,
+    "labels": -100,
+    "mention_labels": -100,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+def _task_name(value: str) -> str:
+    name = value.replace("_", "-")
+    if name not in TASKS:
+        raise argparse.ArgumentTypeError(f"unknown task {value!r}; choose from {', '.join(TASKS)}")
+    return name
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="structformer finetune",
+        description="Fine-tune a StructBERT checkpoint on SciREX or on CSV/JSON/JSON-lines files, over several seeds.",
+    )
+    parser.add_argument("--task", type=_task_name, required=True, help=f"one of {', '.join(TASKS)}")
+    parser.add_argument("--model", required=True, help="a StructBERT checkpoint folder")
+    parser.add_argument("--tokenizer", default=None, help="a fast tokenizer folder (default: --model)")
+    parser.add_argument("--output-dir", type=Path, required=True)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--scirex", type=Path, default=None, help="a SciREX JSON-lines file (scirex-* tasks)")
+    data.add_argument(
+        "--max-docs", type=int, default=None, help="SciREX: use the first N documents of the file"
+    )
+    data.add_argument("--eval-split", choices=["dev", "test"], default="test", help="SciREX split to score")
+    data.add_argument("--train-file", type=Path, default=None, help="CSV, TSV, JSON or JSON-lines")
+    data.add_argument("--validation-file", type=Path, default=None)
+    data.add_argument("--test-file", type=Path, default=None, help="scored instead of validation when given")
+    data.add_argument(
+        "--text-columns", nargs="+", default=None, help="default: text, or sentence1 sentence2, or sentence"
+    )
+    data.add_argument("--label-column", default="label")
+    data.add_argument("--tokens-column", default="tokens")
+    data.add_argument("--tags-column", default=None, help="default: ner_tags, tags or labels")
+    data.add_argument("--label-names", nargs="+", default=None, help="names of integer tags, in id order")
+    data.add_argument("--max-train-samples", type=int, default=None, help="documents (SciREX) or rows")
+    data.add_argument("--max-eval-samples", type=int, default=None, help="documents (SciREX) or rows")
+    data.add_argument("--max-seq-length", type=int, default=512)
+    data.add_argument("--stride", type=int, default=128, help="overlap in tokens between consecutive windows")
+    structure = data.add_mutually_exclusive_group()
+    structure.add_argument(
+        "--use-structure",
+        dest="use_structure",
+        action="store_true",
+        default=True,
+        help="SciREX headings get global attention and their section ids (the default)",
+    )
+    structure.add_argument(
+        "--no-structure",
+        dest="use_structure",
+        action="store_false",
+        help="plain text: no global headings, one section",
+    )
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--seeds", type=int, nargs="+", default=[1])
+    train.add_argument("--per-device-batch-size", type=int, default=8)
+    train.add_argument("--per-device-eval-batch-size", type=int, default=None, help="default: the train size")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--learning-rate", type=float, default=5e-5)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup-ratio", type=float, default=0.1)
+    train.add_argument("--max-grad-norm", type=float, default=1.0)
+    train.add_argument("--num-epochs", "--num-train-epochs", dest="num_epochs", type=float, default=3.0)
+    train.add_argument("--max-steps", type=int, default=None, help="overrides --num-epochs")
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    train.add_argument("--attn-implementation", default=None, help="eager, sdpa, ... (default: the model's)")
+    train.add_argument("--logging-steps", type=int, default=10)
+    train.add_argument(
+        "--save-steps", type=int, default=0, help="save_state every N steps; 0: once at the end"
+    )
+    train.add_argument("--no-checkpoints", action="store_true", help="skip save_state entirely")
+    train.add_argument("--save-model", action="store_true", help="save_pretrained each seed's model")
+    args = parser.parse_args(argv)
+
+    if args.task.startswith("scirex"):
+        if args.scirex is None:
+            parser.error(f"--task {args.task} needs --scirex PATH (a SciREX JSON-lines file)")
+    elif args.train_file is None or (args.validation_file is None and args.test_file is None):
+        parser.error(f"--task {args.task} needs --train-file and --validation-file or --test-file")
+    if args.max_seq_length < 8:
+        parser.error("--max-seq-length must be at least 8")
+    if not 0 <= args.stride < args.max_seq_length - 2:
+        parser.error(
+            f"--stride must be in [0, {args.max_seq_length - 2}) for --max-seq-length {args.max_seq_length}"
+        )
+    for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error("--max-steps must be at least 1")
+    if args.per_device_eval_batch_size is None:
+        args.per_device_eval_batch_size = args.per_device_batch_size
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the user's files
+# --------------------------------------------------------------------------------------------
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be read; the message names the file (and line)."""
+
+
+def read_records(path: Path) -> list[dict]:
+    """Rows of a CSV/TSV file, a JSON-lines file, or a JSON file (a list of objects, ``{"data": [...]}``,
+    or JSON lines under a ``.json`` name, as ``datasets``' json builder accepts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        rows = []
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+            try:
+                for row in reader:
+                    if None in row or None in row.values():
+                        raise DataFormatError(
+                            f"{path}:{reader.line_num}: expected {len(reader.fieldnames or [])} fields"
+                        )
+                    rows.append(row)
+            except csv.Error as error:
+                raise DataFormatError(f"{path}:{reader.line_num}: {error}") from None
+        return rows
+    if suffix not in (".json", ".jsonl", ".jsonlines"):
+        raise DataFormatError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".json":
+        try:
+            content = json.loads(text)
+        except json.JSONDecodeError:
+            content = None  # maybe JSON lines under a .json name
+        if isinstance(content, dict) and isinstance(content.get("data"), list):
+            content = content["data"]
+        if isinstance(content, list):
+            for index, row in enumerate(content):
+                if not isinstance(row, dict):
+                    raise DataFormatError(f"{path}: item {index} is not a JSON object")
+            return content
+    rows = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(
+                f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{path}:{line_number}: expected a JSON object per line")
+        rows.append(row)
+    return rows
+
+
+def _column(rows: list[dict], name: str, path: Path) -> list[Any]:
+    for index, row in enumerate(rows):
+        if name not in row:
+            raise DataFormatError(
+                f"{path}: row {index + 1} has no column {name!r}; columns: {', '.join(row)}"
+            )
+    return [row[name] for row in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def ner_metrics(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """seqeval entity-level micro precision/recall/F1, token accuracy, and per-type scores.
+
+    The same numbers as ``evaluate.load("seqeval")`` with its defaults (IOB2-style chunks in
+    seqeval's default, non-strict mode), with zero where a ratio is undefined.
+    """
+    from seqeval.metrics import accuracy_score, classification_report
+
+    report = classification_report(references, predictions, output_dict=True, zero_division=0)
+    overall = report.pop("micro avg")
+    report.pop("macro avg", None)
+    report.pop("weighted avg", None)
+    return {
+        "f1": float(overall["f1-score"]),
+        "precision": float(overall["precision"]),
+        "recall": float(overall["recall"]),
+        "accuracy": float(accuracy_score(references, predictions)),
+        "per_type": {
+            kind: {
+                "f1": float(scores["f1-score"]),
+                "precision": float(scores["precision"]),
+                "recall": float(scores["recall"]),
+                "number": int(scores["support"]),
+            }
+            for kind, scores in sorted(report.items())
+        },
+    }
+
+
+def classification_metrics(
+    references: Sequence[int], predictions: Sequence[int], *, num_labels: int = 2, positive_label: int = 1
+) -> dict[str, Any]:
+    """Accuracy and F1/precision/recall: binary on ``positive_label`` for two labels, else macro."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    average = "binary" if num_labels == 2 else "macro"
+    labels = None if num_labels == 2 else list(range(num_labels))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        references, predictions, average=average, pos_label=positive_label, labels=labels, zero_division=0
+    )
+    return {
+        "f1": float(f1),
+        "precision": float(precision),
+        "recall": float(recall),
+        "accuracy": float(accuracy_score(references, predictions)),
+        "average": average,
+    }
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for a single seed) and the values themselves."""
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def aggregate_metrics(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Fold per-seed metric dicts into ``{metric: summarize(...)}`` (per type too, for NER)."""
+    first = per_seed[0]
+    result: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, (int, float)):
+            result[key] = summarize([seed[key] for seed in per_seed])
+        elif isinstance(value, str):
+            result[key] = value
+    if "per_type" in first:
+        kinds = sorted({kind for seed in per_seed for kind in seed["per_type"]})
+        empty = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "number": 0}
+        result["per_type"] = {}
+        for kind in kinds:
+            rows = [seed["per_type"].get(kind, empty) for seed in per_seed]
+            entry: dict[str, Any] = {
+                m: summarize([row[m] for row in rows]) for m in ("f1", "precision", "recall")
+            }
+            entry["number"] = max(row["number"] for row in rows)
+            result["per_type"][kind] = entry
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+class StructBertForMentionClassification(nn.Module):
+    """``StructBertModel`` plus a linear head on the mean sub-token state of each mention.
+
+    ``mention_spans`` is ``(B, M, 2)``, ``[start, end)`` positions in the window; padded mentions
+    have ``mention_labels == -100`` and an empty span. Returns ``(loss, logits)`` with logits
+    ``(B, M, num_labels)``.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int = 2) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.classifier.weight.data.normal_(mean=0.0, std=encoder.config.initializer_range)
+        self.classifier.bias.data.zero_()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        mention_spans: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mention_labels: torch.Tensor | None = None,
+        **encoder_inputs: Any,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs
+        ).last_hidden_state
+        positions = torch.arange(hidden.shape[1], device=hidden.device)  # (L,)
+        inside = (positions >= mention_spans[..., :1]) & (positions < mention_spans[..., 1:])  # (B, M, L)
+        weights = inside.to(hidden.dtype)
+        pooled = weights @ hidden / weights.sum(-1, keepdim=True).clamp(min=1.0)  # (B, M, D)
+        logits = self.classifier(self.dropout(pooled))  # (B, M, num_labels)
+        loss = None
+        if mention_labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, self.num_labels), mention_labels.reshape(-1), ignore_index=-100
+            )
+        return loss, logits
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """The encoder as a StructBERT checkpoint, the head as ``mention_head.pt``."""
+        self.encoder.save_pretrained(directory)
+        torch.save(
+            {"classifier": self.classifier.state_dict(), "num_labels": self.num_labels},
+            Path(directory) / "mention_head.pt",
+        )
+
+
+def check_structbert(path: str) -> Any:
+    """The checkpoint's config; a clear error when ``path`` is not a StructBERT checkpoint."""
+    from transformers import AutoConfig
+
+    import structformer  # noqa: F401  (registers StructBERT with the Auto classes)
+
+    config_file = Path(path) / "config.json"
+    if Path(path).is_dir() and not config_file.is_file():
+        raise ValueError(f"--model {path}: no config.json there; expected a StructBERT checkpoint folder")
+    if config_file.is_file():
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file}:{error.lineno}: invalid JSON ({error.msg})") from None
+        if model_type != "structbert":
+            raise ValueError(
+                f"--model {path}: a {model_type!r} checkpoint, not StructBERT; convert it first with "
+                f"`structformer convert --from {path} --to DST`"
+            )
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != "structbert":
+        raise ValueError(f"--model {path}: a {config.model_type!r} checkpoint, not StructBERT")
+    return config
+
+
+def build_model(args: argparse.Namespace, num_labels: int, id2label: dict[int, str]) -> nn.Module:
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    kwargs: dict[str, Any] = {}
+    if args.attn_implementation:
+        kwargs["attn_implementation"] = args.attn_implementation
+    if args.task == "scirex-salient":
+        return StructBertForMentionClassification(AutoModel.from_pretrained(args.model, **kwargs), num_labels)
+    auto = (
+        AutoModelForSequenceClassification
+        if args.task == "sequence-classification"
+        else AutoModelForTokenClassification
+    )
+    return auto.from_pretrained(
+        args.model,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={label: index for index, label in id2label.items()},
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Task data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskData:
+    """Features ready for the collator, and how to score predictions on the eval features.
+
+    ``score(predictions)`` takes one array per eval feature (token-, mention- or row-level,
+    matching the feature) and returns the metric dict.
+    """
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    eval_split: str
+    label_names: list[str]
+    split_sizes: dict[str, int]
+    score: Callable[[list[np.ndarray]], dict[str, Any]]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _limit(items: list, limit: int | None) -> list:
+    return items if limit is None else items[:limit]
+
+
+def _group(owners: Sequence[int]) -> dict[int, list[int]]:
+    """Feature positions per owner (document or row), in order."""
+    groups: dict[int, list[int]] = {}
+    for position, owner in enumerate(owners):
+        groups.setdefault(owner, []).append(position)
+    return groups
+
+
+def scirex_task_data(
+    args: argparse.Namespace, tokenizer: Any, global_attention_types: Sequence[str]
+) -> TaskData:
+    docs = load_scirex(args.scirex)
+    docs = _limit(docs, args.max_docs)
+    splits = split_scirex(docs)
+    train_docs = _limit(splits["train"], args.max_train_samples)
+    eval_docs = _limit(splits[args.eval_split], args.max_eval_samples)
+    if not train_docs or not eval_docs:
+        raise ValueError(
+            f"{args.scirex}: the split leaves {len(train_docs)} train and {len(eval_docs)} {args.eval_split} "
+            "documents; use more documents (--max-docs)"
+        )
+    task = "ner" if args.task == "scirex-ner" else "salient"
+    options = {
+        "task": task,
+        "max_seq_length": args.max_seq_length,
+        "stride": args.stride,
+        "global_attention_types": global_attention_types,
+        "use_structure": args.use_structure,
+    }
+    train = scirex_windows(train_docs, tokenizer, **options)
+    evaluation = scirex_windows(eval_docs, tokenizer, **options)
+    split_sizes = {name: len(split) for name, split in splits.items()}
+
+    if task == "ner":
+
+        def score(predictions: list[np.ndarray]) -> dict[str, Any]:
+            references, predicted = [], []
+            windows_of = _group([int(window["doc_index"]) for window in evaluation])
+            for doc_index, doc in enumerate(eval_docs):
+                rows = windows_of.get(doc_index, [])
+                stitched = stitch_word_predictions(
+                    [evaluation[k] for k in rows], [predictions[k] for k in rows], len(doc["words"])
+                )
+                references.append(bio_labels(doc))
+                predicted.append([NER_LABELS[label] for label in stitched])
+            return ner_metrics(references, predicted)
+
+        return TaskData(train, evaluation, args.eval_split, list(NER_LABELS), split_sizes, score)
+
+    # Salient: only windows that carry mentions train or score anything.
+    train = [window for window in train if len(window["mention_labels"])]
+    evaluation = [window for window in evaluation if len(window["mention_labels"])]
+
+    def score_salient(predictions: list[np.ndarray]) -> dict[str, Any]:
+        references = np.concatenate([window["mention_labels"] for window in evaluation])
+        predicted = np.concatenate(
+            [np.asarray(p)[: len(window["mention_labels"])] for window, p in zip(evaluation, predictions)]
+        )
+        return classification_metrics(references.tolist(), predicted.tolist())
+
+    counts = {"eval_mentions": sum(len(salient_mentions(doc)) for doc in eval_docs)}
+    return TaskData(
+        train, evaluation, args.eval_split, ["not-salient", "salient"], split_sizes, score_salient, counts
+    )
+
+
+def _text_columns(args: argparse.Namespace, rows: list[dict], path: Path) -> list[str]:
+    if args.text_columns:
+        return list(args.text_columns)
+    columns = rows[0].keys() if rows else []
+    for candidate in (["text"], ["sentence1", "sentence2"], ["sentence"]):
+        if all(name in columns for name in candidate):
+            return candidate
+    raise DataFormatError(f"{path}: no text, sentence1/sentence2 or sentence column; pass --text-columns")
+
+
+def sequence_task_data(args: argparse.Namespace, tokenizer: Any) -> TaskData:
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    rows = {name: read_records(path) for name, path in files.items() if path is not None}
+    for name, split_rows in rows.items():
+        if not split_rows:
+            raise DataFormatError(f"{files[name]}: no rows")
+    text_columns = _text_columns(args, rows["train"], args.train_file)
+    if len(text_columns) > 2:
+        raise ValueError(f"--text-columns takes one or two columns, got {text_columns}")
+    raw_labels = {
+        name: _column(split_rows, args.label_column, files[name]) for name, split_rows in rows.items()
+    }
+    for name, labels in raw_labels.items():
+        for index, label in enumerate(labels):
+            if isinstance(label, float) and not label.is_integer():
+                raise DataFormatError(
+                    f"{files[name]}: row {index + 1} has label {label}; regression is not supported"
+                )
+    label_names = sorted({str(label) for labels in raw_labels.values() for label in labels})
+    label_ids = {label: index for index, label in enumerate(label_names)}
+    eval_split = "test" if "test" in rows else "validation"
+
+    def features(name: str, limit: int | None) -> list[dict[str, Any]]:
+        split_rows = _limit(rows[name], limit)
+        texts = [
+            [str(value) for value in _column(split_rows, column, files[name])] for column in text_columns
+        ]
+        encoding = tokenizer(*texts, truncation=True, max_length=args.max_seq_length, verbose=False)
+        labels = _limit(raw_labels[name], limit)
+        result = []
+        for index in range(len(split_rows)):
+            feature = {
+                key: np.asarray(encoding[key][index], dtype=np.int64)
+                for key in ("input_ids", "token_type_ids")
+                if key in encoding
+            }
+            feature["labels"] = np.int64(label_ids[str(labels[index])])
+            result.append(feature)
+        return result
+
+    train, evaluation = features("train", args.max_train_samples), features(eval_split, args.max_eval_samples)
+
+    def score(predictions: list[np.ndarray]) -> dict[str, Any]:
+        references = [int(feature["labels"]) for feature in evaluation]
+        return classification_metrics(references, [int(p) for p in predictions], num_labels=len(label_names))
+
+    sizes = {name: len(split_rows) for name, split_rows in rows.items()}
+    return TaskData(train, evaluation, eval_split, label_names, sizes, score)
+
+
+def _as_list(value: Any) -> list:
+    # CSV cells hold whitespace-separated tokens/tags; JSON holds lists.
+    return value.split() if isinstance(value, str) else list(value)
+
+
+def token_task_data(args: argparse.Namespace, tokenizer: Any) -> TaskData:
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    rows = {name: read_records(path) for name, path in files.items() if path is not None}
+    tags_column = args.tags_column
+    if tags_column is None:
+        columns = rows["train"][0].keys() if rows["train"] else []
+        tags_column = next((c for c in ("ner_tags", "tags", "labels") if c in columns), None)
+        if tags_column is None:
+            raise DataFormatError(
+                f"{args.train_file}: no ner_tags, tags or labels column; pass --tags-column"
+            )
+    tokens = {
+        name: [_as_list(v) for v in _column(r, args.tokens_column, files[name])] for name, r in rows.items()
+    }
+    tags = {name: [_as_list(v) for v in _column(r, tags_column, files[name])] for name, r in rows.items()}
+    for name in rows:
+        for index, (row_tokens, row_tags) in enumerate(zip(tokens[name], tags[name])):
+            if len(row_tokens) != len(row_tags):
+                raise DataFormatError(
+                    f"{files[name]}: row {index + 1} has {len(row_tokens)} tokens but {len(row_tags)} tags"
+                )
+            if not row_tokens:
+                raise DataFormatError(f"{files[name]}: row {index + 1} has no tokens")
+            if args.label_names:
+                try:
+                    tags[name][index] = [args.label_names[int(tag)] for tag in row_tags]
+                except (ValueError, IndexError):
+                    raise DataFormatError(
+                        f"{files[name]}: row {index + 1} has tags {row_tags} that are not ids into --label-names"
+                    ) from None
+            elif any(not isinstance(tag, str) or tag.lstrip("-").isdigit() for tag in row_tags):
+                raise DataFormatError(
+                    f"{files[name]}: row {index + 1} has integer tags; pass their names with --label-names"
+                )
+    label_names = sorted(
+        {tag for split in tags.values() for row in split for tag in row}, key=lambda t: (t != "O", t)
+    )
+    label_ids = {label: index for index, label in enumerate(label_names)}
+    eval_split = "test" if "test" in rows else "validation"
+
+    def features(name: str, limit: int | None) -> tuple[list[dict[str, Any]], list[int]]:
+        windows, owners = [], []
+        for index, (row_tokens, row_tags) in enumerate(
+            zip(_limit(tokens[name], limit), _limit(tags[name], limit))
+        ):
+            row_windows = make_windows(
+                tokenizer,
+                row_tokens,
+                max_seq_length=args.max_seq_length,
+                stride=args.stride,
+                word_labels=[label_ids[tag] for tag in row_tags],
+            )
+            windows.extend(row_windows)
+            owners.extend([index] * len(row_windows))
+        return windows, owners
+
+    train, _ = features("train", args.max_train_samples)
+    evaluation, owners = features(eval_split, args.max_eval_samples)
+    eval_tags = _limit(tags[eval_split], args.max_eval_samples)
+
+    def score(predictions: list[np.ndarray]) -> dict[str, Any]:
+        predicted = []
+        windows_of = _group(owners)
+        for index, row_tags in enumerate(eval_tags):
+            rows_of = windows_of.get(index, [])
+            stitched = stitch_word_predictions(
+                [evaluation[k] for k in rows_of], [predictions[k] for k in rows_of], len(row_tags)
+            )
+            predicted.append([label_names[label] for label in stitched])
+        return ner_metrics(eval_tags, predicted)
+
+    sizes = {name: len(split_rows) for name, split_rows in rows.items()}
+    return TaskData(train, evaluation, eval_split, label_names, sizes, score)
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------
+
+
+def collate(features: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad the model inputs of a list of features; adds ``attention_mask`` and ``feature_index``."""
+    batch: dict[str, torch.Tensor] = {}
+    length = max(len(feature["input_ids"]) for feature in features)
+    for key, pad in PAD_VALUES.items():
+        if key not in features[0]:
+            continue
+        values = [np.asarray(feature[key]) for feature in features]
+        if values[0].ndim == 0:
+            batch[key] = torch.as_tensor(np.stack(values), dtype=torch.long)
+            continue
+        width = max(len(v) for v in values) if key == "mention_labels" else length
+        pad_value = pad_token_id if key == "input_ids" else pad
+        padded = np.full((len(values), width), pad_value, dtype=np.int64)
+        for row, value in enumerate(values):
+            padded[row, : len(value)] = value
+        batch[key] = torch.from_numpy(padded)
+    batch["attention_mask"] = (
+        torch.arange(length)[None, :] < torch.tensor([len(f["input_ids"]) for f in features])[:, None]
+    ).long()
+    if "mention_spans" in features[0]:
+        width = batch["mention_labels"].shape[1]
+        spans = np.zeros((len(features), width, 2), dtype=np.int64)
+        for row, feature in enumerate(features):
+            spans[row, : len(feature["mention_spans"])] = feature["mention_spans"]
+        batch["mention_spans"] = torch.from_numpy(spans)
+    batch["feature_index"] = torch.tensor([int(f["feature_index"]) for f in features], dtype=torch.long)
+    return batch
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], with_labels: bool) -> dict[str, torch.Tensor]:
+    inputs = {key: value for key, value in batch.items() if key != "feature_index"}
+    if not with_labels:
+        inputs.pop("labels", None)
+        inputs.pop("mention_labels", None)
+    return inputs
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation of one seed
+# --------------------------------------------------------------------------------------------
+
+
+def _save_state_atomically(accelerator: Any, directory: Path) -> None:
+    # Written beside its final name, then renamed: a kill mid-save leaves no half checkpoint.
+    partial = directory.with_name(directory.name + ".partial")
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(partial, directory)
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    return outputs[1] if isinstance(outputs, tuple) else outputs.logits
+
+
+def evaluate_model(
+    model: nn.Module, dataloader: DataLoader, accelerator: Any, data: TaskData
+) -> dict[str, Any]:
+    model.eval()
+    predictions: list[np.ndarray | None] = [None] * len(data.eval)
+    for batch in dataloader:
+        with torch.no_grad():
+            logits = _logits(model(**_model_inputs(batch, with_labels=False)))
+        predicted = logits.argmax(-1)
+        if predicted.ndim > 1:
+            # Rows differ in length across processes: pad before gathering.
+            predicted = accelerator.pad_across_processes(predicted, dim=1, pad_index=-100)
+        indices, predicted = accelerator.gather_for_metrics((batch["feature_index"], predicted))
+        for index, row in zip(indices.tolist(), predicted.cpu().numpy()):
+            predictions[index] = row
+    missing = sum(p is None for p in predictions)
+    if missing:
+        raise RuntimeError(f"evaluation lost {missing} of {len(predictions)} features")
+    model.train()
+    return data.score(predictions)  # type: ignore[arg-type]
+
+
+def train_one_seed(
+    args: argparse.Namespace,
+    accelerator: Any,
+    data: TaskData,
+    seed: int,
+    pad_token_id: int,
+    progress: Any,
+    total_steps: int,
+) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    set_seed(seed)
+    seed_dir = args.output_dir / f"seed-{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    id2label = dict(enumerate(data.label_names))
+    model = build_model(args, len(data.label_names), id2label)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+            "weight_decay": args.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+
+    def collate_fn(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return collate(features, pad_token_id)
+
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        data.train,
+        batch_size=args.per_device_batch_size,
+        shuffle=True,
+        collate_fn=collate_fn,
+        generator=generator,
+    )
+    eval_loader = DataLoader(data.eval, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn)
+    # The prepared scheduler advances once per process at each optimizer step.
+    scheduler = get_scheduler(
+        "linear",
+        optimizer=optimizer,
+        num_warmup_steps=math.ceil(args.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler
+    )
+
+    step, running_loss, running_count = 0, 0.0, 0
+    checkpoints = seed_dir / "checkpoints"
+    model.train()
+    with (seed_dir / "metrics.jsonl").open("w", encoding="utf-8") as log:
+        while step < total_steps:
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    outputs = model(**_model_inputs(batch, with_labels=True))
+                    loss = outputs[0] if isinstance(outputs, tuple) else outputs.loss
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"seed {seed}: loss is {loss.item()} at step {step}; stopping"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                running_loss += loss.detach().item()
+                running_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                progress.update(1)
+                if step % args.logging_steps == 0 or step == total_steps:
+                    record = {
+                        "seed": seed,
+                        "step": step,
+                        "loss": running_loss / running_count,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                    }
+                    progress.set_postfix(seed=seed, loss=f"{record['loss']:.4f}")
+                    if accelerator.is_main_process:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    running_loss, running_count = 0.0, 0
+                if not args.no_checkpoints and args.save_steps > 0 and step % args.save_steps == 0:
+                    _save_state_atomically(accelerator, checkpoints / f"checkpoint-{step}")
+                if step >= total_steps:
+                    break
+    if not args.no_checkpoints and (args.save_steps <= 0 or step % args.save_steps):
+        _save_state_atomically(accelerator, checkpoints / f"checkpoint-{step}")
+
+    progress.set_postfix(seed=seed, status="evaluating")
+    metrics = evaluate_model(model, eval_loader, accelerator, data)
+    if accelerator.is_main_process:
+        (seed_dir / "eval_results.json").write_text(
+            json.dumps({"seed": seed, "step": step, "split": data.eval_split, **metrics}, indent=2),
+            encoding="utf-8",
+        )
+        if args.save_model:
+            accelerator.unwrap_model(model).save_pretrained(seed_dir / "model")
+    accelerator.free_memory(model, optimizer, train_loader, eval_loader, scheduler)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    """Bars of mean ± std over seeds: overall metrics, and F1 per type when there are types."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = results["metrics"]
+    overall = [name for name in ("f1", "precision", "recall", "accuracy") if name in metrics]
+    per_type = metrics.get("per_type", {})
+    figure, axes = plt.subplots(1, 2 if per_type else 1, figsize=(11 if per_type else 6, 4), squeeze=False)
+    panels = [(axes[0][0], overall, [metrics[n] for n in overall], "overall")]
+    if per_type:
+        panels.append(
+            (axes[0][1], list(per_type), [per_type[k]["f1"] for k in per_type], "F1 per entity type")
+        )
+    for axis, names, entries, title in panels:
+        means = [entry["mean"] for entry in entries]
+        stds = [entry["std"] for entry in entries]
+        axis.bar(names, means, yerr=stds, capsize=4, color="#4c72b0")
+        for x, mean in enumerate(means):
+            axis.text(x, mean + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=8)
+        axis.set_ylim(0, 1.05)
+        axis.set_ylabel("score (mean ± std over seeds)")
+        axis.set_title(title)
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    figure.suptitle(
+        f"{results['task']} on {results['eval_split']}: {Path(results['model']).name} (seeds {seeds})"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _write_json_atomically(path: Path, content: Any) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content, indent=2), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and score one model per seed; write and return the ``results.json`` content."""
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    config = check_structbert(args.model)
+    if args.max_seq_length > config.max_position_embeddings:
+        raise ValueError(
+            f"--max-seq-length {args.max_seq_length} exceeds the model's max_position_embeddings "
+            f"({config.max_position_embeddings}) in {args.model}"
+        )
+    tokenizer_path = args.tokenizer or args.model
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"--tokenizer {tokenizer_path}: a fast tokenizer (tokenizer.json) is needed for word alignment"
+        )
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"--tokenizer {tokenizer_path} has {len(tokenizer)} tokens but {args.model} has vocab_size {config.vocab_size}"
+        )
+
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
+    )
+    if accelerator.is_main_process:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        _write_json_atomically(args.output_dir / "training_args.json", options)
+
+    with accelerator.main_process_first():
+        if args.task.startswith("scirex"):
+            data = scirex_task_data(args, tokenizer, config.global_attention_types)
+        elif args.task == "sequence-classification":
+            data = sequence_task_data(args, tokenizer)
+        else:
+            data = token_task_data(args, tokenizer)
+    if not data.train or not data.eval:
+        raise ValueError(
+            f"nothing to train on ({len(data.train)} features) or to score ({len(data.eval)} features)"
+        )
+    for index, feature in enumerate(data.train):
+        feature["feature_index"] = index
+    for index, feature in enumerate(data.eval):
+        feature["feature_index"] = index
+
+    batches_per_epoch = math.ceil(len(data.train) / (args.per_device_batch_size * accelerator.num_processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * steps_per_epoch))
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    logger.info(
+        "finetune %s: model %s, %d train / %d eval features (%s), split sizes %s, %d steps x %d seeds, "
+        "batch %d x %d processes x %d accumulation, lr %g, max length %d, stride %d, structure %s",
+        args.task, args.model, len(data.train), len(data.eval), data.eval_split, data.split_sizes, total_steps,
+        len(args.seeds), args.per_device_batch_size, accelerator.num_processes, args.gradient_accumulation_steps,
+        args.learning_rate, args.max_seq_length, args.stride, args.use_structure,
+    )  # fmt: skip
+
+    per_seed = []
+    progress = tqdm(
+        total=total_steps * len(args.seeds),
+        desc=f"finetune {args.task}",
+        disable=not accelerator.is_local_main_process,
+    )
+    with progress:
+        for seed in args.seeds:
+            per_seed.append(
+                train_one_seed(args, accelerator, data, seed, pad_token_id, progress, total_steps)
+            )
+
+    results = {
+        "task": args.task,
+        "model": str(args.model),
+        "seeds": list(args.seeds),
+        "eval_split": data.eval_split,
+        "split_sizes": data.split_sizes,
+        "features": {"train": len(data.train), "eval": len(data.eval), **data.counts},
+        "steps_per_seed": total_steps,
+        "use_structure": args.use_structure,
+        "max_seq_length": args.max_seq_length,
+        "stride": args.stride,
+        "metrics": aggregate_metrics(per_seed),
+        "per_seed": [{"seed": seed, **metrics} for seed, metrics in zip(args.seeds, per_seed)],
+    }
+    if accelerator.is_main_process:
+        _write_json_atomically(args.output_dir / "results.json", results)
+        plot_results(results, args.output_dir / "results.png")
+        f1 = results["metrics"]["f1"]
+        logger.info(
+            "%s: f1 %.4f ± %.4f over %d seeds; wrote %s",
+            args.task,
+            f1["mean"],
+            f1["std"],
+            len(args.seeds),
+            args.output_dir / "results.json",
+        )
+    accelerator.wait_for_everyone()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI entry point; returns the ``results.json`` content."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    return run_finetune(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
