@@ -329,10 +329,27 @@ def _read_file_capped(path: Path, limits: ArchiveLimits, label: str) -> bytes:
     return path.read_bytes()
 
 
-def _is_paper_folder(folder: Path) -> bool:
-    return any(
-        child.is_file() and child.suffix.lower() in (".tex", ".ltx", ".latex") for child in folder.iterdir()
-    )
+def _is_paper_folder(folder: Path, limits: ArchiveLimits) -> bool:
+    """A paper's own folder, rather than a folder of papers.
+
+    It is one when exactly one top-level TeX file opens the document; several such files
+    are loose single-file papers. Without any, top-level TeX and no sub-folders still make a
+    (broken) paper, so that it is reported rather than skipped.
+    """
+    real = folder.resolve()
+    children = sorted(folder.iterdir())
+    tex = [
+        child
+        for child in children
+        if child.suffix.lower() in _TEX_SUFFIXES and child.is_file() and child.resolve().is_relative_to(real)
+    ]
+    mains = 0
+    for child in tex:
+        with child.open("rb") as handle:
+            mains += b"\\begin{document}" in handle.read(limits.max_file_bytes)
+    if mains:
+        return mains == 1
+    return bool(tex) and not any(child.is_dir() for child in children)
 
 
 def _iter_folder_entry(child: Path, limits: ArchiveLimits, skip: frozenset[str]) -> Iterator[PaperInput]:
@@ -369,8 +386,8 @@ def iter_papers(
 ) -> Iterator[PaperInput]:
     """Every paper of every source, in a deterministic order.
 
-    A source is an arXiv bulk ``.tar``, a paper folder (it holds a ``.tex`` at its top
-    level), a folder of papers (sub-folders, ``.tex``, ``.gz``, ``.tar.gz`` and ``.pdf`` files,
+    A source is an arXiv bulk ``.tar``, a paper folder (exactly one of its top-level
+    ``.tex`` files has ``\\begin{document}``), a folder of papers (sub-folders, ``.tex``, ``.gz``, ``.tar.gz`` and ``.pdf`` files,
     and bulk ``.tar`` archives, in name order), or a single paper file of those kinds.
     Inputs whose key is in ``skip`` are not read again.
     """
@@ -380,7 +397,7 @@ def iter_papers(
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         if path.is_dir():
-            if _is_paper_folder(path):
+            if _is_paper_folder(path, limits):
                 yield from _iter_folder_entry(path, limits, skip)
                 continue
             for child in sorted(path.iterdir(), key=lambda p: p.name):

@@ -91,6 +91,7 @@ _PARQUET_SETTINGS = {
     "use_dictionary": False,
 }
 _JOURNAL_FORMAT = 1
+_RUN_ONLY = ("num_proc", "progress", "resume")
 
 
 @dataclass
@@ -153,7 +154,9 @@ class BuildOptions:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        """The options that shape the output; how the build runs (workers, bar, resume) does not."""
+        values = json.loads(json.dumps(dataclasses.asdict(self), default=str))
+        return {key: value for key, value in values.items() if key not in _RUN_ONLY}
 
 
 # ----------------------------------------------------------------------------- parsing (workers)
@@ -257,8 +260,15 @@ def _parse_all(
                     emit(paper, {"reason": paper.reason, "detail": paper.detail})
                 else:
                     slot = next(i for i in range(len(workers)) if i not in busy)
-                    workers[slot].conn.send_bytes(_encode_task(paper.paper_id, paper.files))
+                    task = _encode_task(paper.paper_id, paper.files)
                     paper.files = {}
+                    try:
+                        workers[slot].conn.send_bytes(task)
+                    except OSError:  # the idle worker died (killed from outside): replace it and retry once
+                        workers[slot].stop(kill=True)
+                        workers[slot] = _Worker(context, options.latex)
+                        workers[slot].conn.send_bytes(task)
+                    del task
                     busy[slot] = (paper, time.monotonic() + options.timeout)
             if not busy:
                 return
@@ -304,13 +314,15 @@ def _fingerprint(sources: Sequence[Path], options: BuildOptions) -> dict[str, An
     for source in sources:
         stat = source.stat()
         described.append([str(source), stat.st_size if source.is_file() else None, stat.st_mtime_ns])
-    return {
+    fingerprint = {
         "format": _JOURNAL_FORMAT,
         "sources": described,
-        "latex": json.loads(json.dumps(dataclasses.asdict(options.latex), default=str)),
+        "latex": dataclasses.asdict(options.latex),
         "timeout": options.timeout,
         "limits": dataclasses.asdict(options.limits),
     }
+    # Through JSON and back, so that it compares equal to the manifest read from disk.
+    return json.loads(json.dumps(fingerprint, default=str))
 
 
 def _open_journal(work: Path, fingerprint: dict[str, Any], resume: bool) -> set[str]:
@@ -347,6 +359,7 @@ class _Entry:
     chars: int = 0
     words: int = 0
     sections: int = 0
+    warnings: int = 0
     reason: str | None = None
     detail: str = ""
 
@@ -359,6 +372,7 @@ def _index_journal(journal: Path) -> list[_Entry]:
         for line in handle:
             item = json.loads(line)
             entry = _Entry(item["key"], item["source"], item["id"], item["version"])
+            entry.warnings = len(item.get("warnings", ()))
             if "record" in item:
                 text = item["record"].get("text", "")
                 entry.offset = offset
@@ -379,7 +393,11 @@ def _version_number(version: str | None) -> int:
 
 
 def _dedupe(entries: list[_Entry]) -> None:
-    """Reject all but the latest version of each id (ties: the last key, for a stable choice)."""
+    """Reject all but the latest version of each id (ties: the last key, for a stable choice).
+
+    Only parsed papers compete: when the latest version failed to parse, the newest version that
+    parsed is kept, so an id is never lost to a broken revision.
+    """
     by_id: dict[str, list[_Entry]] = {}
     for entry in entries:
         if entry.reason is None:
@@ -507,6 +525,7 @@ def _stats(kept: list[_Entry]) -> dict[str, Any]:
         "words": sum(entry.words for entry in kept),
         "sections": sum(entry.sections for entry in kept),
         "records_with_sections": sum(1 for entry in kept if entry.sections > 0),
+        "records_with_skipped_archive_members": sum(1 for entry in kept if entry.warnings),
         "characters_min": chars[0],
         "characters_median": chars[len(chars) // 2],
         "characters_max": chars[-1],
@@ -567,6 +586,8 @@ def build_corpus(
         def emit(paper: PaperInput, outcome: dict[str, Any]) -> None:
             line = {"key": paper.key, "source": paper.source, "id": paper.paper_id, "version": paper.version}
             line.update(outcome)
+            if paper.warnings:
+                line["warnings"] = paper.warnings
             sink.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
             sink.flush()
             bar.update(1)

@@ -216,6 +216,7 @@ _INLINE_MACROS = {
     "fbox": "{",
     "textnormal": "{",
     "enquote": "{",
+    "ensuremath": "{",
 }
 
 _ENVIRONMENT_ARGS = {
@@ -277,6 +278,8 @@ def _walker_context() -> macrospec.LatexContextDb:
         macrospec.std_environment(name, spec, is_math_mode=name in MATH_ENVIRONMENTS)
         for name, spec in _ENVIRONMENT_ARGS.items()
     ]
+    # \begin{section}{Title} ... \end{section} is legal LaTeX: \begin{x} runs \x.
+    environments += [macrospec.std_environment(name, "[{") for name in HEADING_LEVELS]
     environments += [
         macrospec.std_environment(name, "", is_math_mode=True) for name in MATH_ENVIRONMENTS if name not in _ENVIRONMENT_ARGS
     ]
@@ -298,6 +301,7 @@ def _text_context(options: LatexOptions, in_heading: bool) -> macrospec.LatexCon
         MacroTextSpec("textcolor", simplify_repl=_last_argument),
         MacroTextSpec("colorbox", simplify_repl=_last_argument),
         MacroTextSpec("makebox", simplify_repl=_last_argument),
+        MacroTextSpec("ensuremath", simplify_repl=_last_argument),
         MacroTextSpec("IEEEPARstart", simplify_repl="%(1)s%(2)s"),
         MacroTextSpec("item", simplify_repl=lambda n, l2tobj: " " + (l2tobj.nodelist_to_text([n.nodeoptarg]) + " " if n.nodeoptarg else "")),
         MacroTextSpec("\\", simplify_repl=" "),
@@ -306,7 +310,7 @@ def _text_context(options: LatexOptions, in_heading: bool) -> macrospec.LatexCon
         MacroTextSpec("quad", simplify_repl=" "),
         MacroTextSpec("qquad", simplify_repl=" "),
     ]
-    specs += [MacroTextSpec(name, discard=False) for name in _INLINE_MACROS if name not in ("textcolor", "colorbox", "makebox", "IEEEPARstart")]
+    specs += [MacroTextSpec(name, discard=False) for name in _INLINE_MACROS if name not in ("textcolor", "colorbox", "makebox", "IEEEPARstart", "ensuremath")]
     environments = [EnvironmentTextSpec(name, discard=True) for name in DROPPED_ENVIRONMENTS]
     environments += [EnvironmentTextSpec(name, simplify_repl=_math_environment) for name in MATH_ENVIRONMENTS]
     db.add_context_category("structformer", macros=specs, environments=environments, prepend=True)
@@ -443,6 +447,8 @@ class _BlockWalker:
     def _search_heading(self, node) -> bool:
         if node is None:
             return False
+        if node.isNodeType(latexwalker.LatexEnvironmentNode) and node.environmentname in HEADING_LEVELS:
+            return True
         if node.isNodeType(latexwalker.LatexMacroNode):
             if node.macroname in HEADING_LEVELS:
                 return True
@@ -459,13 +465,13 @@ class _BlockWalker:
         if text:
             self.sections[-1].paragraphs.append(text)
 
-    def heading(self, node) -> None:
+    def heading(self, node, level: str) -> None:
         self.flush()
         args = node.nodeargd.argnlist if node.nodeargd and node.nodeargd.argnlist else []
         # \section*[short]{long}: the long title is the last argument.
         title_node = args[-1] if args and args[-1] is not None else (args[1] if len(args) > 1 else None)
         title = normalize_space(_safe_text(self.heading_text, [title_node], self.warnings)) if title_node else ""
-        self.sections.append(Section(HEADING_LEVELS[node.macroname], title))
+        self.sections.append(Section(level, title))
 
     def walk(self, nodes: list) -> None:
         for node in nodes:
@@ -490,7 +496,7 @@ class _BlockWalker:
     def _macro(self, node) -> None:
         name = node.macroname
         if name in HEADING_LEVELS:
-            self.heading(node)
+            self.heading(node, HEADING_LEVELS[name])
         elif name == "par":
             self.flush()
         elif name == "maketitle":
@@ -507,7 +513,10 @@ class _BlockWalker:
 
     def _environment(self, node) -> None:
         name = node.environmentname
-        if self.has_heading(node):
+        if name in HEADING_LEVELS:
+            self.heading(node, HEADING_LEVELS[name])
+            self.walk(node.nodelist)
+        elif self.has_heading(node):
             self.flush()
             self.walk(node.nodelist)
             self.flush()
@@ -539,6 +548,38 @@ def _split_items(nodes: list) -> list[list]:
     return [item for item in items if item]
 
 
+_HEADING_COMMAND = re.compile(r"\\(" + "|".join(HEADING_LEVELS) + r")(?![A-Za-z@])")
+
+
+def drop_environments(latex: str, names: frozenset[str] = DROPPED_ENVIRONMENTS) -> str:
+    """Remove the named environments (nesting counted) before parsing, which saves pylatexenc
+    reading every character of tables and pictures. An environment that never ends or that
+    holds a heading is kept: that is a broken float swallowing the text, and the walker
+    recovers its headings."""
+    masked = mask_verbatim(latex)
+    begin = re.compile(r"\\begin\s*\{(" + "|".join(re.escape(n) for n in names) + r")\}")
+    out = []
+    pos = 0
+    for match in begin.finditer(masked):
+        if match.start() < pos:
+            continue
+        name = re.escape(match.group(1))
+        depth = 1
+        end = None
+        for token in re.finditer(r"\\(begin|end)\s*\{" + name + r"\}", masked[match.end() :]):
+            depth += 1 if token.group(1) == "begin" else -1
+            if depth == 0:
+                end = match.end() + token.end()
+                break
+        if end is None or _HEADING_COMMAND.search(masked, match.end(), end):
+            continue
+        out.append(latex[pos : match.start()])
+        out.append("\n")
+        pos = end
+    out.append(latex[pos:])
+    return "".join(out)
+
+
 def build_sections(body: str, options: LatexOptions | None = None, warnings: list[str] | None = None) -> list[Section]:
     """The section list of a document body, in document order.
 
@@ -551,7 +592,7 @@ def build_sections(body: str, options: LatexOptions | None = None, warnings: lis
     options = options or LatexOptions()
     notes = warnings if warnings is not None else []
     walker = _BlockWalker(options, notes)
-    walker.walk(_parse_or_chunks(body, notes))
+    walker.walk(_parse_or_chunks(drop_environments(body), notes))
     walker.flush()
     sections = walker.sections
     if not sections[0].paragraphs:

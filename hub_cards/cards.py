@@ -23,6 +23,7 @@ import jinja2
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from tqdm.auto import tqdm
 
 STRUCTURED = "arxiv_structured"
 PLAIN = "arxiv_plain"
@@ -135,27 +136,46 @@ def _size_category(n: int) -> str:
     return "n>1B"
 
 
-def _structured_stats(shards: Mapping[str, list[Path]]) -> dict[str, Any]:
-    """Document, word, heading, license and category counts of the ``arxiv_structured`` shards."""
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer is None or not isinstance(tokenizer, (str, Path)):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer))
+
+
+def _structured_stats(shards: Mapping[str, list[Path]], tokenizer: Any = None) -> dict[str, Any]:
+    """Document, word, token, heading, license and category counts of the ``arxiv_structured`` shards."""
     words: list[int] = []
+    tokens: list[int] = []
     characters = 0
     levels: Counter[str] = Counter()
     licenses: Counter[str] = Counter()
     categories: Counter[str] = Counter()
     unknown_license = 0
     split_rows: list[tuple[str, int]] = []
+    total_rows = sum(pq.ParquetFile(p).metadata.num_rows for paths in shards.values() for p in paths)
+    bar = tqdm(total=total_rows, desc="dataset card statistics", unit="doc", disable=total_rows < 10_000)
     for split, paths in shards.items():
         rows = 0
         for path in paths:
-            table = pq.read_table(path)
-            names = set(table.column_names)
+            names = set(pq.ParquetFile(path).schema_arrow.names)
             missing = {"id", "text", "headers"} - names
             if missing:
                 raise ValueError(f"{path}: missing column(s) {sorted(missing)} of {STRUCTURED}")
+            # The sections repeat the text; reading only what the statistics need bounds memory.
+            wanted = [c for c in ("text", "headers", "license", "categories") if c in names]
+            table = pq.read_table(path, columns=wanted)
             rows += table.num_rows
             text = table.column("text")
             characters += pc.sum(pc.utf8_length(text)).as_py() or 0
             words += pc.list_value_length(pc.utf8_split_whitespace(text)).to_pylist()
+            if tokenizer is not None:
+                for batch in _batches(text.to_pylist(), 256):
+                    tokens += [
+                        len(ids)
+                        for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+                    ]
             flat = pc.list_flatten(table.column("headers"))
             levels.update(pc.struct_field(flat, "level").to_pylist())
             if "license" in names:
@@ -164,7 +184,9 @@ def _structured_stats(shards: Mapping[str, list[Path]]) -> dict[str, Any]:
                 unknown_license += sum(1 for v in values if not v)
             if "categories" in names:
                 categories.update(v.split()[0] for v in table.column("categories").to_pylist() if v)
+            bar.update(table.num_rows)
         split_rows.append((split, rows))
+    bar.close()
     documents = len(words)
     return {
         "documents": documents,
@@ -175,11 +197,27 @@ def _structured_stats(shards: Mapping[str, list[Path]]) -> dict[str, Any]:
         "median_words": statistics.median(words) if words else 0.0,
         "min_words": min(words, default=0),
         "max_words": max(words, default=0),
+        "tokens": _distribution(tokens) if tokens else None,
         "mean_headings": sum(levels.values()) / documents if documents else 0.0,
         "heading_levels": sorted(levels.items(), key=lambda kv: (-kv[1], kv[0])),
         "licenses": licenses,
         "unknown_license": unknown_license,
         "categories": categories,
+    }
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _distribution(counts: list[int]) -> dict[str, float]:
+    return {
+        "total": sum(counts),
+        "mean": statistics.fmean(counts),
+        "median": statistics.median(counts),
+        "min": min(counts),
+        "max": max(counts),
     }
 
 
@@ -202,13 +240,16 @@ def _format_number(value: Any) -> str:
     return f"{value:,.4g}"
 
 
-def dataset_card_data(corpus_dir: Path, *, pretty_name: str | None = None) -> tuple[DatasetCardData, dict]:
+def dataset_card_data(
+    corpus_dir: Path, *, pretty_name: str | None = None, tokenizer: Any = None
+) -> tuple[DatasetCardData, dict]:
     """The card's YAML metadata and the values its body is rendered from."""
     corpus_dir = Path(corpus_dir)
     shards = find_shards(corpus_dir)
     report_path = corpus_dir / "build_report.json"
     report = _read_json(report_path) if report_path.is_file() else {}
-    stats = _structured_stats(shards[STRUCTURED])
+    tokenizer = _load_tokenizer(tokenizer)
+    stats = _structured_stats(shards[STRUCTURED], tokenizer)
 
     configs = []
     for config, splits in shards.items():
@@ -261,6 +302,22 @@ def dataset_card_data(corpus_dir: Path, *, pretty_name: str | None = None) -> tu
     options = [(k, v) for k, v in _flatten("", report.get("options") or {})]
     report_stats = [(k, _format_number(v)) for k, v in _flatten("", report.get("stats") or {})]
 
+    latex = (report.get("options") or {}).get("latex") or {}
+    math_text = f"`{latex['math_placeholder']}`" if latex.get("math_placeholder") else "a placeholder"
+    if _is_number(latex.get("max_linear_math_chars")):
+        math_text += (
+            f", or its linear form when that is at most {latex['max_linear_math_chars']} characters long"
+        )
+    else:
+        math_text += ", or its linear form when that is short"
+    if latex.get("cite_placeholder") and latex.get("ref_placeholder"):
+        cite_text = f"`{latex['cite_placeholder']}` and `{latex['ref_placeholder']}`"
+    else:
+        cite_text = "placeholders"
+    footnote_text = {
+        "inline": "footnotes are kept inline, in parentheses; ",
+        "drop": "footnotes are dropped; ",
+    }.get(latex.get("footnotes"), "")
     split_names = [
         s
         for s, _ in sorted(
@@ -269,7 +326,10 @@ def dataset_card_data(corpus_dir: Path, *, pretty_name: str | None = None) -> tu
     ]
     values = {
         "pretty_name": name,
-        "repo_ref": corpus_dir.name,
+        "math_text": math_text,
+        "cite_text": cite_text,
+        "footnote_text": footnote_text,
+        "repo_ref": ".",
         "repo_is_local": True,
         "split_names": split_names,
         "configs": [
@@ -293,6 +353,8 @@ def dataset_card_data(corpus_dir: Path, *, pretty_name: str | None = None) -> tu
         "licenses": sorted(licenses.items(), key=lambda kv: (-kv[1], kv[0])),
         "unknown_license": stats["unknown_license"],
         "license_note": license_note,
+        "tokenizer_name": Path(str(getattr(tokenizer, "name_or_path", "") or "")).name
+        or type(tokenizer).__name__,
         "structformer_bibtex": STRUCTFORMER_BIBTEX,
     }
     return data, values
@@ -303,10 +365,10 @@ def categories_top(categories: Counter[str], k: int = 10) -> list[tuple[str, int
 
 
 def render_dataset_card(
-    corpus_dir: Path, *, pretty_name: str | None = None, repo_id: str | None = None
+    corpus_dir: Path, *, pretty_name: str | None = None, repo_id: str | None = None, tokenizer: Any = None
 ) -> DatasetCard:
     """The dataset card of a built corpus folder (see ``docs/ARCHITECTURE.md``), not yet written."""
-    data, values = dataset_card_data(Path(corpus_dir), pretty_name=pretty_name)
+    data, values = dataset_card_data(Path(corpus_dir), pretty_name=pretty_name, tokenizer=tokenizer)
     if repo_id:
         values["repo_ref"] = repo_id
         values["repo_is_local"] = False
@@ -314,16 +376,17 @@ def render_dataset_card(
 
 
 def write_dataset_card(
-    corpus_dir: Path, *, pretty_name: str | None = None, repo_id: str | None = None
+    corpus_dir: Path, *, pretty_name: str | None = None, repo_id: str | None = None, tokenizer: Any = None
 ) -> Path:
     """Write ``corpus_dir/README.md``: the dataset card whose YAML ``configs`` make the folder loadable.
 
     ``datasets.load_dataset(corpus_dir)`` then gives ``arxiv_structured`` (the default config) and
     ``load_dataset(corpus_dir, "arxiv_plain")`` its text-only twin. ``repo_id`` only changes the name
-    shown in the card's loading example.
+    shown in the card's loading example. With a ``tokenizer`` (a tokenizer or a folder holding one), the
+    statistics include token counts.
     """
     corpus_dir = Path(corpus_dir)
-    card = render_dataset_card(corpus_dir, pretty_name=pretty_name, repo_id=repo_id)
+    card = render_dataset_card(corpus_dir, pretty_name=pretty_name, repo_id=repo_id, tokenizer=tokenizer)
     path = corpus_dir / "README.md"
     card.save(path)
     return path
@@ -338,6 +401,7 @@ DOWNSTREAM_TASKS: dict[str, tuple[str, str]] = {
     "scirex_ner": ("token-classification", "SciREX entity recognition"),
     "scirex_salient": ("text-classification", "SciREX salient entity classification"),
 }
+TRAINING_CURVE = "training_curve.png"
 TAGS = ["structformer", "long-document", "global-attention", "custom_code"]
 
 
@@ -453,7 +517,7 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
     ]
     data = ", ".join(f"`{k}` = `{v}`" for k, v in options if k in data_keys)
 
-    summary = []
+    summary, curve = [], None
     metrics_path = model_dir / "metrics.jsonl"
     if metrics_path.is_file():
         rows = []
@@ -463,18 +527,49 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{metrics_path}:{number}: invalid JSON: {err.msg}") from err
-        steps = [r["step"] for r in rows if _is_number(r.get("step"))]
-        losses = [r["loss"] for r in rows if _is_number(r.get("loss"))]
-        if steps:
-            summary.append(f"The run logged {len(rows):,} times over {max(steps):,} optimizer steps")
-            if losses:
-                summary[-1] += (
-                    f"; the training loss went from {_fmt(float(losses[0]))} to {_fmt(float(losses[-1]))}"
-                )
-            summary[-1] += " (`metrics.jsonl`)."
+        train = [
+            (r["step"], r["loss"]) for r in rows if _is_number(r.get("step")) and _is_number(r.get("loss"))
+        ]
+        evals = [
+            (r["step"], r["eval_bits_per_masked_token"])
+            for r in rows
+            if _is_number(r.get("step")) and _is_number(r.get("eval_bits_per_masked_token"))
+        ]
+        if train:
+            summary.append(
+                f"The training loss went from {_fmt(float(train[0][1]))} at step {train[0][0]:,} to "
+                f"{_fmt(float(train[-1][1]))} at step {train[-1][0]:,} (`metrics.jsonl`)."
+            )
+        if len(train) >= 2:
+            curve = _loss_curve_png(train, evals)
     if not (options or summary):
         return None
-    return {"data": data, "summary": " ".join(summary), "args": options}
+    return {"data": data, "summary": " ".join(summary), "args": options, "curve": curve}
+
+
+def _loss_curve_png(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> bytes:
+    """The training curve as PNG bytes: training loss, and validation bits per masked token when logged."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    # The logged loss is cross-entropy in nats; shown in bits so both curves share one axis.
+    ax.plot([step for step, _ in train], [loss / math.log(2) for _, loss in train], label="training")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("bits per masked token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _load_results(results: Mapping[str, Any] | str | Path | None) -> tuple[dict, Path | None]:
@@ -512,7 +607,12 @@ def _select_model(results: Mapping[str, Any], model_dir: Path, model_key: str | 
 
 
 def _evaluation(
-    model_dir: Path, results: Mapping[str, Any], key: str | None, results_dir: Path | None, dataset_ref: str
+    model_dir: Path,
+    results: Mapping[str, Any],
+    key: str | None,
+    results_dir: Path | None,
+    dataset_ref: str,
+    display_name: str,
 ) -> tuple[dict[str, Any] | None, list[Any], list[Path]]:
     """The card's evaluation tables, its model-index entries, and the figures to copy."""
     from huggingface_hub import EvalResult
@@ -523,8 +623,8 @@ def _evaluation(
     if not own_pretrain and (model_dir / "eval_results.json").is_file():
         own_pretrain = _read_json(model_dir / "eval_results.json")
         pretrain_source = "`eval_results.json`"
-        models = {key or model_dir.name: {"pretrain": own_pretrain}}
-        key = key or model_dir.name
+        key = key or display_name
+        models = {key: {"pretrain": own_pretrain}}
 
     eval_results: list[Any] = []
     for metric, name in (
@@ -635,8 +735,8 @@ def render_model_card(
     revision: str | None = None,
     model_name: str | None = None,
     model_key: str | None = None,
-) -> tuple[ModelCard, list[Path]]:
-    """The model card of a trained StructBERT folder, and the figure files it shows (not yet copied)."""
+) -> tuple[ModelCard, dict[str, Path | bytes]]:
+    """The model card of a trained StructBERT folder, and the files it shows (name -> source file or PNG bytes)."""
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
@@ -658,9 +758,10 @@ def render_model_card(
         if isinstance(init_from, str) and _HUB_ID_RE.match(init_from) and not Path(init_from).exists():
             base_model = init_from
     dataset_ref = datasets[0] if datasets else STRUCTURED
-    evaluation, eval_results, figures = _evaluation(model_dir, results_dict, key, results_dir, dataset_ref)
-
     name = model_name or (repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
+    evaluation, eval_results, figures = _evaluation(
+        model_dir, results_dict, key, results_dir, dataset_ref, name
+    )
     data = ModelCardData(
         license=license,
         library_name="transformers",
@@ -678,15 +779,21 @@ def render_model_card(
         model_name=name,
         arch=_architecture(model_dir, config),
         base_model=base_model,
-        repo_ref=repo_id or str(model_dir),
+        repo_ref=repo_id or ".",
+        repo_is_local=repo_id is None,
         revision=revision or "main",
         mask_token=_mask_token(model_dir),
         training=training,
+        # Only claimed when the card knows the training data: given datasets, or data options of the run.
+        trained_on_arxiv=bool(datasets or (training and training["data"])),
         evaluation=evaluation,
         structformer_bibtex=STRUCTFORMER_BIBTEX,
         longformer_bibtex=LONGFORMER_BIBTEX,
     )
-    return ModelCard(body), figures
+    files: dict[str, Path | bytes] = {f.name: f for f in figures}
+    if training and training["curve"]:
+        files[TRAINING_CURVE] = training["curve"]
+    return ModelCard(body), files
 
 
 def write_model_card(
@@ -708,7 +815,7 @@ def write_model_card(
     ``"variant"`` key naming this model); without it, ``model_dir/eval_results.json`` gives the evaluation.
     ``output_dir`` (default ``model_dir``) is where the card and figures go, e.g. a staging folder.
     """
-    card, figures = render_model_card(
+    card, files = render_model_card(
         model_dir,
         results,
         base_model=base_model,
@@ -721,9 +828,11 @@ def write_model_card(
     )
     out = Path(output_dir) if output_dir is not None else Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for figure in figures:
-        if figure.resolve() != (out / figure.name).resolve():
-            shutil.copyfile(figure, out / figure.name)
+    for name, source in files.items():
+        if isinstance(source, bytes):
+            (out / name).write_bytes(source)
+        elif source.resolve() != (out / name).resolve():
+            shutil.copyfile(source, out / name)
     path = out / "README.md"
     card.save(path)
     return path

@@ -66,7 +66,8 @@ def prepare_staging_dir(staging_dir: str | Path | None, kind: str) -> Path:
     if staging_dir is None:
         path = Path(tempfile.mkdtemp(prefix=f"structformer-publish-{kind}-"))
     else:
-        path = Path(staging_dir)
+        # Absolute, because the fresh-process check runs in another working directory.
+        path = Path(staging_dir).resolve()
         if path.exists() and any(path.iterdir()):
             if not (path / STAGING_MARKER).is_file():
                 raise PublishError(
@@ -157,7 +158,9 @@ def stage_model(
     return staged_files(staging)
 
 
-def stage_dataset(corpus_dir: Path, staging: Path, *, repo_id: str | None = None) -> list[Path]:
+def stage_dataset(
+    corpus_dir: Path, staging: Path, *, repo_id: str | None = None, tokenizer: str | Path | None = None
+) -> list[Path]:
     """Copy the Parquet shards and ``build_report.json`` into ``staging`` and write the dataset card."""
     shards = cards.find_shards(corpus_dir)  # raises when there are no arxiv_structured shards
     if cards.PLAIN not in shards:
@@ -172,7 +175,7 @@ def stage_dataset(corpus_dir: Path, staging: Path, *, repo_id: str | None = None
     if report.is_file():
         pairs.append((report, staging / report.name))
     _place_all(pairs, "stage dataset")
-    cards.write_dataset_card(staging, repo_id=repo_id)
+    cards.write_dataset_card(staging, repo_id=repo_id, tokenizer=tokenizer)
     return staged_files(staging)
 
 
@@ -490,6 +493,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--datasets", nargs="+", default=None, help="Hub ids of the training data")
     model.add_argument("--license", default="apache-2.0", help="the model's license (Hub identifier)")
+    dataset.add_argument(
+        "--tokenizer", type=Path, default=None, help="a tokenizer folder, for token counts in the card"
+    )
     args = parser.parse_args(argv)
     if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
         parser.error(f"--repo-id must look like ORG/NAME, got {args.repo_id!r}")
@@ -500,7 +506,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def publish(args: argparse.Namespace) -> Path:
     """Run the three steps; returns the staging folder. Raises PublishError when a step fails."""
-    source = args.dir
+    source = args.dir.resolve()
     # The model must load here first: a folder that does not load gives no reference to compare with.
     reference = model_reference(source) if args.kind == "model" else None
     staging = prepare_staging_dir(args.staging_dir, args.kind)
@@ -518,7 +524,7 @@ def publish(args: argparse.Namespace) -> Path:
                 model_key=args.model_key,
             )
         else:
-            files = stage_dataset(source, staging, repo_id=args.repo_id)
+            files = stage_dataset(source, staging, repo_id=args.repo_id, tokenizer=args.tokenizer)
     except (OSError, ValueError) as err:
         raise PublishError(f"staging {source} failed: {err}") from err
     print(f"staged {args.kind} {source} in {staging}")

@@ -103,7 +103,8 @@ class AttentionPattern:
     allowed: torch.Tensor | None = None  # (B, 1, L, L) bool: query i may attend key j  [eager, sdpa]
     row_has_key: torch.Tensor | None = None  # (B, L, 1, 1) bool: the row has an allowed key  [sdpa]
     block_mask: object | None = None  # FlexAttention BlockMask  [flex_attention]
-    band: torch.Tensor | None = None  # (B, 1, N, C, 3C + G) bool: allowed keys of each query block  [blocked]
+    band_masked: torch.Tensor | None = None  # (B, 1, N, C, 3C + G) bool: key NOT allowed for the query  [blocked]
+    band_row_empty: torch.Tensor | None = None  # (B, 1, N, C, 1) bool: the query has no allowed key  [blocked]
 
 
 def build_attention_pattern(
@@ -167,7 +168,9 @@ def build_attention_pattern(
             band = band & (q_section[:, :, :, None] == section_ids[:, k_idx][:, :, None, :])
         global_key = key_ok.gather(1, global_index.clamp(max=length - 1)) & slot_used  # (B, G)
         global_key = global_key[:, None, None, :].expand(-1, num_blocks, block, -1)  # (B, N, C, G)
-        pattern.band = torch.cat([band, global_key], dim=-1)[:, None]  # (B, 1, N, C, 3C + G)
+        band = torch.cat([band, global_key], dim=-1)[:, None]  # (B, 1, N, C, 3C + G)
+        pattern.band_masked = ~band
+        pattern.band_row_empty = ~band.any(dim=-1, keepdim=True)  # (B, 1, N, C, 1)
     else:
         raise ValueError(
             f"unknown attention implementation {implementation!r}; use one of {ATTN_IMPLEMENTATIONS}"
@@ -228,25 +231,27 @@ def blocked_structure_attention(q, k, v, pattern, scaling, dropout, training):
     """
     batch_size, num_heads, length, head_dim = q.shape
     block = pattern.window // 2
-    num_blocks = pattern.band.shape[2]
+    num_blocks = pattern.band_masked.shape[2]
     pad = num_blocks * block - length
+    index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
 
-    def key_windows(x):
+    def keys_of_blocks(x):
+        """(B, H, L, D) -> (B, H, N, 3C + G, D): each query block's own and two neighbouring key blocks, then
+        the global keys. One copy, so that scores and outputs are single batched matmuls."""
+        global_keys = x.gather(2, index)[:, :, None].expand(-1, -1, num_blocks, -1, -1)  # (B, H, N, G, D)
         x = nn.functional.pad(x, (0, 0, block, pad + block))  # (B, H, (N + 2) * C, D)
         x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim)  # (B, H, N + 2, C, D)
-        return torch.cat([x[:, :, :-2], x[:, :, 1:-1], x[:, :, 2:]], dim=3)  # (B, H, N, 3C, D)
+        return torch.cat([x[:, :, :-2], x[:, :, 1:-1], x[:, :, 2:], global_keys], dim=3)  # (B, H, N, 3C + G, D)
 
-    q_blocks = nn.functional.pad(q, (0, 0, 0, pad))
+    q_blocks = nn.functional.pad(q * scaling, (0, 0, 0, pad))  # (B, H, N * C, D)
     q_blocks = q_blocks.view(batch_size, num_heads, num_blocks, block, head_dim)  # (B, H, N, C, D)
-    scores = q_blocks @ key_windows(k).transpose(-1, -2)  # (B, H, N, C, 3C)
-    index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
-    k_global = k.gather(2, index)[:, :, None]  # (B, H, 1, G, D)
-    v_global = v.gather(2, index)[:, :, None]  # (B, H, 1, G, D)
-    scores = (
-        torch.cat([scores, q_blocks @ k_global.transpose(-1, -2)], dim=-1) * scaling
-    )  # (B, H, N, C, 3C + G)
-    probs = nn.functional.dropout(masked_softmax(scores, pattern.band), dropout, training)
-    out = probs[..., : 3 * block] @ key_windows(v) + probs[..., 3 * block :] @ v_global  # (B, H, N, C, D)
+    scores = q_blocks @ keys_of_blocks(k).transpose(-1, -2)  # (B, H, N, C, 3C + G)
+    # In place is safe: the matmul's backward needs its inputs, not its output.
+    scores = scores.masked_fill_(pattern.band_masked, torch.finfo(scores.dtype).min)
+    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), dropout, training)
+    out = probs @ keys_of_blocks(v)  # (B, H, N, C, D)
+    # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
+    out = out.masked_fill(pattern.band_row_empty, 0.0)
     out = out.view(batch_size, num_heads, num_blocks * block, head_dim)[:, :, :length]  # (B, H, L, D)
     return out.transpose(1, 2)  # (B, L, H, D)
 

@@ -104,13 +104,17 @@ def test_sample_archive_is_arxiv_shaped_and_deterministic(tmp_path: Path) -> Non
         "sections/results.tex",
     ]
     assert by_id[ids["22-pdf-only.pdf"]].reason == "pdf_only"
-    assert sum(paper.reason is None for paper in papers) == SAMPLE_RECORDS + 1  # the broken draft is the parser's
+    assert (
+        sum(paper.reason is None for paper in papers) == SAMPLE_RECORDS + 1
+    )  # the broken draft is the parser's
 
 
 def test_folder_of_papers_single_folder_and_single_file(tmp_path: Path) -> None:
     sample = sample_dir()
     papers = list(iter_papers([sample]))
-    assert [paper.paper_id for paper in papers] == [name.removesuffix(".pdf") for name in sorted(sample_ids())]
+    assert [paper.paper_id for paper in papers] == [
+        name.removesuffix(".pdf") for name in sorted(sample_ids())
+    ]
     assert (papers[-1].paper_id, papers[-1].reason) == ("22-pdf-only", "pdf_only")
     single = list(iter_papers([sample / "02-glacier-sensors"]))
     assert len(single) == 1 and "sections/intro.tex" in single[0].files and "refs.bib" not in single[0].files

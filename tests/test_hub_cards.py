@@ -169,6 +169,18 @@ def test_dataset_card_without_report_and_split(tmp_path: Path) -> None:
     assert_no_placeholders(card.content)
 
 
+def test_dataset_card_token_counts(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    corpus = build_tiny_corpus(tmp_path / "corpus")
+    build_tiny_model(tmp_path / "model")
+    text = cards.write_dataset_card(corpus, tokenizer=tmp_path / "model").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    counts = [len(tokenizer(make_row(i)["text"], add_special_tokens=False)["input_ids"]) for i in range(7)]
+    assert f"| tokens (tokenizer `model`, no special tokens) | {sum(counts):,} |" in text
+    assert f"| tokens per document (min / max) | {min(counts):,} / {max(counts):,} |" in text
+
+
 def test_dataset_card_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no Parquet shards"):
         cards.write_dataset_card(tmp_path)
@@ -320,6 +332,10 @@ def test_model_card_yaml_and_model_index(experiment: Path, tmp_path: Path) -> No
     assert "| `structured/with_structure/global_share` | 0.25 |" in text
     assert "(attention_heatmap_structured.png)" in text
     assert (tmp_path / "attention_heatmap_structured.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "training_curve.png").read_bytes().startswith(
+        b"\x89PNG"
+    ) and "(training_curve.png)" in text
+    assert "The training loss went from 4.61 at step 1 to 4.52 at step 3" in text
     assert "| `learning_rate` | `0.0005` |" in text and "| `dataset` | `corpus` |" in text
     assert "only to those in **its own section**" in text and "| attention window | 8 |" in text
     assert "trust_remote_code=True" in text and 'revision = "main"' in text
@@ -357,7 +373,8 @@ def test_model_card_usage_snippets_run(experiment: Path, monkeypatch: pytest.Mon
     model_dir = experiment.parent / "models" / "structured"
     card = ModelCard.load(cards.write_model_card(model_dir, experiment))
     blocks = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 2 and 'repo = "."' in blocks[0]
+    monkeypatch.chdir(model_dir)
     namespace: dict = {}
     exec(blocks[0] + blocks[1], namespace)  # noqa: S102 - our own generated example
     assert namespace["logits"].shape[-1] == TINY["vocab_size"]

@@ -52,7 +52,15 @@ def setup(tmp_path_factory):
     return {"root": root, "corpus": corpus, "tokenizer": tokenizer_dir, "config": config, "cache": root / "cache"}
 
 
-def base_args(setup, out: Path, *extra: str, steps: int = 3) -> list[str]:
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One uninterrupted 4-step run through the ``structformer`` CLI, shared by the tests below."""
+    out = setup["root"] / "reference"
+    assert cli_main(["pretrain", *base_args(setup, out)]) == 0
+    return out
+
+
+def base_args(setup, out: Path, *extra: str, steps: int = 4) -> list[str]:
     return [
         "--dataset", str(setup["corpus"]),
         "--dataset-config", "arxiv_structured",
@@ -62,7 +70,9 @@ def base_args(setup, out: Path, *extra: str, steps: int = 3) -> list[str]:
         "--per-device-batch-size", "4",
         "--max-steps", str(steps),
         "--learning-rate", "1e-3",
-        "--warmup-steps", "1",
+        # A constant rate makes the first steps of runs of different lengths comparable.
+        "--lr-scheduler", "constant_with_warmup",
+        "--warmup-steps", "0",
         "--logging-steps", "1",
         "--eval-steps", "2",
         "--save-steps", "2",
@@ -77,22 +87,20 @@ def train_losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def test_smoke_run_writes_every_output_and_reloads(setup, tmp_path):
-    out = tmp_path / "out"
-    assert cli_main(["pretrain", *base_args(setup, out)]) == 0
-
-    assert sorted(train_losses(out)) == [1, 2, 3]
+def test_smoke_run_writes_every_output_and_reloads(reference, tmp_path):
+    out = reference
+    assert sorted(train_losses(out)) == [1, 2, 3, 4]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "learning_rate", "tokens_per_second", "epoch"} <= set(records[0])
-    assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
     results = json.loads((out / "eval_results.json").read_text())
     assert set(results) == {"eval_loss", "eval_bits_per_masked_token", "eval_perplexity", "step"}
-    assert results["step"] == 3
+    assert results["step"] == 4
     assert results["eval_bits_per_masked_token"] == pytest.approx(results["eval_loss"] / 0.6931471805599453)
     args = json.loads((out / "training_args.json").read_text())
-    assert args["max_steps"] == 3 and args["dataset_config"] == "arxiv_structured" and args["structured"] is True
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-2"]
-    checkpoint = out / "checkpoints" / "checkpoint-2"
+    assert args["max_steps"] == 4 and args["dataset_config"] == "arxiv_structured" and args["structured"] is True
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    checkpoint = out / "checkpoints" / "checkpoint-4"
     assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "tokenizer.json").is_file()
     assert pretrain.resolve_checkpoint("latest", out) == checkpoint
 
@@ -117,14 +125,11 @@ def test_smoke_run_writes_every_output_and_reloads(setup, tmp_path):
     assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
 
-def test_resume_after_sigkill_is_exact(setup, tmp_path):
-    reference = tmp_path / "reference"
-    assert pretrain.main(base_args(setup, reference, steps=5)) == 0
-
+def test_resume_after_sigkill_is_exact(setup, reference, tmp_path):
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *base_args(setup, killed, steps=5)],
+        [sys.executable, str(SCRIPT), *base_args(setup, killed, steps=4)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -143,7 +148,7 @@ def test_resume_after_sigkill_is_exact(setup, tmp_path):
             process.wait()
     assert not (killed / "model.safetensors").exists()
 
-    assert pretrain.main([*base_args(setup, killed, steps=5), "--resume-from-checkpoint", "latest"]) == 0
+    assert pretrain.main([*base_args(setup, killed, steps=4), "--resume-from-checkpoint", "latest"]) == 0
     assert train_losses(killed) == train_losses(reference)  # the same logged losses, step for step
     ours, theirs = load_file(killed / "model.safetensors"), load_file(reference / "model.safetensors")
     assert ours.keys() == theirs.keys()
@@ -170,30 +175,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process(setup, tmp_path):
-    single = tmp_path / "single"
-    assert pretrain.main(base_args(setup, single, "--save-steps", "0", "--eval-steps", "0", steps=2)) == 0
-
+def test_two_process_ddp_matches_one_process(setup, reference, tmp_path):
     ddp = tmp_path / "ddp"
+    # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process unless mpirun is set up; torchrun's
+    # launcher (--multi_gpu) with ACCELERATE_USE_CPU=1 gives 2 CPU processes on gloo.
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         str(SCRIPT),
-        *base_args(setup, ddp, "--save-steps", "0", "--eval-steps", "0", steps=2),
+        *base_args(setup, ddp, "--save-steps", "0", steps=2),
         "--per-device-batch-size", "2",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     args = json.loads((ddp / "training_args.json").read_text())
     assert args["num_processes"] == 2 and args["global_batch_size"] == 4
-    ours, theirs = train_losses(ddp), train_losses(single)
+    ours, theirs = train_losses(ddp), train_losses(reference)
     assert sorted(ours) == [1, 2]
     for step in ours:
         assert ours[step] == pytest.approx(theirs[step], abs=1e-5), step
     eval_ddp = json.loads((ddp / "eval_results.json").read_text())
-    eval_single = json.loads((single / "eval_results.json").read_text())
+    records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    eval_single = next(r for r in records if r["step"] == 2 and "eval_loss" in r)
+    assert eval_ddp["step"] == 2
     assert eval_ddp["eval_loss"] == pytest.approx(eval_single["eval_loss"], abs=1e-5)
 
 
@@ -209,7 +215,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup, tmp_path, mo
     monkeypatch.setattr(pretrain.MaskedLMObjective, "forward", poisoned)
     out = tmp_path / "out"
     with pytest.raises(pretrain.NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 3.*checkpoint-2"):
-        pretrain.main(base_args(setup, out, "--eval-steps", "0", steps=4))
+        pretrain.main(base_args(setup, out, "--eval-steps", "0"))
     assert pretrain.resolve_checkpoint("latest", out) == out / "checkpoints" / "checkpoint-2"
     weights = load_file(out / "checkpoints" / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())

@@ -95,6 +95,7 @@ def test_model_dry_run_stages_validates_and_sends_nothing(
         "training_args.json",
         "eval_results.json",
         "attention_heatmap_structured.png",
+        "training_curve.png",
     }
     assert {str(p) for p in publish.staged_files(staging)} == expected
     for name in expected:
@@ -114,6 +115,7 @@ def test_model_dry_run_stages_validates_and_sends_nothing(
         publish.prepare_staging_dir(foreign, "model")
 
 
+@pytest.mark.slow
 def test_model_with_stale_remote_code_is_not_sent(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -198,7 +200,11 @@ def test_dataset_dry_run_stages_validates_and_sends_nothing(
 
 def skip_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fresh-process check is tested above; the upload tests need not pay for it again."""
-    result = {"configs": ["arxiv_structured", "arxiv_plain"], "default": "arxiv_structured", "splits": {"train": 5}}
+    result = {
+        "configs": ["arxiv_structured", "arxiv_plain"],
+        "default": "arxiv_structured",
+        "splits": {"train": 5},
+    }
     monkeypatch.setattr(publish, "validate_dataset", lambda staging, timeout: result)
 
 
@@ -273,7 +279,10 @@ def test_dataset_whose_configs_disagree_is_not_sent(
     assert RecordingApi.calls == []
 
 
-def test_bad_arguments(tmp_path: Path) -> None:
+def test_bad_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The fresh process runs elsewhere, so a relative staging folder must become absolute.
+    assert publish.prepare_staging_dir("relative", "model") == tmp_path / "relative"
     with pytest.raises(SystemExit):
         publish.parse_args(["model", str(tmp_path), "--repo-id", "no-slash"])
     with pytest.raises(SystemExit):

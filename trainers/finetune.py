@@ -110,7 +110,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--max-train-samples", type=int, default=None, help="documents (SciREX) or rows")
     data.add_argument("--max-eval-samples", type=int, default=None, help="documents (SciREX) or rows")
     data.add_argument("--max-seq-length", type=int, default=512)
-    data.add_argument("--stride", type=int, default=128, help="overlap in tokens between consecutive windows")
+    data.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="overlap in tokens between consecutive windows (default: 128, at most half a window)",
+    )
     structure = data.add_mutually_exclusive_group()
     structure.add_argument(
         "--use-structure",
@@ -154,6 +159,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--task {args.task} needs --train-file and --validation-file or --test-file")
     if args.max_seq_length < 8:
         parser.error("--max-seq-length must be at least 8")
+    if args.stride is None:
+        args.stride = min(128, (args.max_seq_length - 2) // 2)
     if not 0 <= args.stride < args.max_seq_length - 2:
         parser.error(
             f"--stride must be in [0, {args.max_seq_length - 2}) for --max-seq-length {args.max_seq_length}"
@@ -883,8 +890,8 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         means = [entry["mean"] for entry in entries]
         stds = [entry["std"] for entry in entries]
         axis.bar(names, means, yerr=stds, capsize=4, color="#4c72b0")
-        for x, mean in enumerate(means):
-            axis.text(x, mean + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=8)
+        for x, (mean, std) in enumerate(zip(means, stds)):
+            axis.text(x, mean + std + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=8)
         axis.set_ylim(0, 1.05)
         axis.set_ylabel("score (mean ± std over seeds)")
         axis.set_title(title)

@@ -312,7 +312,8 @@ def check_tokenizer_matches(tokenizer, config, source: str, reference_tokenizer=
                 )
         if len(tokenizer) != len(reference_tokenizer):
             raise ValueError(
-                f"tokenizer has {len(tokenizer)} tokens but {source}'s own tokenizer has {len(reference_tokenizer)}"
+                f"tokenizer has {len(tokenizer)} tokens but {source}'s own tokenizer has {len(reference_tokenizer)}: "
+                "the tokenizer does not match the checkpoint"
             )
 
 
@@ -708,9 +709,14 @@ def main(argv: list[str] | None = None) -> int:
         eval_results = {"step": completed_steps, **evaluate(accelerator, objective, eval_loader, args.max_eval_batches)}
         _log_metrics(accelerator, metrics_path, eval_results)
     accelerator.wait_for_everyone()
+    # get_state_dict gathers sharded (FSDP) or partitioned (DeepSpeed) weights into one full state dict.
+    state_dict = accelerator.get_state_dict(objective)
     final_model = accelerator.unwrap_model(objective).model
     final_model.save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+        output_dir,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict={k.removeprefix("model."): v for k, v in state_dict.items()} if state_dict is not None else None,
     )
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)

@@ -1,0 +1,550 @@
+"""Time and memory of StructBERT's attention paths against dense attention and Longformer, by length.
+
+One run measures, at each length (512 ... 16384 by default), with hidden size 768, 12 heads, 2 layers,
+window 256 and one global token per 128 tokens (batch 1, fp32, CPU):
+
+- a masked-LM training step (forward and backward, dropout on, 15% of tokens labelled) of
+  ``StructBertForMaskedLM`` with its default path, with ``eager`` and with ``sdpa``, and of transformers'
+  ``LongformerForMaskedLM`` of the same size and window;
+- the self-attention layer alone (mask construction, forward and backward): the linear ``blocked`` path
+  against the dense ``eager`` and ``sdpa`` paths.
+
+Every configuration runs in its own subprocess, so peak memory (``ru_maxrss``) is its own, under an
+address-space cap (``--max-memory-gb``). A configuration predicted to exceed the cap (or the time limit)
+from its smaller lengths is skipped, and a run that hits the cap is recorded as OOM; both report the
+estimated memory. Results go to a JSON file, a PNG plot and a markdown table; ``--write-benchmarks``
+puts the table into BENCHMARKS.md:
+
+    python bench/attention.py --write-benchmarks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SECTION = "## Attention and training step (`bench/attention.py`)"
+DEFAULT_LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]
+HIDDEN, HEADS, LAYERS, INTERMEDIATE, WINDOW, GLOBAL_EVERY = 768, 12, 2, 3072, 256, 128
+
+# name -> (kind, attention implementation, whether its memory and time grow quadratically)
+CONFIGS = {
+    "structbert": ("step", None, False),
+    "structbert-eager": ("step", "eager", True),
+    "structbert-sdpa": ("step", "sdpa", True),
+    "longformer": ("step", None, False),
+    "attention-blocked": ("layer", "blocked", False),
+    "attention-eager": ("layer", "eager", True),
+    "attention-sdpa": ("layer", "sdpa", True),
+}
+LABELS = {
+    "structbert": "StructBERT (default path)",
+    "structbert-eager": "StructBERT eager",
+    "structbert-sdpa": "StructBERT sdpa",
+    "longformer": "Longformer",
+    "attention-blocked": "attention layer, blocked",
+    "attention-eager": "attention layer, eager",
+    "attention-sdpa": "attention layer, sdpa",
+}
+GIB = 1024**3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=DEFAULT_LENGTHS)
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=8.0,
+        help="address-space cap of each measuring subprocess, beyond what it holds after start-up",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to one configuration")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step (median)")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=8192,
+        help="MLM vocabulary; the (L, vocab) logits cost every model the same, so a small one keeps them "
+        "from hiding the attention",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--output-dir", type=Path, default=Path("bench/results"))
+    parser.add_argument("--benchmarks-file", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument(
+        "--write-benchmarks", action="store_true", help="replace this script's section of BENCHMARKS.md"
+    )
+    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "LENGTH"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- measuring subprocess
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _cap_address_space(max_memory_gb: float) -> None:
+    with open("/proc/self/status", encoding="ascii") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    limit = size + int(max_memory_gb * GIB)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def _inputs(length: int, vocab_size: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, vocab_size, (1, length), generator=generator)
+    global_attention_mask = torch.zeros(1, length, dtype=torch.long)
+    global_attention_mask[:, ::GLOBAL_EVERY] = 1
+    labels = torch.full_like(input_ids, -100)
+    masked = torch.rand(1, length, generator=generator) < 0.15
+    labels[masked] = input_ids[masked]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "global_attention_mask": global_attention_mask,
+        "labels": labels,
+    }
+
+
+def _training_step(name: str, implementation: str | None, length: int, vocab_size: int):
+    """A closure running one masked-LM forward and backward."""
+    import torch
+    from transformers import LongformerConfig, LongformerForMaskedLM
+
+    from structformer.modeling import StructBertConfig, StructBertForMaskedLM
+
+    sizes = {
+        "vocab_size": vocab_size,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": INTERMEDIATE,
+        "attention_window": WINDOW,
+    }
+    if name == "longformer":
+        # RoBERTa-style positions start at pad_token_id + 1 = 2.
+        model = LongformerForMaskedLM(LongformerConfig(**sizes, max_position_embeddings=length + 2))
+    else:
+        # The global tokens come from global_attention_mask alone, exactly as for Longformer.
+        config = StructBertConfig(**sizes, max_position_embeddings=length, global_attention_types=[])
+        kwargs = {} if implementation is None else {"attn_implementation": implementation}
+        model = StructBertForMaskedLM._from_config(config, **kwargs)
+    model.train()
+    inputs = _inputs(length, vocab_size)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(**inputs).loss.backward()
+
+    return step, torch
+
+
+def _attention_layer(implementation: str, length: int):
+    """A closure running the self-attention layer alone: its mask, forward and backward."""
+    import torch
+
+    from structformer.modeling import StructBertConfig
+    from structformer.modeling.modeling_structbert import StructBertSelfAttention, build_attention_pattern
+
+    config = StructBertConfig(
+        hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1, attention_window=WINDOW
+    )
+    layer = StructBertSelfAttention(config, layer_idx=0).train()
+    hidden = torch.randn(1, length, HIDDEN, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    key_ok = torch.ones(1, length, dtype=torch.bool)
+    is_global = torch.zeros(1, length, dtype=torch.bool)
+    is_global[:, ::GLOBAL_EVERY] = True
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        hidden.grad = None
+        pattern = build_attention_pattern(implementation, WINDOW, key_ok, is_global, None)
+        out, _ = layer(hidden, pattern)
+        out.sum().backward()
+
+    return step, torch
+
+
+def run_worker(name: str, length: int, args: argparse.Namespace) -> dict:
+    kind, implementation, _ = CONFIGS[name]
+    _cap_address_space(args.max_memory_gb)
+    try:
+        if kind == "step":
+            step, torch = _training_step(name, implementation, length, args.vocab_size)
+        else:
+            step, torch = _attention_layer(implementation, length)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        rss_before = _rss_bytes()
+        times = []
+        for repeat in range(args.repeats + 1):
+            start = time.perf_counter()
+            step()
+            if repeat:  # the first step is a warm-up
+                times.append(time.perf_counter() - start)
+    except (RuntimeError, MemoryError) as error:
+        if isinstance(error, MemoryError) or "alloc" in str(error).lower() or "memory" in str(error).lower():
+            return {"status": "oom", "error": str(error).splitlines()[0][:200]}
+        raise
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times.sort()
+    return {
+        "status": "ok",
+        "seconds": times[len(times) // 2],
+        "seconds_all": times,
+        "peak_rss_bytes": peak,
+        "rss_before_bytes": rss_before,
+        "step_memory_bytes": peak - rss_before,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _fit(points: list[tuple[int, float]], quadratic: bool):
+    """Least-squares fit of y = a*L (+ b*L^2, for dense attention) with non-negative coefficients."""
+    import numpy as np
+
+    candidates = [[2], [1, 2], [1]] if quadratic else [[1]]
+    best = None
+    for powers in candidates:
+        if len(powers) > len(points):
+            continue
+        design = np.array([[float(L) ** p for p in powers] for L, _ in points])
+        values = np.array([y for _, y in points], dtype=float)
+        coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
+        if (coefficients < 0).any():
+            continue
+        residual = float(((design @ coefficients - values) ** 2).sum())
+        if best is None or residual < best[0]:
+            best = (residual, powers, coefficients)
+    _, powers, coefficients = best if best else (0.0, [1], np.zeros(1))
+
+    def predict(length: int) -> float:
+        return float(sum(c * float(length) ** p for c, p in zip(coefficients, powers)))
+
+    return predict
+
+
+def _estimate(results: dict, name: str, length: int) -> dict | None:
+    """Predicted step memory (and peak RSS) and time of a configuration at `length` from its smaller runs."""
+    done = [(L, r) for L, r in sorted(results[name].items()) if r["status"] == "ok" and length > L]
+    if not done:
+        return None
+    quadratic = CONFIGS[name][2]
+    memory = _fit([(L, r["step_memory_bytes"]) for L, r in done], quadratic)(length)
+    seconds = _fit([(L, r["seconds"]) for L, r in done], quadratic)(length)
+    baseline = done[-1][1]["rss_before_bytes"]
+    return {"step_memory_bytes": memory, "peak_rss_bytes": baseline + memory, "seconds": seconds}
+
+
+def run_one(name: str, length: int, args: argparse.Namespace) -> dict:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        str(length),
+        "--max-memory-gb",
+        str(args.max_memory_gb),
+        "--repeats",
+        str(args.repeats),
+        "--vocab-size",
+        str(args.vocab_size),
+    ]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout"}
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    error = (completed.stderr.strip().splitlines() or [f"exit status {completed.returncode}"])[-1]
+    # The address-space cap can also surface outside torch's allocator (a killed or aborted process).
+    oom = "memory" in completed.stderr.lower() or completed.returncode in (-9, -6)
+    return {"status": "oom" if oom else "error", "error": error[:300]}
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    results: dict[str, dict[int, dict]] = {name: {} for name in args.configs}
+    cap = args.max_memory_gb * GIB
+    jobs = [(length, name) for length in sorted(args.lengths) for name in args.configs]
+    with tqdm(jobs, desc="bench/attention", unit="run") as progress:
+        for length, name in progress:
+            progress.set_postfix_str(f"{name} L={length}")
+            estimate = _estimate(results, name, length)
+            failed_before = any(r["status"] != "ok" for L, r in results[name].items() if length > L)
+            if failed_before or (
+                estimate
+                and (
+                    estimate["step_memory_bytes"] > cap
+                    or estimate["seconds"] * (args.repeats + 1) > args.timeout
+                )
+            ):
+                results[name][length] = {"status": "skipped", "estimate": estimate}
+                continue
+            result = run_one(name, length, args)
+            if result["status"] != "ok":
+                result["estimate"] = estimate
+            results[name][length] = result
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _gib(value: float) -> str:
+    return f"{value / GIB:.2f}"
+
+
+def _time_cell(result: dict) -> str:
+    if result["status"] == "ok":
+        return f"{result['seconds']:.3f}"
+    estimate = result.get("estimate")
+    guess = f" (est. {estimate['seconds']:.0f})" if estimate else ""
+    return {"oom": "OOM", "timeout": "timeout", "skipped": "skipped"}.get(result["status"], "error") + guess
+
+
+def _memory_cell(result: dict, cap_gb: float) -> str:
+    if result["status"] == "ok":
+        return f"{_gib(result['peak_rss_bytes'])} ({_gib(result['step_memory_bytes'])})"
+    estimate = result.get("estimate")
+    guess = f", est. {_gib(estimate['peak_rss_bytes'])}" if estimate else ""
+    if result["status"] in ("oom", "skipped"):
+        return f"OOM/skipped at cap {cap_gb:g}{guess}"
+    return result["status"] + guess
+
+
+def _ratio(results: dict, numerator: str, denominator: str, length: int, key: str) -> str:
+    a = results.get(numerator, {}).get(length)
+    b = results.get(denominator, {}).get(length)
+    if not a or not b or a["status"] != "ok":
+        return "-"
+    if b["status"] == "ok":
+        return f"{b[key] / a[key]:.2f}x"
+    if b.get("estimate"):
+        return f"~{b['estimate'][key] / a[key]:.1f}x (est.)"
+    return "-"
+
+
+SHORT = {
+    "structbert": "default",
+    "structbert-eager": "eager",
+    "structbert-sdpa": "sdpa",
+    "longformer": "Longformer",
+    "attention-blocked": "blocked",
+    "attention-eager": "eager",
+    "attention-sdpa": "sdpa",
+}
+
+
+def _tables(results: dict, names: list[str], baseline: str, lengths: list[int], cap_gb: float) -> list[str]:
+    """A time table and a memory table; ratio columns are other / baseline (> 1: the baseline wins)."""
+    names = [n for n in names if n in results]
+    if not names:
+        return []
+    others = [n for n in names if n != baseline] if baseline in results else []
+    lines: list[str] = []
+    for unit, cell, key in (("s", _time_cell, "seconds"), ("GiB", None, "step_memory_bytes")):
+        header = ["length"] + [f"{SHORT[n]} {unit}" for n in names]
+        header += [f"{SHORT[n]} / {SHORT[baseline]}" for n in others]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for length in lengths:
+            row = [str(length)]
+            row += [
+                cell(results[n][length]) if cell else _memory_cell(results[n][length], cap_gb) for n in names
+            ]
+            row += [_ratio(results, baseline, n, length, key) for n in others]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
+def _targets(results: dict, lengths: list[int]) -> list[str]:
+    lines = []
+    if "structbert" in results and "longformer" in results and 4096 in lengths:
+        ratio = _ratio(results, "structbert", "longformer", 4096, "seconds")
+        lines.append(
+            f"- Training step at 4096 tokens, Longformer time / StructBERT time: {ratio} (target >= 1.6x)."
+        )
+    if "attention-blocked" in results:
+        for dense in ("attention-eager", "attention-sdpa"):
+            if dense in results:
+                ran = [L for L in lengths if results[dense][L]["status"] == "ok"]
+                if ran:
+                    L = 4096 if 4096 in ran else ran[-1]
+                    ratio = _ratio(results, "attention-blocked", dense, L, "seconds")
+                    lines.append(
+                        f"- Attention layer alone at {L} tokens, {LABELS[dense]} time / blocked time: {ratio} "
+                        "(target >= 5x)."
+                    )
+    memory = results.get("structbert", {})
+    ran = [L for L in lengths if memory.get(L, {}).get("status") == "ok"]
+    if len(ran) >= 2:
+        per_token = ", ".join(f"{memory[L]['step_memory_bytes'] / L / 1024:.0f}" for L in ran)
+        lines.append(
+            f"- StructBERT step memory per token (KiB) at {', '.join(map(str, ran))}: {per_token} "
+            "(flat = linear in length)."
+        )
+        top = ran[-1]
+        for dense in ("structbert-eager", "structbert-sdpa"):
+            if dense in results:
+                ratio = _ratio(results, "structbert", dense, top, "step_memory_bytes")
+                lines.append(
+                    f"- At {top} tokens {LABELS[dense]} needs {ratio} StructBERT's step memory (target >= 4x)."
+                )
+    return lines
+
+
+def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
+    lengths = sorted(args.lengths)
+    threads = {r.get("threads") for runs in results.values() for r in runs.values() if r.get("threads")}
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {sorted(threads) or '-'}, "
+        f"python {platform.python_version()}. Batch 1, fp32, hidden {HIDDEN}, {HEADS} heads, {LAYERS} layers, "
+        f"intermediate {INTERMEDIATE}, window {WINDOW}, one global token per {GLOBAL_EVERY} tokens, "
+        f"MLM vocabulary {args.vocab_size}, dropout on. Times are the median of {args.repeats} steps after a "
+        f"warm-up. Memory is the peak RSS of a fresh process per cell in GiB, with the step's own part "
+        f"(peak minus the RSS before the first step) in brackets; each process is capped at "
+        f"{args.max_memory_gb:g} GiB beyond its start-up size. Cells predicted from the smaller lengths to "
+        f"exceed the cap or the {args.timeout:g} s limit are skipped, with the estimate (a*L + b*L^2 fit).",
+        "",
+        "Masked-LM training step (forward + backward); `default` is StructBERT's default path, ratios are "
+        "other / default:",
+        "",
+        *_tables(
+            results,
+            ["structbert", "structbert-eager", "structbert-sdpa", "longformer"],
+            "structbert",
+            lengths,
+            args.max_memory_gb,
+        ),
+        "Self-attention layer alone (mask, forward, backward); ratios are dense / blocked:",
+        "",
+        *_tables(
+            results,
+            ["attention-blocked", "attention-eager", "attention-sdpa"],
+            "attention-blocked",
+            lengths,
+            args.max_memory_gb,
+        ),
+        "Targets:",
+        "",
+        *_targets(results, lengths),
+        "",
+        f"Raw numbers: `{args.output_dir / 'attention.json'}`; plot: `{args.output_dir / 'attention.png'}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(12, 9))
+    for row, kind in enumerate(("step", "layer")):
+        for name, runs in results.items():
+            if CONFIGS[name][0] != kind:
+                continue
+            ok = sorted((L, r) for L, r in runs.items() if r["status"] == "ok")
+            estimated = sorted(
+                (L, r["estimate"]) for L, r in runs.items() if r["status"] != "ok" and r.get("estimate")
+            )
+            for column, key in enumerate(("seconds", "peak_rss_bytes")):
+                scale = 1 if key == "seconds" else GIB
+                (line,) = axes[row][column].plot(
+                    [L for L, _ in ok], [r[key] / scale for _, r in ok], marker="o", label=LABELS[name]
+                )
+                if estimated and ok:
+                    axes[row][column].plot(
+                        [ok[-1][0]] + [L for L, _ in estimated],
+                        [ok[-1][1][key] / scale] + [e[key] / scale for _, e in estimated],
+                        linestyle="--",
+                        marker="x",
+                        color=line.get_color(),
+                    )
+    titles = [
+        ["training step: time (s)", "training step: peak RSS (GiB)"],
+        ["attention layer: time (s)", "attention layer: peak RSS (GiB)"],
+    ]
+    for row in range(2):
+        for column in range(2):
+            axis = axes[row][column]
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("sequence length (tokens)")
+            axis.set_title(titles[row][column])
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+    figure.suptitle(
+        "StructBERT attention paths vs dense and Longformer (dashed: estimates where skipped/OOM)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_section(benchmarks_file: Path, section: str) -> None:
+    """Replace the text under this script's heading, up to the next ``## `` heading."""
+    lines = benchmarks_file.read_text(encoding="utf-8").splitlines()
+    if SECTION not in lines:
+        raise ValueError(f"{benchmarks_file}: heading {SECTION!r} not found")
+    start = lines.index(SECTION)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    new = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
+    benchmarks_file.write_text("\n".join(new) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        name, length = args.worker
+        print(json.dumps(run_worker(name, int(length), args)))
+        return 0
+    results = run_all(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "settings": {
+            key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+        },
+        "results": {name: {str(L): r for L, r in runs.items()} for name, runs in results.items()},
+    }
+    (args.output_dir / "attention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    plot(results, args.output_dir / "attention.png")
+    command = "python bench/attention.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    section = markdown(results, args, command.strip())
+    print(section)
+    if args.write_benchmarks:
+        write_section(args.benchmarks_file, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Corpus build against pandoc on real LaTeX papers: speed, records with sections, heading agreement.
+
+Runs ``structformer.dataset_scripts.build.build_corpus`` over a folder of paper folders (by
+default the 119 real papers of ``../shared/data/latex``, listed in its ``MANIFEST.tsv``) at
+each ``--num-proc``, and pandoc (``pandoc -f latex -t json`` on each manifest main file, from
+inside the paper's folder, under a memory cap and a time limit) on the same papers in the same
+run. Reports papers per second for each, the share of papers whose record has at least one
+section, crashes, and heading agreement: the share of pandoc's section and subsection titles
+that our record also has as headings, after normalizing whitespace and case, over the papers
+pandoc converts.
+
+    python bench/corpus.py --write-benchmarks
+
+The data is read in place and never copied; the built corpora go to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+SECTION = "## Corpus build against pandoc (`bench/corpus.py`)"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        default=REPO_ROOT.parent / "shared" / "data" / "latex",
+        help="folder of paper folders with a MANIFEST.tsv (folder and main_tex columns)",
+    )
+    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2], help="build once per value")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-paper time limit of our build, seconds")
+    parser.add_argument("--pandoc", default="pandoc", help="pandoc executable")
+    parser.add_argument("--pandoc-timeout", type=int, default=60, help="seconds per paper")
+    parser.add_argument("--pandoc-memory-kb", type=int, default=4_000_000, help="ulimit -v for pandoc, KiB")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results" / "corpus.json")
+    parser.add_argument("--plot", type=Path, default=REPO_ROOT / "bench" / "results" / "corpus.png")
+    parser.add_argument("--benchmarks-file", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
+    parser.add_argument(
+        "--write-benchmarks", action="store_true", help="replace this script's section of BENCHMARKS.md"
+    )
+    return parser.parse_args(argv)
+
+
+def read_manifest(data: Path) -> list[dict[str, str]]:
+    manifest = data / "MANIFEST.tsv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no such file (expected a MANIFEST.tsv with folder and main_tex)")
+    with manifest.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    for line, row in enumerate(rows, start=2):
+        if not row.get("folder") or not row.get("main_tex"):
+            raise ValueError(f"{manifest}:{line}: folder or main_tex missing")
+    return rows
+
+
+def normalize_heading(title: str) -> str:
+    """Case-folded, with whitespace collapsed (NFKC first, so that non-breaking spaces are spaces)."""
+    return " ".join(unicodedata.normalize("NFKC", title).casefold().split())
+
+
+# ----------------------------------------------------------------------------- our build
+
+
+def run_build(data: Path, num_proc: int, timeout: float) -> dict[str, Any]:
+    """Build the corpus once; returns the report, the wall time and the structured rows by id."""
+    import pyarrow.parquet as pq
+
+    from structformer.dataset_scripts.build import BuildOptions, build_corpus
+
+    options = BuildOptions(
+        num_proc=num_proc,
+        min_chars=None,
+        max_chars=None,
+        dedupe=False,
+        resume=False,
+        timeout=timeout,
+        progress=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="structformer-corpus-bench-") as tmp:
+        output = Path(tmp) / "corpus"
+        start = time.perf_counter()
+        crash = None
+        try:
+            report = build_corpus([data], output, options)
+        except Exception as error:  # the point of the benchmark is to count these
+            report, crash = {}, f"{type(error).__name__}: {error}"
+        seconds = time.perf_counter() - start
+        rows: dict[str, dict] = {}
+        for shard in sorted((output / "data" / "arxiv_structured").glob("*.parquet")):
+            for row in pq.read_table(shard).to_pylist():
+                rows[row["id"]] = row
+    return {"report": report, "seconds": seconds, "rows": rows, "crash": crash}
+
+
+# ----------------------------------------------------------------------------- pandoc
+
+
+def _inline_text(inlines: list) -> str:
+    """pandoc's stringify for the inline elements a heading holds (footnotes left out)."""
+    out = []
+    for item in inlines:
+        kind, content = item.get("t"), item.get("c")
+        if kind == "Str":
+            out.append(content)
+        elif kind in ("Space", "SoftBreak", "LineBreak"):
+            out.append(" ")
+        elif kind in ("Emph", "Strong", "Strikeout", "Superscript", "Subscript", "SmallCaps", "Underline"):
+            out.append(_inline_text(content))
+        elif kind in ("Span", "Link", "Cite", "Quoted", "Image"):
+            out.append(_inline_text(content[1] if kind != "Cite" else content[1]))
+        elif kind in ("Math", "Code"):
+            out.append(content[1])
+    return "".join(out)
+
+
+def pandoc_headers(document: dict) -> list[tuple[int, str]]:
+    """``(level, text)`` of every Header block, also inside Divs and other containers."""
+    found: list[tuple[int, str]] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("t") == "Header":
+                level, _, inlines = value["c"]
+                found.append((level, _inline_text(inlines)))
+                return
+            for child in value.values():
+                visit(child)
+        elif isinstance(value, list):
+            for child in value:
+                visit(child)
+
+    visit(document.get("blocks", []))
+    return found
+
+
+def uses_chapters(folder: Path) -> bool:
+    r"""pandoc numbers ``\chapter`` as level 1, moving sections to 2 and subsections to 3."""
+    from structformer.dataset_scripts.latex_source import strip_comments
+
+    for path in folder.rglob("*.tex"):
+        text = strip_comments(path.read_bytes().decode("utf-8", errors="replace"))
+        if re.search(r"\\chapter\*?\s*[\[{]", text):
+            return True
+    return False
+
+
+def run_pandoc(folder: Path, main_tex: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        "bash",
+        "-c",
+        f'ulimit -v {int(args.pandoc_memory_kb)}; exec timeout {int(args.pandoc_timeout)} "$0" -f latex -t json "$1"',
+        args.pandoc,
+        main_tex,
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=folder, capture_output=True, check=False)
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {"seconds": seconds, "returncode": done.returncode}
+    if done.returncode != 0:
+        stderr = done.stderr.decode("utf-8", errors="replace")
+        if done.returncode == 124:
+            result["status"] = "timeout"
+        elif "memory" in stderr.lower() or done.returncode in (137, 251):
+            result["status"] = "out_of_memory"
+        else:
+            result["status"] = "failed"
+        result["error"] = stderr.strip()[-300:]
+        return result
+    headers = pandoc_headers(json.loads(done.stdout))
+    shift = 1 if uses_chapters(folder) else 0
+    result["status"] = "ok"
+    result["headings"] = [text for level, text in headers if level in (1 + shift, 2 + shift)]
+    result["all_headings"] = len(headers)
+    return result
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def agreement(pandoc_titles: list[str], our_titles: list[str]) -> tuple[int, list[str]]:
+    """How many of pandoc's titles we also have (as a multiset), and the ones we miss."""
+    ours = Counter(normalize_heading(t) for t in our_titles)
+    matched = 0
+    missed = []
+    for title in pandoc_titles:
+        key = normalize_heading(title)
+        if not key:
+            continue
+        if ours[key] > 0:
+            ours[key] -= 1
+            matched += 1
+        else:
+            missed.append(title)
+    return matched, missed
+
+
+def evaluate(manifest: list[dict[str, str]], data: Path, build: dict, pandoc: dict[str, dict]) -> dict[str, Any]:
+    from structformer.dataset_scripts.archive import parse_paper_id
+
+    rejected = {Path(r["source"]).name: r for r in build["report"].get("rejected", [])}
+    papers = {}
+    matched_total = pandoc_total = 0
+    per_paper_agreement = []
+    for row in manifest:
+        folder = row["folder"]
+        paper_id = parse_paper_id(folder)[0]
+        record = build["rows"].get(paper_id)
+        entry: dict[str, Any] = {"id": paper_id}
+        if record is None:
+            reject = rejected.get(folder, {})
+            entry.update(record=False, reason=reject.get("reason", "missing"), detail=reject.get("detail", ""))
+        else:
+            titled = [s["title"] for s in record["sections"] if s["title"]]
+            entry.update(record=True, sections=len(record["sections"]), headings=len(titled))
+        result = pandoc[folder]
+        entry["pandoc"] = result["status"]
+        if result["status"] == "ok" and result["headings"]:
+            ours = [s["title"] for s in record["sections"]] if record else []
+            matched, missed = agreement(result["headings"], ours)
+            counted = sum(1 for t in result["headings"] if normalize_heading(t))
+            matched_total += matched
+            pandoc_total += counted
+            if counted:
+                per_paper_agreement.append(matched / counted)
+            entry.update(pandoc_headings=counted, matched=matched, missed=missed)
+        papers[folder] = entry
+    n = len(manifest)
+    with_sections = sum(1 for e in papers.values() if e.get("sections", 0) >= 1)
+    with_headings = sum(1 for e in papers.values() if e.get("headings", 0) >= 1)
+    compared = [e for e in papers.values() if "pandoc_headings" in e]
+    return {
+        "papers": n,
+        "records": sum(1 for e in papers.values() if e["record"]),
+        "rejects": dict(Counter(e["reason"] for e in papers.values() if not e["record"])),
+        "with_sections": with_sections,
+        "with_sections_share": with_sections / n,
+        "with_titled_heading": with_headings,
+        "with_titled_heading_share": with_headings / n,
+        "pandoc_ok": sum(1 for r in pandoc.values() if r["status"] == "ok"),
+        "pandoc_status": dict(Counter(r["status"] for r in pandoc.values())),
+        "papers_compared": len(compared),
+        "pandoc_headings": pandoc_total,
+        "matched_headings": matched_total,
+        "heading_agreement": matched_total / pandoc_total if pandoc_total else None,
+        "heading_agreement_mean_per_paper": (
+            sum(per_paper_agreement) / len(per_paper_agreement) if per_paper_agreement else None
+        ),
+        "per_paper": papers,
+    }
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = results["speed"]
+    quality = results["quality"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(speed)
+    values = [speed[name]["papers_per_second"] for name in names]
+    left.bar(names, values, color=["#4878d0"] * (len(names) - 1) + ["#ee854a"])
+    for x, v in enumerate(values):
+        left.text(x, v, f"{v:.2f}", ha="center", va="bottom")
+    left.set_ylabel("papers / second")
+    left.set_title(f"Throughput on {quality['papers']} real papers")
+    shares = {
+        "record with\n>= 1 section": quality["with_sections_share"],
+        "record with\n>= 1 titled heading": quality["with_titled_heading_share"],
+        "heading agreement\nwith pandoc": quality["heading_agreement"] or 0.0,
+    }
+    right.bar(list(shares), list(shares.values()), color="#6acc64")
+    for x, v in enumerate(shares.values()):
+        right.text(x, v, f"{100 * v:.1f}%", ha="center", va="bottom")
+    right.axhline(0.97, color="grey", linestyle="--", linewidth=1)
+    right.axhline(0.90, color="grey", linestyle=":", linewidth=1)
+    right.set_ylim(0, 1.08)
+    right.set_title(f"Quality (agreement over {quality['papers_compared']} papers pandoc converts)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(results: dict, command: str) -> str:
+    quality = results["quality"]
+    speed_rows = "\n".join(
+        f"| {name} | {s['papers']} | {s['seconds']:.1f} | {s['papers_per_second']:.2f} |"
+        for name, s in results["speed"].items()
+    )
+    rejects = ", ".join(f"{k}: {v}" for k, v in sorted(quality["rejects"].items())) or "none"
+    pandoc_status = ", ".join(f"{k}: {v}" for k, v in sorted(quality["pandoc_status"].items()))
+    agreement_value = quality["heading_agreement"]
+    return (
+        f"{SECTION}\n\n"
+        f"Command: `{command}` ({platform.machine()}, {results['cpus']} CPUs shared with other jobs, "
+        f"{results['pandoc_version']}).\n\n"
+        f"{quality['papers']} real papers (`../shared/data/latex`, read in place). Our build is the full "
+        "`build_corpus` (parse, Parquet, report, card) with no length filter and no deduplication; pandoc "
+        "converts each manifest main file to JSON from inside its folder, capped at "
+        f"{results['pandoc_memory_kb'] // 1000} MB and {results['pandoc_timeout']} s.\n\n"
+        "| run | papers | seconds | papers/s |\n|---|---|---|---|\n"
+        f"{speed_rows}\n\n"
+        "| measure | value |\n|---|---|\n"
+        f"| records | {quality['records']} of {quality['papers']} (rejects: {rejects}) |\n"
+        f"| crashes of the build | {results['crashes']} |\n"
+        f"| record with >= 1 section | {quality['with_sections']} ({100 * quality['with_sections_share']:.1f}%) |\n"
+        f"| record with >= 1 titled heading | {quality['with_titled_heading']} "
+        f"({100 * quality['with_titled_heading_share']:.1f}%) |\n"
+        f"| pandoc | {pandoc_status} |\n"
+        f"| heading agreement with pandoc | {quality['matched_headings']} of {quality['pandoc_headings']} "
+        f"section/subsection titles ({100 * (agreement_value or 0):.1f}%) over {quality['papers_compared']} papers |\n"
+        f"| same records at every num_proc | {results['deterministic']} |\n\n"
+        "A section is any entry of `sections`; a paper with no heading at all (a letter) has one untitled "
+        "section holding its text, hence the second row. Agreement compares titles after Unicode NFKC, "
+        "case folding and whitespace collapsing; pandoc's math in titles is raw TeX, ours is a linear form "
+        "or `[MATH]`, which accounts for some misses. Per-paper details: `bench/results/corpus.json`; "
+        "figure: `bench/results/corpus.png`.\n"
+    )
+
+
+def write_section(benchmarks_file: Path, section: str) -> None:
+    """Replace the text under this script's heading, up to the next ``## `` heading."""
+    lines = benchmarks_file.read_text(encoding="utf-8").splitlines()
+    if SECTION not in lines:
+        raise ValueError(f"{benchmarks_file}: heading {SECTION!r} not found")
+    start = lines.index(SECTION)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    new = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
+    benchmarks_file.write_text("\n".join(new) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    args = parse_args(argv)
+    data = args.data.resolve()
+    manifest = read_manifest(data)
+    if shutil.which(args.pandoc) is None:
+        raise SystemExit(f"{args.pandoc}: not found (apt-get install pandoc)")
+    version = subprocess.run([args.pandoc, "--version"], capture_output=True, text=True, check=True).stdout
+    pandoc: dict[str, dict] = {}
+    start = time.perf_counter()
+    for row in tqdm(manifest, desc="pandoc", unit=" papers"):
+        pandoc[row["folder"]] = run_pandoc(data / row["folder"], row["main_tex"], args)
+    pandoc_seconds = time.perf_counter() - start
+
+    builds = {n: run_build(data, n, args.timeout) for n in args.num_proc}
+    first = builds[args.num_proc[0]]
+    speed = {
+        f"ours, num_proc={n}": {
+            "papers": build["report"].get("inputs", 0),
+            "seconds": build["seconds"],
+            "papers_per_second": build["report"].get("inputs", 0) / build["seconds"],
+        }
+        for n, build in builds.items()
+    }
+    speed["pandoc, 1 process"] = {
+        "papers": len(manifest),
+        "seconds": pandoc_seconds,
+        "papers_per_second": len(manifest) / pandoc_seconds,
+    }
+    texts = [{i: r["text"] for i, r in b["rows"].items()} for b in builds.values()]
+    results = {
+        "data": str(data),
+        "cpus": os.cpu_count(),
+        "pandoc_version": version.splitlines()[0],
+        "pandoc_timeout": args.pandoc_timeout,
+        "pandoc_memory_kb": args.pandoc_memory_kb,
+        "speed": speed,
+        "crashes": sum(1 for b in builds.values() if b["crash"]),
+        "crash_messages": [b["crash"] for b in builds.values() if b["crash"]],
+        "deterministic": all(t == texts[0] for t in texts),
+        "build_inputs": first["report"].get("inputs"),
+        "quality": evaluate(manifest, data, first, pandoc),
+        "pandoc": pandoc,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot(results, args.plot)
+    command = "python bench/corpus.py" + (" --write-benchmarks" if args.write_benchmarks else "")
+    section = markdown(results, command)
+    print(section)
+    if args.write_benchmarks:
+        write_section(args.benchmarks_file, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
