@@ -155,56 +155,94 @@ def _training_step(name: str, implementation: str | None, length: int, vocab_siz
 
 
 def _attention_layer(implementation: str, length: int):
-    """A closure running the self-attention layer alone: its mask, forward and backward."""
+    """Closures running the self-attention layer alone (its mask, forward and backward), and its core.
+
+    The core is what differs between the paths: the mask and the attention given the projected
+    queries, keys and values. The layer adds the four (L, E) x (E, E) projections every path shares.
+    """
     import torch
 
     from structformer.modeling import StructBertConfig
-    from structformer.modeling.modeling_structbert import StructBertSelfAttention, build_attention_pattern
+    from structformer.modeling import modeling_structbert as structbert
 
     config = StructBertConfig(
         hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1, attention_window=WINDOW
     )
-    layer = StructBertSelfAttention(config, layer_idx=0).train()
-    hidden = torch.randn(1, length, HIDDEN, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    layer = structbert.StructBertSelfAttention(config, layer_idx=0).train()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, length, HIDDEN, generator=generator, requires_grad=True)
+    qkv = [
+        torch.randn(1, HEADS, length, HIDDEN // HEADS, generator=generator, requires_grad=True) for _ in "qkv"
+    ]
     key_ok = torch.ones(1, length, dtype=torch.bool)
     is_global = torch.zeros(1, length, dtype=torch.bool)
     is_global[:, ::GLOBAL_EVERY] = True
+    dropout = config.attention_probs_dropout_prob
 
     def step() -> None:
         layer.zero_grad(set_to_none=True)
         hidden.grad = None
-        pattern = build_attention_pattern(implementation, WINDOW, key_ok, is_global, None)
+        pattern = structbert.build_attention_pattern(implementation, WINDOW, key_ok, is_global, None)
         out, _ = layer(hidden, pattern)
         out.sum().backward()
 
-    return step, torch
+    def core() -> None:
+        # The same dispatch as StructBertSelfAttention.forward with shared projections.
+        for tensor in qkv:
+            tensor.grad = None
+        q, k, v = qkv
+        pattern = structbert.build_attention_pattern(implementation, WINDOW, key_ok, is_global, None)
+        if implementation == "eager":
+            out, _ = structbert.eager_structure_attention(q, k, v, pattern, layer.scaling, dropout, True)
+        elif implementation == "sdpa":
+            out = structbert.sdpa_structure_attention(layer, q, k, v, pattern, layer.scaling, dropout)
+        else:
+            out = structbert.blocked_structure_attention(q, k, v, pattern, layer.scaling, dropout, True)
+            rows = structbert.global_rows_attention(q, k, v, pattern, layer.scaling, dropout, True)
+            out = structbert.replace_rows(out, rows, pattern.global_index)
+        out.sum().backward()
+
+    return step, core, torch
+
+
+def _timed(step, repeats: int) -> list[float]:
+    """Seconds of `repeats` calls after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)
 
 
 def run_worker(name: str, length: int, args: argparse.Namespace) -> dict:
     kind, implementation, _ = CONFIGS[name]
+    # Import first: the cap applies to what the measurement allocates, not to loading the libraries.
+    import transformers.models.longformer.modeling_longformer  # noqa: F401
+
+    import structformer.modeling  # noqa: F401
+
     _cap_address_space(args.max_memory_gb)
+    core = None
     try:
         if kind == "step":
             step, torch = _training_step(name, implementation, length, args.vocab_size)
         else:
-            step, torch = _attention_layer(implementation, length)
+            step, core, torch = _attention_layer(implementation, length)
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(0)
         rss_before = _rss_bytes()
-        times = []
-        for repeat in range(args.repeats + 1):
-            start = time.perf_counter()
-            step()
-            if repeat:  # the first step is a warm-up
-                times.append(time.perf_counter() - start)
+        times = _timed(step, args.repeats)
+        # ru_maxrss is read before the core runs, so the peak is the layer's (the core needs less).
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        core_times = _timed(core, args.repeats) if core else None
     except (RuntimeError, MemoryError) as error:
         if isinstance(error, MemoryError) or "alloc" in str(error).lower() or "memory" in str(error).lower():
             return {"status": "oom", "error": str(error).splitlines()[0][:200]}
         raise
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times.sort()
-    return {
+    result = {
         "status": "ok",
         "seconds": times[len(times) // 2],
         "seconds_all": times,
@@ -213,6 +251,9 @@ def run_worker(name: str, length: int, args: argparse.Namespace) -> dict:
         "step_memory_bytes": peak - rss_before,
         "threads": torch.get_num_threads(),
     }
+    if core_times:
+        result["core_seconds"] = core_times[len(core_times) // 2]
+    return result
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -252,7 +293,10 @@ def _estimate(results: dict, name: str, length: int) -> dict | None:
     memory = _fit([(L, r["step_memory_bytes"]) for L, r in done], quadratic)(length)
     seconds = _fit([(L, r["seconds"]) for L, r in done], quadratic)(length)
     baseline = done[-1][1]["rss_before_bytes"]
-    return {"step_memory_bytes": memory, "peak_rss_bytes": baseline + memory, "seconds": seconds}
+    estimate = {"step_memory_bytes": memory, "peak_rss_bytes": baseline + memory, "seconds": seconds}
+    if all("core_seconds" in r for _, r in done):
+        estimate["core_seconds"] = _fit([(L, r["core_seconds"]) for L, r in done], quadratic)(length)
+    return estimate
 
 
 def run_one(name: str, length: int, args: argparse.Namespace) -> dict:
@@ -318,11 +362,11 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.2f}"
 
 
-def _time_cell(result: dict) -> str:
+def _time_cell(result: dict, key: str) -> str:
     if result["status"] == "ok":
-        return f"{result['seconds']:.3f}"
-    estimate = result.get("estimate")
-    guess = f" (est. {estimate['seconds']:.0f})" if estimate else ""
+        return f"{result[key]:.3f}"
+    estimate = result.get("estimate") or {}
+    guess = f" (est. {estimate[key]:.0f})" if key in estimate else ""
     return {"oom": "OOM", "timeout": "timeout", "skipped": "skipped"}.get(result["status"], "error") + guess
 
 
@@ -343,7 +387,7 @@ def _ratio(results: dict, numerator: str, denominator: str, length: int, key: st
         return "-"
     if b["status"] == "ok":
         return f"{b[key] / a[key]:.2f}x"
-    if b.get("estimate"):
+    if key in (b.get("estimate") or {}):
         return f"~{b['estimate'][key] / a[key]:.1f}x (est.)"
     return "-"
 
@@ -359,21 +403,31 @@ SHORT = {
 }
 
 
-def _tables(results: dict, names: list[str], baseline: str, lengths: list[int], cap_gb: float) -> list[str]:
-    """A time table and a memory table; ratio columns are other / baseline (> 1: the baseline wins)."""
+def _tables(
+    results: dict,
+    names: list[str],
+    baseline: str,
+    lengths: list[int],
+    cap_gb: float,
+    units: list[tuple[str, str]],
+) -> list[str]:
+    """One table per (unit, result key); ratio columns are other / baseline (> 1: the baseline wins)."""
     names = [n for n in names if n in results]
     if not names:
         return []
     others = [n for n in names if n != baseline] if baseline in results else []
     lines: list[str] = []
-    for unit, cell, key in (("s", _time_cell, "seconds"), ("GiB", None, "step_memory_bytes")):
+    for unit, key in units:
         header = ["length"] + [f"{SHORT[n]} {unit}" for n in names]
         header += [f"{SHORT[n]} / {SHORT[baseline]}" for n in others]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for length in lengths:
             row = [str(length)]
             row += [
-                cell(results[n][length]) if cell else _memory_cell(results[n][length], cap_gb) for n in names
+                _memory_cell(results[n][length], cap_gb)
+                if unit == "GiB"
+                else _time_cell(results[n][length], key)
+                for n in names
             ]
             row += [_ratio(results, baseline, n, length, key) for n in others]
             lines.append("| " + " | ".join(row) + " |")
@@ -392,12 +446,12 @@ def _targets(results: dict, lengths: list[int]) -> list[str]:
         for dense in ("attention-eager", "attention-sdpa"):
             if dense in results:
                 ran = [L for L in lengths if results[dense][L]["status"] == "ok"]
-                if ran:
-                    L = 4096 if 4096 in ran else ran[-1]
-                    ratio = _ratio(results, "attention-blocked", dense, L, "seconds")
+                for L in sorted({4096, ran[-1]} & set(ran)) if ran else []:
+                    layer = _ratio(results, "attention-blocked", dense, L, "seconds")
+                    core = _ratio(results, "attention-blocked", dense, L, "core_seconds")
                     lines.append(
-                        f"- Attention layer alone at {L} tokens, {LABELS[dense]} time / blocked time: {ratio} "
-                        "(target >= 5x)."
+                        f"- Attention alone at {L} tokens, {SHORT[dense]} time / blocked time: layer {layer}, "
+                        f"core {core} (target >= 5x)."
                     )
     memory = results.get("structbert", {})
     ran = [L for L in lengths if memory.get(L, {}).get("status") == "ok"]
@@ -443,8 +497,11 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
             "structbert",
             lengths,
             args.max_memory_gb,
+            [("s", "seconds"), ("GiB", "step_memory_bytes")],
         ),
-        "Self-attention layer alone (mask, forward, backward); ratios are dense / blocked:",
+        "Self-attention alone, forward + backward with its mask: `layer` is StructBertSelfAttention "
+        "(with the Q/K/V projections every path shares), `core` the attention given Q, K and V; "
+        "ratios are dense / blocked:",
         "",
         *_tables(
             results,
@@ -452,6 +509,7 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
             "attention-blocked",
             lengths,
             args.max_memory_gb,
+            [("layer s", "seconds"), ("core s", "core_seconds"), ("GiB", "step_memory_bytes")],
         ),
         "Targets:",
         "",

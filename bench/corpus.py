@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder of paper folders with a MANIFEST.tsv (folder and main_tex columns)",
     )
     parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2], help="build once per value")
-    parser.add_argument("--timeout", type=float, default=60.0, help="per-paper time limit of our build, seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="per-paper time limit of our build, seconds"
+    )
     parser.add_argument("--pandoc", default="pandoc", help="pandoc executable")
     parser.add_argument("--pandoc-timeout", type=int, default=60, help="seconds per paper")
     parser.add_argument("--pandoc-memory-kb", type=int, default=4_000_000, help="ulimit -v for pandoc, KiB")
@@ -63,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def read_manifest(data: Path) -> list[dict[str, str]]:
     manifest = data / "MANIFEST.tsv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no such file (expected a MANIFEST.tsv with folder and main_tex)")
+        raise FileNotFoundError(
+            f"{manifest}: no such file (expected a MANIFEST.tsv with folder and main_tex)"
+        )
     with manifest.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     for line, row in enumerate(rows, start=2):
@@ -72,9 +76,16 @@ def read_manifest(data: Path) -> list[dict[str, str]]:
     return rows
 
 
-def normalize_heading(title: str) -> str:
-    """Case-folded, with whitespace collapsed (NFKC first, so that non-breaking spaces are spaces)."""
-    return " ".join(unicodedata.normalize("NFKC", title).casefold().split())
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "`": "'"})
+
+
+def normalize_heading(title: str, canonical: bool = False) -> str:
+    """Case-folded with whitespace collapsed, as the issue defines agreement. ``canonical``
+    also applies NFKC and folds typographic quotes to ASCII (pandoc renders ``'`` as a right
+    quote, we keep it)."""
+    if canonical:
+        title = unicodedata.normalize("NFKC", title).translate(_QUOTES)
+    return " ".join(title.casefold().split())
 
 
 # ----------------------------------------------------------------------------- our build
@@ -114,8 +125,12 @@ def run_build(data: Path, num_proc: int, timeout: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- pandoc
 
 
-def _inline_text(inlines: list) -> str:
-    """pandoc's stringify for the inline elements a heading holds (footnotes left out)."""
+def _inline_text(inlines: list, canonical: bool) -> str:
+    """pandoc's ``stringify`` of a heading's inlines (footnotes left out). ``canonical`` writes
+    citations and references as our placeholders and renders math with our math rule, so that
+    a title is compared on its words rather than on how each tool prints a formula."""
+    from structformer.dataset_scripts.latex_text import LatexOptions, inline_text
+
     out = []
     for item in inlines:
         kind, content = item.get("t"), item.get("c")
@@ -124,23 +139,37 @@ def _inline_text(inlines: list) -> str:
         elif kind in ("Space", "SoftBreak", "LineBreak"):
             out.append(" ")
         elif kind in ("Emph", "Strong", "Strikeout", "Superscript", "Subscript", "SmallCaps", "Underline"):
-            out.append(_inline_text(content))
-        elif kind in ("Span", "Link", "Cite", "Quoted", "Image"):
-            out.append(_inline_text(content[1] if kind != "Cite" else content[1]))
-        elif kind in ("Math", "Code"):
+            out.append(_inline_text(content, canonical))
+        elif kind == "Quoted":
+            marks = "\u201c\u201d" if content[0]["t"] == "DoubleQuote" else "\u2018\u2019"
+            out.append(marks[0] + _inline_text(content[1], canonical) + marks[1])
+        elif kind == "Cite":
+            out.append(LatexOptions().cite_placeholder if canonical else _inline_text(content[1], canonical))
+        elif kind == "Link":
+            is_ref = any(key == "reference-type" for key, _ in content[0][2])
+            out.append(
+                LatexOptions().ref_placeholder
+                if canonical and is_ref
+                else _inline_text(content[1], canonical)
+            )
+        elif kind in ("Span", "Image"):
+            out.append(_inline_text(content[1], canonical))
+        elif kind == "Math":
+            out.append(inline_text(f"${content[1]}$") if canonical else content[1])
+        elif kind == "Code":
             out.append(content[1])
     return "".join(out)
 
 
-def pandoc_headers(document: dict) -> list[tuple[int, str]]:
-    """``(level, text)`` of every Header block, also inside Divs and other containers."""
-    found: list[tuple[int, str]] = []
+def pandoc_headers(document: dict) -> list[tuple[int, str, str]]:
+    """``(level, text, canonical text)`` of every Header block, also inside Divs and other containers."""
+    found: list[tuple[int, str, str]] = []
 
     def visit(value: Any) -> None:
         if isinstance(value, dict):
             if value.get("t") == "Header":
                 level, _, inlines = value["c"]
-                found.append((level, _inline_text(inlines)))
+                found.append((level, _inline_text(inlines, False), _inline_text(inlines, True)))
                 return
             for child in value.values():
                 visit(child)
@@ -188,7 +217,9 @@ def run_pandoc(folder: Path, main_tex: str, args: argparse.Namespace) -> dict[st
     headers = pandoc_headers(json.loads(done.stdout))
     shift = 1 if uses_chapters(folder) else 0
     result["status"] = "ok"
-    result["headings"] = [text for level, text in headers if level in (1 + shift, 2 + shift)]
+    kept = [(text, canonical) for level, text, canonical in headers if level in (1 + shift, 2 + shift)]
+    result["headings"] = [text for text, _ in kept]
+    result["headings_canonical"] = [canonical for _, canonical in kept]
     result["all_headings"] = len(headers)
     return result
 
@@ -196,30 +227,33 @@ def run_pandoc(folder: Path, main_tex: str, args: argparse.Namespace) -> dict[st
 # ----------------------------------------------------------------------------- comparison
 
 
-def agreement(pandoc_titles: list[str], our_titles: list[str]) -> tuple[int, list[str]]:
-    """How many of pandoc's titles we also have (as a multiset), and the ones we miss."""
-    ours = Counter(normalize_heading(t) for t in our_titles)
-    matched = 0
+def agreement(
+    pandoc_titles: list[str], our_titles: list[str], canonical: bool = False
+) -> tuple[int, int, list[str]]:
+    """How many of pandoc's (non-empty) titles we also have, as a multiset; how many were
+    compared; and the ones we miss."""
+    ours = Counter(normalize_heading(t, canonical) for t in our_titles)
+    matched = counted = 0
     missed = []
     for title in pandoc_titles:
-        key = normalize_heading(title)
+        key = normalize_heading(title, canonical)
         if not key:
             continue
+        counted += 1
         if ours[key] > 0:
             ours[key] -= 1
             matched += 1
         else:
             missed.append(title)
-    return matched, missed
+    return matched, counted, missed
 
 
-def evaluate(manifest: list[dict[str, str]], data: Path, build: dict, pandoc: dict[str, dict]) -> dict[str, Any]:
+def evaluate(manifest: list[dict[str, str]], build: dict, pandoc: dict[str, dict]) -> dict[str, Any]:
     from structformer.dataset_scripts.archive import parse_paper_id
 
     rejected = {Path(r["source"]).name: r for r in build["report"].get("rejected", [])}
     papers = {}
-    matched_total = pandoc_total = 0
-    per_paper_agreement = []
+    totals = {"strict": [0, 0], "canonical": [0, 0]}
     for row in manifest:
         folder = row["folder"]
         paper_id = parse_paper_id(folder)[0]
@@ -227,7 +261,9 @@ def evaluate(manifest: list[dict[str, str]], data: Path, build: dict, pandoc: di
         entry: dict[str, Any] = {"id": paper_id}
         if record is None:
             reject = rejected.get(folder, {})
-            entry.update(record=False, reason=reject.get("reason", "missing"), detail=reject.get("detail", ""))
+            entry.update(
+                record=False, reason=reject.get("reason", "missing"), detail=reject.get("detail", "")
+            )
         else:
             titled = [s["title"] for s in record["sections"] if s["title"]]
             entry.update(record=True, sections=len(record["sections"]), headings=len(titled))
@@ -235,18 +271,15 @@ def evaluate(manifest: list[dict[str, str]], data: Path, build: dict, pandoc: di
         entry["pandoc"] = result["status"]
         if result["status"] == "ok" and result["headings"]:
             ours = [s["title"] for s in record["sections"]] if record else []
-            matched, missed = agreement(result["headings"], ours)
-            counted = sum(1 for t in result["headings"] if normalize_heading(t))
-            matched_total += matched
-            pandoc_total += counted
-            if counted:
-                per_paper_agreement.append(matched / counted)
-            entry.update(pandoc_headings=counted, matched=matched, missed=missed)
+            for name, titles in (("strict", result["headings"]), ("canonical", result["headings_canonical"])):
+                matched, counted, missed = agreement(titles, ours, canonical=name == "canonical")
+                totals[name][0] += matched
+                totals[name][1] += counted
+                entry[name] = {"pandoc_headings": counted, "matched": matched, "missed": missed}
         papers[folder] = entry
     n = len(manifest)
     with_sections = sum(1 for e in papers.values() if e.get("sections", 0) >= 1)
     with_headings = sum(1 for e in papers.values() if e.get("headings", 0) >= 1)
-    compared = [e for e in papers.values() if "pandoc_headings" in e]
     return {
         "papers": n,
         "records": sum(1 for e in papers.values() if e["record"]),
@@ -257,13 +290,11 @@ def evaluate(manifest: list[dict[str, str]], data: Path, build: dict, pandoc: di
         "with_titled_heading_share": with_headings / n,
         "pandoc_ok": sum(1 for r in pandoc.values() if r["status"] == "ok"),
         "pandoc_status": dict(Counter(r["status"] for r in pandoc.values())),
-        "papers_compared": len(compared),
-        "pandoc_headings": pandoc_total,
-        "matched_headings": matched_total,
-        "heading_agreement": matched_total / pandoc_total if pandoc_total else None,
-        "heading_agreement_mean_per_paper": (
-            sum(per_paper_agreement) / len(per_paper_agreement) if per_paper_agreement else None
-        ),
+        "papers_compared": sum(1 for e in papers.values() if "strict" in e),
+        "agreement": {
+            name: {"matched": m, "pandoc_headings": t, "share": m / t if t else None}
+            for name, (m, t) in totals.items()
+        },
         "per_paper": papers,
     }
 
@@ -290,7 +321,8 @@ def plot(results: dict, path: Path) -> None:
     shares = {
         "record with\n>= 1 section": quality["with_sections_share"],
         "record with\n>= 1 titled heading": quality["with_titled_heading_share"],
-        "heading agreement\nwith pandoc": quality["heading_agreement"] or 0.0,
+        "heading agreement\nwith pandoc (strict)": quality["agreement"]["strict"]["share"] or 0.0,
+        "heading agreement\n(canonical)": quality["agreement"]["canonical"]["share"] or 0.0,
     }
     right.bar(list(shares), list(shares.values()), color="#6acc64")
     for x, v in enumerate(shares.values()):
@@ -313,14 +345,14 @@ def markdown(results: dict, command: str) -> str:
     )
     rejects = ", ".join(f"{k}: {v}" for k, v in sorted(quality["rejects"].items())) or "none"
     pandoc_status = ", ".join(f"{k}: {v}" for k, v in sorted(quality["pandoc_status"].items()))
-    agreement_value = quality["heading_agreement"]
+    strict, canonical = quality["agreement"]["strict"], quality["agreement"]["canonical"]
     return (
         f"{SECTION}\n\n"
         f"Command: `{command}` ({platform.machine()}, {results['cpus']} CPUs shared with other jobs, "
         f"{results['pandoc_version']}).\n\n"
         f"{quality['papers']} real papers (`../shared/data/latex`, read in place). Our build is the full "
         "`build_corpus` (parse, Parquet, report, card) with no length filter and no deduplication; pandoc "
-        "converts each manifest main file to JSON from inside its folder, capped at "
+        "converts each manifest main file to JSON from inside its folder, one process, capped at "
         f"{results['pandoc_memory_kb'] // 1000} MB and {results['pandoc_timeout']} s.\n\n"
         "| run | papers | seconds | papers/s |\n|---|---|---|---|\n"
         f"{speed_rows}\n\n"
@@ -331,13 +363,19 @@ def markdown(results: dict, command: str) -> str:
         f"| record with >= 1 titled heading | {quality['with_titled_heading']} "
         f"({100 * quality['with_titled_heading_share']:.1f}%) |\n"
         f"| pandoc | {pandoc_status} |\n"
-        f"| heading agreement with pandoc | {quality['matched_headings']} of {quality['pandoc_headings']} "
-        f"section/subsection titles ({100 * (agreement_value or 0):.1f}%) over {quality['papers_compared']} papers |\n"
+        f"| heading agreement, strict | {strict['matched']} of {strict['pandoc_headings']} "
+        f"({100 * (strict['share'] or 0):.1f}%) over {quality['papers_compared']} papers |\n"
+        f"| heading agreement, canonical | {canonical['matched']} of {canonical['pandoc_headings']} "
+        f"({100 * (canonical['share'] or 0):.1f}%) |\n"
         f"| same records at every num_proc | {results['deterministic']} |\n\n"
-        "A section is any entry of `sections`; a paper with no heading at all (a letter) has one untitled "
-        "section holding its text, hence the second row. Agreement compares titles after Unicode NFKC, "
-        "case folding and whitespace collapsing; pandoc's math in titles is raw TeX, ours is a linear form "
-        "or `[MATH]`, which accounts for some misses. Per-paper details: `bench/results/corpus.json`; "
+        "Heading agreement is the share of pandoc's section and subsection titles (levels 1-2, or 2-3 "
+        "when the paper has chapters) that our record also has as a heading, matched as a multiset. "
+        "*Strict* compares after case folding and whitespace collapsing only. *Canonical* also applies "
+        "NFKC, folds typographic quotes, and writes pandoc's citations, references and math the way we "
+        "do (`[CITE]`, `[REF]`, our math rule), so that a title is compared on its words rather than on "
+        "how each tool prints a formula. A section is any entry of `sections`: a paper without any "
+        "heading (a letter) has one untitled section holding its text, hence the separate row for "
+        "titled headings. Per-paper details, including every missed title: `bench/results/corpus.json`; "
         "figure: `bench/results/corpus.png`.\n"
     )
 
@@ -395,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "crash_messages": [b["crash"] for b in builds.values() if b["crash"]],
         "deterministic": all(t == texts[0] for t in texts),
         "build_inputs": first["report"].get("inputs"),
-        "quality": evaluate(manifest, data, first, pandoc),
+        "quality": evaluate(manifest, first, pandoc),
         "pandoc": pandoc,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

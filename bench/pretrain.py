@@ -35,12 +35,64 @@ import torch
 import torch.nn.functional as F
 
 SECTION = "## Pre-training throughput (`bench/pretrain.py`)"
-WORDS = (
-    "we propose a model for long scientific documents whose structure guides attention the encoder reads "
-    "titles headings and paragraphs results show that global tokens help retrieval and classification "
-    "experiments on arxiv papers compare sparse attention with dense baselines under equal compute budgets "
-    "tokenization of equations citations tables and figures remains an open problem for language models"
-).split()
+WORDS = [
+    "we",
+    "propose",
+    "a",
+    "model",
+    "for",
+    "long",
+    "scientific",
+    "documents",
+    "whose",
+    "structure",
+    "guides",
+    "attention",
+    "the",
+    "encoder",
+    "reads",
+    "titles",
+    "headings",
+    "and",
+    "paragraphs",
+    "results",
+    "show",
+    "that",
+    "global",
+    "tokens",
+    "help",
+    "retrieval",
+    "and",
+    "classification",
+    "experiments",
+    "on",
+    "arxiv",
+    "papers",
+    "compare",
+    "sparse",
+    "attention",
+    "with",
+    "dense",
+    "baselines",
+    "under",
+    "equal",
+    "compute",
+    "budgets",
+    "tokenization",
+    "of",
+    "equations",
+    "citations",
+    "tables",
+    "and",
+    "figures",
+    "remains",
+    "an",
+    "open",
+    "problem",
+    "for",
+    "language",
+    "models",
+]
 LEVELS = ("section", "subsection", "section", "subsubsection", "subsection")
 
 
@@ -55,13 +107,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention-window", type=int, default=256)
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--tokens-per-heading", type=int, default=250, help="heading density of the synthetic papers")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per configuration, after one warm-up")
+    parser.add_argument(
+        "--tokens-per-heading", type=int, default=250, help="heading density of the synthetic papers"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed steps per configuration, after one warm-up"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--benchmarks-file", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--write-benchmarks", action="store_true", help="replace this script's BENCHMARKS.md section")
+    parser.add_argument(
+        "--write-benchmarks", action="store_true", help="replace this script's BENCHMARKS.md section"
+    )
     args = parser.parse_args(argv)
     if args.attention_window % 2:
         parser.error("--attention-window must be even")
@@ -80,7 +138,9 @@ def synthetic_paper(rng: random.Random, n_words: int, words_per_heading: int) ->
     while written < n_words:
         heading = " ".join(rng.choice(WORDS) for _ in range(3)).capitalize()
         text += "\n\n"
-        headers.append({"start": len(text), "end": len(text) + len(heading), "level": LEVELS[k % len(LEVELS)]})
+        headers.append(
+            {"start": len(text), "end": len(text) + len(heading), "level": LEVELS[k % len(LEVELS)]}
+        )
         text += heading
         remaining = words_per_heading
         while remaining > 0:
@@ -94,10 +154,16 @@ def synthetic_paper(rng: random.Random, n_words: int, words_per_heading: int) ->
 
 def make_batches(args: argparse.Namespace, length: int, tokenizer) -> dict[str, dict[str, torch.Tensor]]:
     """One batch per data config, from the same papers: sequences of exactly ``length`` tokens where possible."""
-    from structformer.trainers.data import DataCollatorForStructuredMLM, pack_document, tokenize_with_structure
+    from structformer.trainers.data import (
+        DataCollatorForStructuredMLM,
+        pack_document,
+        tokenize_with_structure,
+    )
 
     rng = random.Random(args.seed)
-    papers = [synthetic_paper(rng, int(length * 1.2), args.tokens_per_heading) for _ in range(args.batch_size)]
+    papers = [
+        synthetic_paper(rng, int(length * 1.2), args.tokens_per_heading) for _ in range(args.batch_size)
+    ]
     collator = DataCollatorForStructuredMLM(
         tokenizer, pad_to_multiple_of=args.attention_window, seed=args.seed, vocab_size=args.vocab_size
     )
@@ -154,7 +220,9 @@ def build_model(name: str, args: argparse.Namespace, length: int, pad_token_id: 
         from transformers import LongformerConfig, LongformerForMaskedLM
 
         config = LongformerConfig(
-            **common, attention_window=[args.attention_window] * args.num_layers, max_position_embeddings=length + 2
+            **common,
+            attention_window=[args.attention_window] * args.num_layers,
+            max_position_embeddings=length + 2,
         )
         return LongformerForMaskedLM(config), "lm_head"
     raise ValueError(name)
@@ -163,7 +231,9 @@ def build_model(name: str, args: argparse.Namespace, length: int, pad_token_id: 
 class Trainee:
     """A model, its optimizer and one pre-training step (the sparse MLM head of trainers/pretrain.py)."""
 
-    def __init__(self, name: str, args: argparse.Namespace, length: int, pad_token_id: int, batch: dict) -> None:
+    def __init__(
+        self, name: str, args: argparse.Namespace, length: int, pad_token_id: int, batch: dict
+    ) -> None:
         torch.manual_seed(args.seed)
         self.model, self.head_name = build_model(name, args, length, pad_token_id)
         self.model.train()
@@ -201,7 +271,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for length in args.lengths:
         batches = make_batches(args, length, tokenizer)
-        configs = [("structbert", "structured"), ("structbert", "plain"), ("longformer", "structured"), ("longformer", "plain")]
+        configs = [
+            ("structbert", "structured"),
+            ("structbert", "plain"),
+            ("longformer", "structured"),
+            ("longformer", "plain"),
+        ]
         if length <= args.bert_max_length:
             configs.append(("bert", "plain"))
         trainees = {c: Trainee(c[0], args, length, tokenizer.pad_token_id, batches[c[1]]) for c in configs}
@@ -236,26 +311,55 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _find(rows: list[dict], model: str, data: str, length: int) -> dict | None:
-    return next((r for r in rows if r["model"] == model and r["data"] == data and r["length"] == length), None)
+    return next(
+        (r for r in rows if r["model"] == model and r["data"] == data and r["length"] == length), None
+    )
 
 
 def targets(rows: list[dict], lengths: list[int]) -> list[dict]:
     """The issue's three targets, each as measured ratio, goal and verdict."""
     checks = []
     long_length, short_length = max(lengths), min(lengths)
-    ours, theirs = _find(rows, "structbert", "structured", long_length), _find(rows, "longformer", "structured", long_length)
+    ours, theirs = (
+        _find(rows, "structbert", "structured", long_length),
+        _find(rows, "longformer", "structured", long_length),
+    )
     if ours and theirs:
         ratio = ours["tokens_per_second"] / theirs["tokens_per_second"]
-        checks.append({"target": f"StructBERT / Longformer speed at {long_length}", "value": ratio, "goal": ">= 1.5", "met": ratio >= 1.5})
+        checks.append(
+            {
+                "target": f"StructBERT / Longformer speed at {long_length}",
+                "value": ratio,
+                "goal": ">= 1.5",
+                "met": ratio >= 1.5,
+            }
+        )
     ours, bert = _find(rows, "structbert", "plain", short_length), _find(rows, "bert", "plain", short_length)
     if ours and bert:
         ratio = ours["tokens_per_second"] / bert["tokens_per_second"]
-        checks.append({"target": f"StructBERT / BERT-SDPA speed at {short_length}", "value": ratio, "goal": ">= 0.9", "met": ratio >= 0.9})
+        checks.append(
+            {
+                "target": f"StructBERT / BERT-SDPA speed at {short_length}",
+                "value": ratio,
+                "goal": ">= 0.9",
+                "met": ratio >= 0.9,
+            }
+        )
     for length in lengths:
-        structured, plain = _find(rows, "structbert", "structured", length), _find(rows, "structbert", "plain", length)
+        structured, plain = (
+            _find(rows, "structbert", "structured", length),
+            _find(rows, "structbert", "plain", length),
+        )
         if structured and plain:
             cost = structured["step_seconds"] / plain["step_seconds"] - 1
-            checks.append({"target": f"extra cost of structured data at {length}", "value": cost, "goal": "<= 10%", "met": cost <= 0.10})
+            checks.append(
+                {
+                    "target": f"extra cost of structured data at {length}",
+                    "value": cost,
+                    "goal": "<= 10%",
+                    "met": cost <= 0.10,
+                }
+            )
     return checks
 
 
@@ -329,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    payload = {"command": command.strip(), "settings": settings, "threads": torch.get_num_threads(), "rows": rows, "targets": checks}
+    payload = {
+        "command": command.strip(),
+        "settings": settings,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "targets": checks,
+    }
     (args.output_dir / "pretrain.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot(rows, args.output_dir / "pretrain.png")
     section = markdown(rows, checks, args, command.strip())

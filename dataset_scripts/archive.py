@@ -38,6 +38,8 @@ _GENERIC_VERSION = re.compile(r"^(?P<id>.+?)(?P<version>v\d+)$")
 _CHUNK = 1 << 20
 _TAR_BLOCK = 512
 _TEX_SUFFIXES = (".tex", ".ltx", ".latex")
+# What a folder of papers may hold besides paper folders; other files (README, MANIFEST) are not papers.
+_PAPER_FILES = (*_TEX_SUFFIXES, ".gz", ".tgz", ".pdf", ".tar")
 
 
 @dataclass(frozen=True)
@@ -267,8 +269,8 @@ def iter_bulk_archive(
         if key not in skip:
             logger.warning("%s: unreadable after member %s (%s)", path, last, error)
             yield PaperInput(
-                key, source, path.name, None, reason="decode_error",
-                detail=f"{path}: the archive is unreadable after member {last} ({error})",
+                key, path.name, path.name, None, reason="decode_error",
+                detail=f"{path.name}: the archive is unreadable after member {last} ({error})",
             )  # fmt: skip
 
 
@@ -352,11 +354,13 @@ def _is_paper_folder(folder: Path, limits: ArchiveLimits) -> bool:
     return bool(tex) and not any(child.is_dir() for child in children)
 
 
-def _iter_folder_entry(child: Path, limits: ArchiveLimits, skip: frozenset[str]) -> Iterator[PaperInput]:
+def _iter_folder_entry(
+    child: Path, limits: ArchiveLimits, skip: frozenset[str], label: str
+) -> Iterator[PaperInput]:
+    """One paper folder or file. ``label`` names it in the report without the local path above it."""
     key = str(child)
     if key in skip:
         return
-    label = str(child)
     if child.is_symlink() and not child.resolve().is_relative_to(child.parent.resolve()):
         logger.warning("%s: skipped (a link out of its folder)", label)
         paper_id, version = parse_paper_id(child.name)
@@ -398,16 +402,19 @@ def iter_papers(
             raise FileNotFoundError(f"{path}: no such file or folder")
         if path.is_dir():
             if _is_paper_folder(path, limits):
-                yield from _iter_folder_entry(path, limits, skip)
+                yield from _iter_folder_entry(path, limits, skip, path.name)
                 continue
             for child in sorted(path.iterdir(), key=lambda p: p.name):
-                if child.name.startswith("."):
+                if child.name.startswith(".") or not (
+                    child.is_dir() or child.name.lower().endswith(_PAPER_FILES)
+                ):
+                    logger.info("%s: not a paper (no paper folder or file), skipped", child)
                     continue
                 if child.is_file() and child.name.lower().endswith(".tar"):
                     yield from iter_bulk_archive(child, limits, skip)
                 else:
-                    yield from _iter_folder_entry(child, limits, skip)
+                    yield from _iter_folder_entry(child, limits, skip, f"{path.name}/{child.name}")
         elif path.name.lower().endswith(".tar"):
             yield from iter_bulk_archive(path, limits, skip)
         else:
-            yield from _iter_folder_entry(path, limits, skip)
+            yield from _iter_folder_entry(path, limits, skip, path.name)

@@ -83,15 +83,17 @@ STRUCTURED_FEATURES = Features(
     }
 )
 PLAIN_FEATURES = Features({"id": Value("string"), "text": Value("string")})
-# Fixed writer settings: part of what makes two builds byte-identical.
+# Fixed writer settings: part of what makes two builds byte-identical. Statistics only for
+# ``id``: min/max of whole papers would copy two documents into every row group's footer.
 _PARQUET_SETTINGS = {
     "compression": "zstd",
     "compression_level": 3,
     "row_group_size": 100,
     "use_dictionary": False,
+    "write_statistics": ["id"],
 }
 _JOURNAL_FORMAT = 1
-_RUN_ONLY = ("num_proc", "progress", "resume")
+_RUN_ONLY = ("num_proc", "progress", "resume", "max_tasks_per_worker")
 
 
 @dataclass
@@ -110,6 +112,7 @@ class BuildOptions:
             lowest hashes) as long as the corpus has more records than that; tiny corpora need it.
         shard_size: rows per Parquet shard.
         timeout: seconds one paper may take to parse before its worker is killed.
+        max_tasks_per_worker: papers a worker parses before it is replaced by a fresh process.
         max_paper_bytes / max_file_bytes / max_members: decompression caps (see ``ArchiveLimits``).
         metadata: an arXiv metadata snapshot (JSON lines) to join by id.
         resume: reuse the journal of an interrupted build with the same sources and options.
@@ -127,6 +130,7 @@ class BuildOptions:
     min_validation: int = 1
     shard_size: int = 10_000
     timeout: float = 60.0
+    max_tasks_per_worker: int = 200
     max_paper_bytes: int = ArchiveLimits.max_paper_bytes
     max_file_bytes: int = ArchiveLimits.max_file_bytes
     max_members: int = ArchiveLimits.max_members
@@ -142,6 +146,8 @@ class BuildOptions:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be at least 1, got {self.max_tasks_per_worker}")
         if self.timeout <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
 
@@ -217,6 +223,7 @@ class _Worker:
         self.process = context.Process(target=_worker_main, args=(child, options), daemon=True)
         self.process.start()
         child.close()
+        self.tasks = 0
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -282,6 +289,12 @@ def _parse_all(
                 if worker.conn in ready:
                     try:
                         outcome = json.loads(worker.conn.recv_bytes())
+                        worker.tasks += 1
+                        if (
+                            worker.tasks >= options.max_tasks_per_worker
+                        ):  # a fresh process returns leaked memory
+                            worker.stop()
+                            workers[slot] = _Worker(context, options.latex)
                     except (EOFError, OSError):
                         worker.stop(kill=True)
                         outcome = {
@@ -619,7 +632,9 @@ def build_corpus(
         ],
         "splits": {name: len(ids) for name, ids in splits.items()},
         "stats": _stats(kept) | {"metadata_joined": sum(1 for entry in kept if entry.id in metadata)},
-        "options": options.to_dict(),
+        # the metadata file by name only: a published report should not carry local paths
+        "options": options.to_dict()
+        | {"metadata": Path(options.metadata).name if options.metadata else None},
     }
     if report["inputs"] != report["records"] + report["rejects"]:
         raise AssertionError(
@@ -653,6 +668,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="structformer build-corpus",
         description="Build the arxiv_structured / arxiv_plain corpus (Parquet + dataset card) from LaTeX sources.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "sources",
@@ -679,10 +695,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-validation", type=int, default=defaults.min_validation)
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="rows per Parquet shard")
     parser.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per paper")
-    parser.add_argument("--max-paper-mb", type=float, default=defaults.max_paper_bytes / 2**20)
-    parser.add_argument("--max-file-mb", type=float, default=defaults.max_file_bytes / 2**20)
+    parser.add_argument(
+        "--max-paper-mb",
+        type=float,
+        default=defaults.max_paper_bytes / 2**20,
+        help="cap on a paper's decompressed size (gzip and tar bombs become too_large)",
+    )
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=defaults.max_file_bytes / 2**20,
+        help="cap on one decompressed TeX file",
+    )
+    parser.add_argument(
+        "--max-tasks-per-worker",
+        type=int,
+        default=defaults.max_tasks_per_worker,
+        help="papers a parser process handles before it is replaced",
+    )
     parser.add_argument("--no-resume", action="store_true", help="ignore the journal of an interrupted build")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--latex-option",
         action="append",
@@ -721,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         min_validation=args.min_validation,
         shard_size=args.shard_size,
         timeout=args.timeout,
+        max_tasks_per_worker=args.max_tasks_per_worker,
         max_paper_bytes=int(args.max_paper_mb * 2**20),
         max_file_bytes=int(args.max_file_mb * 2**20),
         metadata=args.metadata,

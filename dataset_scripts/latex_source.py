@@ -425,10 +425,7 @@ def split_document(text: str) -> tuple[str, str]:
 # ways that only make sense to TeX (``\@startsection``), and the section tree, the title and the
 # placeholders all need the originals.
 PROTECTED_MACROS = frozenset(
-    """section subsection subsubsection chapter paragraph subparagraph part appendix title maketitle
-    begin end item footnote footnotetext cite citep citet citealp citeauthor ref eqref autoref cref Cref
-    label input include subfile par abstract caption bibliography href url newcommand renewcommand
-    providecommand def let documentclass usepackage""".split()
+    ["section", "subsection", "subsubsection", "chapter", "paragraph", "subparagraph", "part", "appendix", "title", "maketitle", "begin", "end", "item", "footnote", "footnotetext", "cite", "citep", "citet", "citealp", "citeauthor", "ref", "eqref", "autoref", "cref", "Cref", "label", "input", "include", "subfile", "par", "abstract", "caption", "bibliography", "href", "url", "newcommand", "renewcommand", "providecommand", "def", "let", "documentclass", "usepackage"]
 )
 
 _DEFINITION = re.compile(

@@ -15,7 +15,12 @@ from functools import lru_cache
 from typing import Literal
 
 from pylatexenc import latexwalker, macrospec
-from pylatexenc.latex2text import EnvironmentTextSpec, LatexNodes2Text, MacroTextSpec, get_default_latex_context_db
+from pylatexenc.latex2text import (
+    EnvironmentTextSpec,
+    LatexNodes2Text,
+    MacroTextSpec,
+    get_default_latex_context_db,
+)
 
 from .latex_source import mask_verbatim, read_group
 
@@ -85,27 +90,19 @@ HEADING_LEVELS = {
 ABSTRACT_ENVIRONMENTS = ("abstract", "abstract*", "IEEEabstract", "onecolabstract")
 
 DROPPED_ENVIRONMENTS = frozenset(
-    """figure figure* table table* wrapfigure wraptable sidewaysfigure sidewaystable subfigure subtable
-    SCfigure teaserfigure thebibliography thebibliography* references algorithm algorithm* algorithm2e
-    algorithmic algorithmicx lstlisting verbatim verbatim* Verbatim minted tikzpicture pgfpicture picture
-    tabular tabular* tabularx tabulary longtable supertabular comment filecontents filecontents* titlepage
-    frontmatter keyword keywords IEEEkeywords CCSXML abstract abstract* IEEEabstract onecolabstract""".split()
+    ["figure", "figure*", "table", "table*", "wrapfigure", "wraptable", "sidewaysfigure", "sidewaystable", "subfigure", "subtable", "SCfigure", "teaserfigure", "thebibliography", "thebibliography*", "references", "algorithm", "algorithm*", "algorithm2e", "algorithmic", "algorithmicx", "lstlisting", "verbatim", "verbatim*", "Verbatim", "minted", "tikzpicture", "pgfpicture", "picture", "tabular", "tabular*", "tabularx", "tabulary", "longtable", "supertabular", "comment", "filecontents", "filecontents*", "titlepage", "frontmatter", "keyword", "keywords", "IEEEkeywords", "CCSXML", "abstract", "abstract*", "IEEEabstract", "onecolabstract"]
 )
 
 MATH_ENVIRONMENTS = frozenset(
-    """equation equation* align align* alignat alignat* flalign flalign* gather gather* multline multline*
-    eqnarray eqnarray* displaymath math dmath dmath* IEEEeqnarray IEEEeqnarray*""".split()
+    ["equation", "equation*", "align", "align*", "alignat", "alignat*", "flalign", "flalign*", "gather", "gather*", "multline", "multline*", "eqnarray", "eqnarray*", "displaymath", "math", "dmath", "dmath*", "IEEEeqnarray", "IEEEeqnarray*"]
 )
 
 LIST_ENVIRONMENTS = frozenset(
-    "itemize itemize* enumerate enumerate* description compactitem compactenum compactdesc inparaenum".split()
+    ["itemize", "itemize*", "enumerate", "enumerate*", "description", "compactitem", "compactenum", "compactdesc", "inparaenum"]
 )
 
-CITE_MACROS = (
-    "cite citep citet citealp citealt citeauthor citeyear citeyearpar citenum Cite Citep Citet Citealp "
-    "Citeauthor parencite Parencite textcite Textcite autocite Autocite footcite smartcite supercite fullcite"
-).split()
-REF_MACROS = "ref eqref autoref Autoref cref Cref pageref vref Vref nameref cpageref subref".split()
+CITE_MACROS = ["cite", "citep", "citet", "citealp", "citealt", "citeauthor", "citeyear", "citeyearpar", "citenum", "Cite", "Citep", "Citet", "Citealp", "Citeauthor", "parencite", "Parencite", "textcite", "Textcite", "autocite", "Autocite", "footcite", "smartcite", "supercite", "fullcite"]
+REF_MACROS = ["ref", "eqref", "autoref", "Autoref", "cref", "Cref", "pageref", "vref", "Vref", "nameref", "cpageref", "subref"]
 
 # Front matter, layout and bookkeeping commands: their arguments are not prose. The argument
 # specs let the walker attach the arguments so that they are dropped with the command.
@@ -310,6 +307,8 @@ def _text_context(options: LatexOptions, in_heading: bool) -> macrospec.LatexCon
         MacroTextSpec("quad", simplify_repl=" "),
         MacroTextSpec("qquad", simplify_repl=" "),
     ]
+    # The walker knows these take an argument, pylatexenc's text rules do not, and would drop them whole.
+    specs += [MacroTextSpec(name, discard=False) for name in ("texttt", "textsf", "textmd", "textup", "verb")]
     specs += [MacroTextSpec(name, discard=False) for name in _INLINE_MACROS if name not in ("textcolor", "colorbox", "makebox", "IEEEPARstart", "ensuremath")]
     environments = [EnvironmentTextSpec(name, discard=True) for name in DROPPED_ENVIRONMENTS]
     environments += [EnvironmentTextSpec(name, simplify_repl=_math_environment) for name in MATH_ENVIRONMENTS]
@@ -349,9 +348,15 @@ def normalize_space(text: str) -> str:
     return " ".join(text.split())
 
 
+def _resolve_xspace(latex: str) -> str:
+    """``\\xspace`` (a space unless punctuation follows), which pylatexenc would just drop."""
+    latex = re.sub(r"\\xspace(?![A-Za-z@])\s*(?=[.,;:!?)\]'’/}-]|\\footnote|\\\\)", "", latex)
+    return re.sub(r"\\xspace(?![A-Za-z@])", " ", latex)
+
+
 def parse_nodes(latex: str) -> list:
     """pylatexenc nodes of ``latex``, parsed tolerantly with this module's macro table."""
-    walker = latexwalker.LatexWalker(latex, latex_context=_walker_context(), tolerant_parsing=True)
+    walker = latexwalker.LatexWalker(_resolve_xspace(latex), latex_context=_walker_context(), tolerant_parsing=True)
     nodes, _, _ = walker.get_latex_nodes()
     return nodes
 
@@ -488,7 +493,8 @@ class _BlockWalker:
                 self._macro(node)
             elif node.isNodeType(latexwalker.LatexEnvironmentNode):
                 self._environment(node)
-            elif node.isNodeType(latexwalker.LatexGroupNode) and self.has_heading(node):
+            elif node.isNodeType((latexwalker.LatexGroupNode, latexwalker.LatexMathNode)) and self.has_heading(node):
+                # A heading inside a group, or inside math that a stray $ opened, is still a heading.
                 self.walk(node.nodelist)
             elif not node.isNodeType(latexwalker.LatexCommentNode):
                 self.buffer.append(node)

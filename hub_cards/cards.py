@@ -395,7 +395,6 @@ def write_dataset_card(
 # ----------------------------------------------------------------------------- model card
 
 _HEADING_LEVELS = ("title", "chapter", "section", "subsection", "subsubsection", "paragraph")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # results.json downstream task -> (Hub task type, readable task name)
 DOWNSTREAM_TASKS: dict[str, tuple[str, str]] = {
     "scirex_ner": ("token-classification", "SciREX entity recognition"),
@@ -748,15 +747,6 @@ def render_model_card(
     results_dict, results_dir = _load_results(results)
     key = _select_model(results_dict, model_dir, model_key)
     training = _training(model_dir)
-    if base_model is None:
-        init_from = (
-            _read_json(model_dir / "training_args.json")
-            if (model_dir / "training_args.json").is_file()
-            else {}
-        ).get("init_from")
-        # Only a Hub id is valid metadata; a local path is shown in the hyperparameter table instead.
-        if isinstance(init_from, str) and _HUB_ID_RE.match(init_from) and not Path(init_from).exists():
-            base_model = init_from
     dataset_ref = datasets[0] if datasets else STRUCTURED
     name = model_name or (repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
     evaluation, eval_results, figures = _evaluation(

@@ -448,7 +448,7 @@ def upload(
     except Exception as err:  # network, auth and Hub errors come in many types; all end the same way
         raise PublishError(
             f"upload to {repo_id} failed ({type(err).__name__}: {err}); "
-            f"the validated staging folder is {staging}, and can be uploaded again with this command"
+            f"nothing more was sent; the validated staging folder is {staging}: re-run this command to retry"
         ) from err
     return str(getattr(commit, "commit_url", commit))
 

@@ -198,10 +198,21 @@ def convert_checkpoint(
     state_dict, weights_file = _read_state_dict(src)
 
     renamed: dict[str, torch.Tensor] = {}
+    ignored = []
     for key, tensor in state_dict.items():
         new_key = _rename(key, model_type)
-        if new_key is not None:
+        if new_key is None:
+            ignored.append(key)
+        else:
             renamed[new_key] = tensor
+    if ignored:
+        # Poolers, NSP and task heads have no place in a masked-LM model.
+        logger.info(
+            "%s: ignored %d parameters with no StructBERT counterpart: %s",
+            weights_file,
+            len(ignored),
+            ignored,
+        )
     if "structbert.embeddings.word_embeddings.weight" not in renamed:
         raise ConversionError(
             f"{weights_file}: no {model_type} encoder weights (embeddings.word_embeddings.weight is missing)"

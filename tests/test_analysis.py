@@ -219,8 +219,8 @@ def test_analyze_attention_writes_json_and_figures(tiny_setup, tmp_path) -> None
     shares = np.array(results["checkpoints"]["structured"]["modes"]["structure"]["heading_share"])
     assert ((shares > 0) & (shares < 1)).all()
     assert len(results["summary"]) == 2 * 2 * len(aa.MEASURES)
-    # 2 models x 4 measures heatmaps, 4 difference maps, 1 per-layer plot.
-    assert len(results["figures"]) == 13
+    # The per-layer plot first, then one heatmap figure (both models and their difference) per measure.
+    assert results["figures"] == ["attention_per_layer.png"] + [f"attention_heatmap_{m}.png" for m in aa.MEASURES]
     for name in results["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -126,9 +126,10 @@ def test_rebuild_is_byte_identical_and_resumes(
     sent = []
     real_encode = build._encode_task
     monkeypatch.setattr(build, "_encode_task", lambda *a: sent.append(a[0]) or real_encode(*a))
-    build_corpus([sample_archive], output, _options(num_proc=2))
+    build_corpus([sample_archive], output, _options(num_proc=2, max_tasks_per_worker=3))
     assert len(sent) == SAMPLE_RECORDS + 1 - done  # every input but the PDF goes to a parser once
-    assert _files(output) == _files(sample_corpus)  # and num_proc does not change a byte
+    # neither the interruption, nor num_proc, nor recycled workers change a byte
+    assert _files(output) == _files(sample_corpus)
 
 
 def test_timeouts_crashes_and_errors_are_rejects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,13 +157,36 @@ def test_timeouts_crashes_and_errors_are_rejects(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(latex, "parse_paper", hostile)
     start = time.monotonic()
-    report = build_corpus([papers], tmp_path / "out", _options(timeout=1.0, min_chars=None))
+    report = build_corpus([papers], tmp_path / "out", _options(timeout=2.0, min_chars=None))
     assert time.monotonic() - start < 20
     reasons = {r["id"]: (r["reason"], r["detail"]) for r in report["rejected"]}
     assert reasons["slow"][0] == "timeout"
     assert reasons["dies"] == ("parse_error", "the worker died (exit code 3)")
     assert reasons["boom"] == ("parse_error", "ValueError: boom")
     assert report["records"] == 2 and report["inputs"] == 5 == report["records"] + report["rejects"]
+
+
+def test_papers_are_parsed_in_parallel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    for index in range(4):
+        (papers / f"p{index}.tex").write_text(_paper(f"Paper {index}", "Body text."))
+    log = tmp_path / "log"
+    log.mkdir()
+    real_parse = latex.parse_paper
+
+    def logged(files, options=None):
+        start = time.monotonic()
+        time.sleep(0.4)  # sleeping needs no CPU, so overlap shows even on a loaded machine
+        (log / f"{os.getpid()}-{start}").write_text(f"{start} {time.monotonic()}")
+        return real_parse(files, options)
+
+    monkeypatch.setattr(latex, "parse_paper", logged)
+    report = build_corpus([papers], tmp_path / "out", _options(num_proc=2, min_chars=None))
+    assert report["records"] == 4
+    spans = sorted(tuple(map(float, p.read_text().split())) for p in log.iterdir())
+    assert len({p.name.split("-")[0] for p in log.iterdir()}) == 2
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
 
 
 def test_dedupe_metadata_filters_and_traversal(tmp_path: Path) -> None:
@@ -195,6 +219,7 @@ def test_dedupe_metadata_filters_and_traversal(tmp_path: Path) -> None:
         ("2101.00002", "too_short"),
     }
     assert set(report["reasons"]) <= set(REJECT_REASONS)
+    assert str(tmp_path) not in json.dumps(report)  # no local paths in a report meant for publishing
     assert report["stats"]["metadata_joined"] == 2
     rows = {}
     for split in ("train", "validation"):

@@ -20,14 +20,43 @@ from structformer.trainers.data import (
 )
 from structformer.trainers.tokenizer import train_wordpiece
 
-WORDS = (
-    "attention transformer document section model token sequence global local window training corpus "
-    "structure heading paragraph abstract result method experiment evaluation baseline dataset encoder "
-    "pretraining representation long context sparse dense layer"
-).split()
+WORDS = [
+    "attention",
+    "transformer",
+    "document",
+    "section",
+    "model",
+    "token",
+    "sequence",
+    "global",
+    "local",
+    "window",
+    "training",
+    "corpus",
+    "structure",
+    "heading",
+    "paragraph",
+    "abstract",
+    "result",
+    "method",
+    "experiment",
+    "evaluation",
+    "baseline",
+    "dataset",
+    "encoder",
+    "pretraining",
+    "representation",
+    "long",
+    "context",
+    "sparse",
+    "dense",
+    "layer",
+]
 
 
-def make_record(rng: random.Random, paper_id: str, n_sections: int = 3, paragraphs: int = 3, words: int = 25) -> dict:
+def make_record(
+    rng: random.Random, paper_id: str, n_sections: int = 3, paragraphs: int = 3, words: int = 25
+) -> dict:
     """A structured row in the corpus format: text with title/abstract/headings and their char spans."""
     title = " ".join(rng.choice(WORDS).capitalize() for _ in range(4))
     abstract = " ".join(rng.choice(WORDS) for _ in range(words)) + "."
@@ -116,9 +145,13 @@ def test_global_mask_sections_and_headings_follow_the_spans(tokenizer):
     # subsection headings exist but are not global with these types
     sub = next(h for h in record["headers"] if h["level"] == "subsection")
     sub_tokens = [i + 1 for i, (s, e) in enumerate(offsets) if s < sub["end"] and e > sub["start"]]
-    assert sub_tokens and all(out["heading_mask"][i] == 1 and out["global_attention_mask"][i] == 0 for i in sub_tokens)
+    assert sub_tokens and all(
+        out["heading_mask"][i] == 1 and out["global_attention_mask"][i] == 0 for i in sub_tokens
+    )
     assert out["title_length"] == len(tokenizer(record["title"], add_special_tokens=False)["input_ids"])
-    tensors = tokenize_with_structure(tokenizer, record["text"], record["headers"], return_tensors="pt", max_length=16)
+    tensors = tokenize_with_structure(
+        tokenizer, record["text"], record["headers"], return_tensors="pt", max_length=16
+    )
     assert set(tensors) == {"input_ids", "attention_mask", "global_attention_mask", "section_ids"}
     assert tensors["input_ids"].shape == (1, 16) and tensors["input_ids"][0, -1] == tokenizer.sep_token_id
 
@@ -152,12 +185,17 @@ def test_packing_keeps_every_token_and_prefixes_the_title(tokenizer):
     for k, seq in enumerate(seqs):
         ids = seq["input_ids"]
         assert len(ids) <= max_len
-        assert all(len(seq[f]) == len(ids) for f in ("global_attention_mask", "section_ids", "heading_mask", "word_ids"))
+        assert all(
+            len(seq[f]) == len(ids)
+            for f in ("global_attention_mask", "section_ids", "heading_mask", "word_ids")
+        )
         assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
         body = ids[1:-1]
         if k > 0:
             assert body[:title_len] == title and body[title_len] == tokenizer.sep_token_id
-            assert seq["global_attention_mask"][1 : 1 + title_len] == [1] * title_len  # the title stays global
+            assert (
+                seq["global_attention_mask"][1 : 1 + title_len] == [1] * title_len
+            )  # the title stays global
             assert seq["section_ids"][1 : 1 + title_len] == [0] * title_len
             body = body[title_len + 1 :]
             cuts.append(len(content))
@@ -222,7 +260,9 @@ def test_collator_pads_every_field_to_window_multiples(tokenizer):
     for k, n in enumerate((3, 1, 2)):
         record = make_record(rng, str(k), n_sections=n, paragraphs=1, words=5)
         doc = tokenize_with_structure(tokenizer, record["text"], record["headers"], add_special_tokens=False)
-        features.append({**pack_document(doc, 1024, tokenizer.cls_token_id, tokenizer.sep_token_id)[0], "idx": k})
+        features.append(
+            {**pack_document(doc, 1024, tokenizer.cls_token_id, tokenizer.sep_token_id)[0], "idx": k}
+        )
     lengths = [len(f["input_ids"]) for f in features]
     batch = DataCollatorForStructuredMLM(tokenizer, pad_to_multiple_of=64)(features)
     width = -(-max(lengths) // 64) * 64
@@ -251,7 +291,9 @@ def test_sampler_is_a_seeded_permutation_per_epoch():
 def test_corpus_loading_and_packing_match_between_configs(tokenizer, tmp_path):
     corpus = make_corpus(tmp_path / "corpus", n_train=6, n_validation=2)
     cache = str(tmp_path / "cache")
-    structured = load_corpus(str(corpus), "arxiv_structured", cache_dir=cache, required_columns=["text", "headers"])
+    structured = load_corpus(
+        str(corpus), "arxiv_structured", cache_dir=cache, required_columns=["text", "headers"]
+    )
     plain = load_corpus(str(corpus), "arxiv_plain", cache_dir=cache)
     assert structured["train"]["text"] == plain["train"]["text"]
     kwargs = {"tokenizer": tokenizer, "max_seq_length": 48, "global_attention_types": ["title", "section"]}
@@ -275,3 +317,30 @@ def test_corpus_loading_and_packing_match_between_configs(tokenizer, tmp_path):
         load_corpus(str(corpus), "arxiv_other")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['headers'\]"):
         load_corpus(str(corpus), "arxiv_plain", cache_dir=cache, required_columns=["text", "headers"])
+
+
+def test_train_tokenizer_command_writes_a_loadable_wordpiece(tmp_path):
+    from transformers import AutoTokenizer
+
+    from structformer.trainers import tokenizer as tokenizer_module
+
+    corpus = make_corpus(tmp_path / "corpus", n_train=4, n_validation=1)
+    out = tmp_path / "tok"
+    argv = [
+        "--dataset",
+        str(corpus),
+        "--vocab-size",
+        "150",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
+    assert tokenizer_module.main(argv) == 0
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert loaded.is_fast and 30 < len(loaded) <= 150
+    assert loaded.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ids = loaded("Attention heading")["input_ids"]
+    assert ids[0] == loaded.cls_token_id and ids[-1] == loaded.sep_token_id
+    with pytest.raises(ValueError, match="vocab_size must be larger"):
+        train_wordpiece(["a b"], 3, tmp_path / "small")

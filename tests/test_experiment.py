@@ -90,9 +90,10 @@ def test_existing_output_needs_overwrite_and_survives_a_failed_run(finished: Pat
         experiment.main(["--output-dir", str(finished), *TINY])
 
     def broken(*args, **kwargs):
-        raise RuntimeError("analysis failed on purpose")
+        raise RuntimeError("pre-training failed on purpose")
 
-    monkeypatch.setattr("structformer.trainers.analyze_attention.analyze", broken)
+    # It fails after the corpus and the tokenizer were written to the temporary folder.
+    monkeypatch.setattr(experiment, "pretrain_step", broken)
     with pytest.raises(RuntimeError, match="on purpose"):
         experiment.main(["--output-dir", str(finished), "--overwrite", *TINY])
     assert _files(finished) == before

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
@@ -195,6 +197,8 @@ def test_a_checkpoint_that_is_not_structbert_is_named(tmp_path: Path) -> None:
         check_structbert(str(bert))
     with pytest.raises(ValueError, match="no config.json"):
         check_structbert(str(tmp_path))
+    with pytest.raises(ValueError, match="missing-folder: no checkpoint folder there"):
+        check_structbert(str(tmp_path / "missing-folder"))
 
 
 def test_options_are_checked(tmp_path: Path) -> None:
@@ -216,6 +220,10 @@ def test_options_are_checked(tmp_path: Path) -> None:
         ]
     )
     assert args.task == "scirex-salient" and args.use_structure is False
+    assert parse_args(
+        ["--task", "scirex-ner", "--model", "m", "--scirex", "s", "--output-dir", "o"]
+    ).use_structure
+    assert args.stride == 128  # the default, for --max-seq-length 512
 
 
 # ---------------------------------------------------------------------------------- end to end
@@ -342,3 +350,32 @@ def test_token_classification_end_to_end(tiny_model: Path, tmp_path: Path) -> No
     )
     check_results(results, out, "token-classification", per_type=True)
     assert results["eval_split"] == "test" and results["features"]["eval"] > 3
+
+
+def test_resume_after_a_kill_is_exact(tiny_model: Path, scirex_file: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    base = ["--task", "scirex-ner", "--scirex", str(scirex_file), "--model", str(tiny_model), "--seeds", "3"]
+    base += ["--max-seq-length", "24", "--stride", "6", "--per-device-batch-size", "4", "--max-steps", "4"]
+    base += ["--save-steps", "2", "--logging-steps", "1", "--save-model"]
+    full = main([*base, "--output-dir", str(tmp_path / "full")])
+    # A run killed after checkpoint-2 (mid-epoch: 18 batches per epoch), then resumed.
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    seed_dir = tmp_path / "cut" / "seed-3"
+    shutil.rmtree(seed_dir / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(seed_dir / "model")
+    (seed_dir / "eval_results.json").unlink()
+    (tmp_path / "cut" / "results.json").unlink()
+    log_lines = (seed_dir / "metrics.jsonl").read_text().splitlines()
+    (seed_dir / "metrics.jsonl").write_text("\n".join(log_lines[:2]) + "\n")
+    resumed = main([*base, "--output-dir", str(tmp_path / "cut"), "--resume"])
+
+    expected = load_file(tmp_path / "full" / "seed-3" / "model" / "model.safetensors")
+    actual = load_file(seed_dir / "model" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.allclose(tensor, actual[name], atol=1e-6), name
+    assert (seed_dir / "metrics.jsonl").read_text().splitlines() == log_lines
+    assert resumed["metrics"] == full["metrics"]
+    # Every seed finished: --resume reuses the scores without training.
+    assert main([*base, "--output-dir", str(tmp_path / "cut"), "--resume"])["metrics"] == full["metrics"]

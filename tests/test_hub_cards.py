@@ -129,6 +129,12 @@ def test_dataset_card_yaml_and_body(corpus: Path) -> None:
     assert_no_placeholders(card.content)
 
 
+def test_dataset_card_is_deterministic(corpus: Path) -> None:
+    """The build promises identical bytes for identical inputs; the card is part of the output."""
+    first = cards.write_dataset_card(corpus).read_bytes()
+    assert cards.write_dataset_card(corpus).read_bytes() == first
+
+
 def test_dataset_card_loads_with_datasets(corpus: Path) -> None:
     import datasets
 

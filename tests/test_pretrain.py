@@ -49,7 +49,13 @@ def setup(tmp_path_factory):
     train_wordpiece([make_record(rng, str(i))["text"] for i in range(30)], 99, tokenizer_dir, min_frequency=1)
     config = root / "tiny.json"
     config.write_text(json.dumps(TINY))
-    return {"root": root, "corpus": corpus, "tokenizer": tokenizer_dir, "config": config, "cache": root / "cache"}
+    return {
+        "root": root,
+        "corpus": corpus,
+        "tokenizer": tokenizer_dir,
+        "config": config,
+        "cache": root / "cache",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,9 @@ def test_smoke_run_writes_every_output_and_reloads(reference, tmp_path):
     assert results["step"] == 4
     assert results["eval_bits_per_masked_token"] == pytest.approx(results["eval_loss"] / 0.6931471805599453)
     args = json.loads((out / "training_args.json").read_text())
-    assert args["max_steps"] == 4 and args["dataset_config"] == "arxiv_structured" and args["structured"] is True
+    assert (
+        args["max_steps"] == 4 and args["dataset_config"] == "arxiv_structured" and args["structured"] is True
+    )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     checkpoint = out / "checkpoints" / "checkpoint-4"
     assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "tokenizer.json").is_file()
@@ -214,7 +222,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup, tmp_path, mo
 
     monkeypatch.setattr(pretrain.MaskedLMObjective, "forward", poisoned)
     out = tmp_path / "out"
-    with pytest.raises(pretrain.NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 3.*checkpoint-2"):
+    with pytest.raises(
+        pretrain.NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 3.*checkpoint-2"
+    ):
         pretrain.main(base_args(setup, out, "--eval-steps", "0"))
     assert pretrain.resolve_checkpoint("latest", out) == out / "checkpoints" / "checkpoint-2"
     weights = load_file(out / "checkpoints" / "checkpoint-2" / "model.safetensors")
@@ -244,7 +254,9 @@ def _plain_only(tmp_path: Path) -> Path:
     corpus = tmp_path / "broken"
     folder = corpus / "data" / "arxiv_structured"
     folder.mkdir(parents=True)
-    datasets.Dataset.from_list([{"id": "a", "text": "t\n\nabc"}]).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    datasets.Dataset.from_list([{"id": "a", "text": "t\n\nabc"}]).to_parquet(
+        str(folder / "train-00000-of-00001.parquet")
+    )
     (corpus / "README.md").write_text(
         "---\nconfigs:\n- config_name: arxiv_structured\n  data_files:\n  - split: train\n"
         "    path: data/arxiv_structured/train-*.parquet\n---\n"
@@ -278,3 +290,30 @@ def test_init_from_checks_the_tokenizer_and_converts_bert(setup, tmp_path):
 
     model = StructBertForMaskedLM.from_pretrained(out)
     assert model.config.attention_window == 16 and model.config.vocab_size == len(tokenizer)
+
+
+def test_presets_and_json_model_configs(tmp_path):
+    from structformer.trainers.presets import PRESETS, get_model_config
+
+    assert {"tiny", "small", "base"} <= set(PRESETS)
+    tiny = get_model_config("tiny", vocab_size=99)
+    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.attention_window, tiny.vocab_size) == (
+        64,
+        2,
+        64,
+        99,
+    )
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps({"preset": "tiny", "attention_window": 32, "local_attention_scope": "section"})
+    )
+    config = get_model_config(path, vocab_size=50)
+    assert (config.hidden_size, config.attention_window, config.local_attention_scope) == (64, 32, "section")
+    with pytest.raises(ValueError, match="not a preset"):
+        get_model_config("huge")
+    path.write_text('{\n  "hidden_size": 64,\n  oops\n}')
+    with pytest.raises(ValueError, match=r"config.json:3: invalid JSON"):
+        get_model_config(path)
+    path.write_text(json.dumps({"attention_window": 15}))
+    with pytest.raises(ValueError, match="attention_window"):
+        get_model_config(path)

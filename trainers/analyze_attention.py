@@ -346,6 +346,7 @@ def load_probe(
 
 def load_checkpoint(path: str | Path):
     """The encoder of a StructBERT checkpoint, with a clear error for anything else."""
+    from structformer import modeling
     from structformer.modeling import StructBertConfig, StructBertModel
 
     path = Path(path)
@@ -361,7 +362,13 @@ def load_checkpoint(path: str | Path):
             f"{config_file}: model_type is {model_type!r}, not 'structbert'; "
             "convert it first with `structformer convert`"
         )
-    model = StructBertModel.from_pretrained(path, attn_implementation="eager")
+    # Loading the checkpoint's own class keeps every weight (a bare encoder would drop the head, with a
+    # warning per checkpoint); any head returns the encoder's attentions.
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    model_class = getattr(modeling, architectures[0], None) if architectures else None
+    if not (isinstance(model_class, type) and issubclass(model_class, modeling.StructBertPreTrainedModel)):
+        model_class = StructBertModel
+    model = model_class.from_pretrained(path)
     model.eval()
     return model
 

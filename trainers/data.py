@@ -77,7 +77,11 @@ def tokenize_with_structure(
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("tokenize_with_structure needs a fast tokenizer (it reads character offsets)")
     encoding = tokenizer(
-        text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+        text,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        verbose=False,
     )
     ids: list[int] = list(encoding["input_ids"])
     offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
@@ -153,9 +157,13 @@ def _check_headers(headers: Sequence[Mapping[str, Any]], text_length: int) -> li
         try:
             start, end, level = int(header["start"]), int(header["end"]), str(header["level"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"headers[{k}] must have integer 'start', 'end' and a 'level': {header!r}") from err
+            raise ValueError(
+                f"headers[{k}] must have integer 'start', 'end' and a 'level': {header!r}"
+            ) from err
         if not 0 <= start <= end <= text_length:
-            raise ValueError(f"headers[{k}] span [{start}, {end}) lies outside the text (length {text_length})")
+            raise ValueError(
+                f"headers[{k}] span [{start}, {end}) lies outside the text (length {text_length})"
+            )
         if level not in HEADING_LEVELS:
             raise ValueError(f"headers[{k}] has unknown level {level!r}; expected one of {HEADING_LEVELS}")
         spans.append((start, end, level))
@@ -203,7 +211,6 @@ def pack_document(
         return []
     if max_seq_length < 8:
         raise ValueError(f"max_seq_length must be at least 8, got {max_seq_length}")
-    fields = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
     title_len = min(int(doc["title_length"]), int(max_seq_length * max_title_fraction))
     paragraphs = list(doc["paragraph_starts"])
     word_starts = [i for i in range(1, n) if doc["word_ids"][i] != doc["word_ids"][i - 1]]
@@ -218,29 +225,27 @@ def pack_document(
 
     sequences = []
     for start, end in pieces:
-        prefix = [] if start == 0 else [(0, title_len)]
-        segments = [*prefix, (start, end)]
-        seq: dict[str, list[int]] = {k: [] for k in fields}
-        seq["input_ids"].append(cls_token_id)
-        for k, (a, b) in enumerate(segments):
-            if k > 0:
-                seq["input_ids"].append(sep_token_id)
-            seq["input_ids"].extend(doc["input_ids"][a:b])
-        seq["input_ids"].append(sep_token_id)
-        for key, special in (("global_attention_mask", 0), ("heading_mask", 0), ("word_ids", -1)):
+        segments = [(start, end)] if start == 0 else [(0, title_len), (start, end)]
+
+        def join(key: str, special: int, segments=segments) -> list[int]:
+            """[special] segment ([special] segment) [special]: one value per token of the sequence."""
             values = [special]
             for k, (a, b) in enumerate(segments):
-                if k > 0:
-                    values.append(special)
-                values.extend(doc[key][a:b])
-            seq[key] = values + [special]
-        sections = [0]
-        for k, (a, b) in enumerate(segments):
-            if k > 0:
-                sections.append(doc["section_ids"][a])
-            sections.extend(doc["section_ids"][a:b])
-        seq["section_ids"] = sections + [sections[-1]]
-        seq["word_ids"] = _local_word_ids(seq["word_ids"])
+                values.extend(([special] if k else []) + list(doc[key][a:b]))
+            return values + [special]
+
+        seq = {
+            "input_ids": [cls_token_id, *join("input_ids", sep_token_id)[1:]],
+            "global_attention_mask": join("global_attention_mask", 0),
+            "heading_mask": join("heading_mask", 0),
+            "word_ids": _local_word_ids(join("word_ids", -1)),
+            # [CLS] and the title are section 0; the middle [SEP] takes the continuation's section,
+            # the last [SEP] the section of the last token.
+            "section_ids": join("section_ids", 0),
+        }
+        seq["section_ids"][-1] = doc["section_ids"][end - 1]
+        if start > 0:
+            seq["section_ids"][1 + title_len] = doc["section_ids"][start]
         sequences.append(seq)
     return sequences
 
@@ -368,7 +373,6 @@ class DataCollatorForStructuredMLM:
         mlm_probability: float = 0.15,
         mask_headings: bool = True,
         pad_to_multiple_of: int | None = None,
-        max_length: int | None = None,
         seed: int = 0,
         vocab_size: int | None = None,
     ) -> None:
@@ -377,7 +381,6 @@ class DataCollatorForStructuredMLM:
         self.mlm_probability = mlm_probability
         self.mask_headings = mask_headings
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.max_length = max_length
         self.seed = seed
         self.epoch = 0
         self.pad_token_id = tokenizer.pad_token_id
@@ -408,8 +411,8 @@ class DataCollatorForStructuredMLM:
             words.setdefault(int(word_ids[position]), []).append(int(position))
         # A word with a heading token (or a special token) is either all eligible or not a candidate.
         if not self.mask_headings:
-            heading = np.asarray(feature["heading_mask"], dtype=bool)
-            words = {w: p for w, p in words.items() if not heading[word_ids == w].any()}
+            heading_words = set(np.unique(word_ids[np.asarray(feature["heading_mask"], dtype=bool)]).tolist())
+            words = {w: p for w, p in words.items() if w not in heading_words}
         candidates = list(words.values())
         order = rng.permutation(len(candidates))
         budget = max(1, round(int((word_ids >= 0).sum()) * self.mlm_probability)) if candidates else 0
@@ -436,8 +439,6 @@ class DataCollatorForStructuredMLM:
         longest = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        if self.max_length is not None:
-            longest = min(longest, max(self.max_length, max(len(f["input_ids"]) for f in features)))
         batch = {
             "input_ids": torch.full((len(features), longest), self.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros((len(features), longest), dtype=torch.long),

@@ -25,6 +25,7 @@ Python use: ``results = main([...same options as the CLI...])`` returns the ``re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -32,7 +33,7 @@ import math
 import os
 import shutil
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from structformer.trainers.scirex import (
@@ -126,6 +127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     structure.add_argument(
         "--no-structure",
+        "--no-use-structure",
         dest="use_structure",
         action="store_false",
         help="plain text: no global headings, one section",
@@ -150,6 +152,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     train.add_argument("--no-checkpoints", action="store_true", help="skip save_state entirely")
     train.add_argument("--save-model", action="store_true", help="save_pretrained each seed's model")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each seed from its latest checkpoint in --output-dir; finished seeds are reused",
+    )
     args = parser.parse_args(argv)
 
     if args.task.startswith("scirex"):
@@ -406,7 +413,12 @@ def check_structbert(path: str) -> Any:
                 f"--model {path}: a {model_type!r} checkpoint, not StructBERT; convert it first with "
                 f"`structformer convert --from {path} --to DST`"
             )
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as error:
+        raise ValueError(
+            f"--model {path}: no checkpoint folder there, nor one in the Hub cache ({error})"
+        ) from None
     if config.model_type != "structbert":
         raise ValueError(f"--model {path}: a {config.model_type!r} checkpoint, not StructBERT")
     return config
@@ -418,20 +430,38 @@ def build_model(args: argparse.Namespace, num_labels: int, id2label: dict[int, s
     kwargs: dict[str, Any] = {}
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
-    if args.task == "scirex-salient":
-        return StructBertForMentionClassification(AutoModel.from_pretrained(args.model, **kwargs), num_labels)
-    auto = (
-        AutoModelForSequenceClassification
-        if args.task == "sequence-classification"
-        else AutoModelForTokenClassification
-    )
-    return auto.from_pretrained(
-        args.model,
-        num_labels=num_labels,
-        id2label=id2label,
-        label2id={label: index for index, label in id2label.items()},
-        **kwargs,
-    )
+    with _quiet_transformers():
+        if args.task == "scirex-salient":
+            encoder = AutoModel.from_pretrained(args.model, **kwargs)
+            return StructBertForMentionClassification(encoder, num_labels)
+        auto = (
+            AutoModelForSequenceClassification
+            if args.task == "sequence-classification"
+            else AutoModelForTokenClassification
+        )
+        return auto.from_pretrained(
+            args.model,
+            num_labels=num_labels,
+            id2label=id2label,
+            label2id={label: index for index, label in id2label.items()},
+            **kwargs,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence the per-seed loading bar and report (a new head is always missing from the checkpoint)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,6 +744,29 @@ def _model_inputs(batch: dict[str, torch.Tensor], with_labels: bool) -> dict[str
 # --------------------------------------------------------------------------------------------
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle fixed by ``(seed, epoch)`` alone, so a resumed run sees exactly the same batches."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=order).tolist())
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The ``checkpoint-STEP`` folder with the highest step (``.partial`` folders are never complete)."""
+    found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def _save_state_atomically(accelerator: Any, directory: Path) -> None:
     # Written beside its final name, then renamed: a kill mid-save leaves no half checkpoint.
     partial = directory.with_name(directory.name + ".partial")
@@ -788,13 +841,14 @@ def train_one_seed(
     def collate_fn(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return collate(features, pad_token_id)
 
-    generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
         data.train,
         batch_size=args.per_device_batch_size,
-        shuffle=True,
+        sampler=EpochShuffleSampler(len(data.train), seed),
         collate_fn=collate_fn,
-        generator=generator,
+        # Its own generator: creating an iterator then draws no number from the global RNG, so the
+        # dropout masks after a resume (which starts a fresh iterator) match the uninterrupted run.
+        generator=torch.Generator().manual_seed(seed),
     )
     eval_loader = DataLoader(data.eval, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn)
     # The prepared scheduler advances once per process at each optimizer step.
@@ -810,10 +864,21 @@ def train_one_seed(
 
     step, running_loss, running_count = 0, 0.0, 0
     checkpoints = seed_dir / "checkpoints"
+    resume_from = latest_checkpoint(checkpoints) if args.resume else None
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        step = int(resume_from.name.split("-")[1])
+        progress.update(step)
+        logger.info("seed %d: resumed from %s", seed, resume_from)
+    # Batches already consumed fix the epoch and the position inside it (the order is a function of the epoch).
+    epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
     model.train()
-    with (seed_dir / "metrics.jsonl").open("w", encoding="utf-8") as log:
+    with (seed_dir / "metrics.jsonl").open("a" if resume_from else "w", encoding="utf-8") as log:
         while step < total_steps:
-            for batch in train_loader:
+            train_loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            epoch, skip = epoch + 1, 0
+            for batch in batches:
                 with accelerator.accumulate(model):
                     outputs = model(**_model_inputs(batch, with_labels=True))
                     loss = outputs[0] if isinstance(outputs, tuple) else outputs.loss
@@ -905,6 +970,17 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _finished_seed(seed_dir: Path, total_steps: int) -> dict[str, Any] | None:
+    """The metrics of a seed that already trained ``total_steps`` and was scored, else None."""
+    path = seed_dir / "eval_results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if results.get("step") != total_steps:
+        return None
+    return {key: value for key, value in results.items() if key not in ("seed", "step", "split")}
+
+
 def _write_json_atomically(path: Path, content: Any) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(content, indent=2), encoding="utf-8")
@@ -977,6 +1053,11 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     )
     with progress:
         for seed in args.seeds:
+            finished = _finished_seed(args.output_dir / f"seed-{seed}", total_steps) if args.resume else None
+            if finished is not None:
+                progress.update(total_steps)
+                per_seed.append(finished)
+                continue
             per_seed.append(
                 train_one_seed(args, accelerator, data, seed, pad_token_id, progress, total_steps)
             )

@@ -52,7 +52,9 @@ def get_model_config(name_or_path: str | Path, **overrides: Any):
     else:
         path = Path(name)
         if not path.is_file():
-            raise ValueError(f"unknown model config {name!r}: not a preset ({', '.join(PRESETS)}) nor a JSON file")
+            raise ValueError(
+                f"unknown model config {name!r}: not a preset ({', '.join(PRESETS)}) nor a JSON file"
+            )
         try:
             fields = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:

@@ -77,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.05,
         help="fraction of training documents held out when the corpus has no validation split (0 = none)",
     )
-    data.add_argument("--preprocessing-num-workers", type=int, default=None, help="processes for datasets.map")
+    data.add_argument(
+        "--preprocessing-num-workers", type=int, default=None, help="processes for datasets.map"
+    )
     data.add_argument("--dataloader-num-workers", type=int, default=0)
     data.add_argument("--cache-dir", default=None, help="datasets cache folder")
     data.add_argument("--mlm-probability", type=float, default=0.15)
@@ -96,7 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the --init-from one)")
+    model.add_argument(
+        "--tokenizer", default=None, help="local tokenizer folder (default: the --init-from one)"
+    )
     model.add_argument(
         "--vocab-size",
         type=int,
@@ -108,8 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="StructBERT checkpoint, or a BERT/RoBERTa/Longformer one (converted on the fly)",
     )
-    model.add_argument("--model-config", default="tiny", help="preset (tiny, small, base) or JSON file, from scratch")
-    model.add_argument("--attention-window", type=int, default=None, help="override the config's window (even)")
+    model.add_argument(
+        "--model-config", default="tiny", help="preset (tiny, small, base) or JSON file, from scratch"
+    )
+    model.add_argument(
+        "--attention-window", type=int, default=None, help="override the config's window (even)"
+    )
     model.add_argument(
         "--global-attention-types",
         nargs="+",
@@ -127,7 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--adam-beta2", type=float, default=0.98)
     train.add_argument("--adam-epsilon", type=float, default=1e-6)
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    train.add_argument("--lr-scheduler", choices=["linear", "cosine", "constant_with_warmup"], default="linear")
+    train.add_argument(
+        "--lr-scheduler", choices=["linear", "cosine", "constant_with_warmup"], default="linear"
+    )
     train.add_argument("--warmup-steps", type=int, default=0)
     train.add_argument("--max-steps", type=int, required=True, help="optimizer steps")
     train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
@@ -137,7 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--output-dir", required=True)
     run.add_argument("--logging-steps", type=int, default=10)
     run.add_argument("--eval-steps", type=int, default=500, help="0 = evaluate only at the end")
-    run.add_argument("--max-eval-batches", type=int, default=None, help="cap on validation batches per evaluation")
+    run.add_argument(
+        "--max-eval-batches", type=int, default=None, help="cap on validation batches per evaluation"
+    )
     run.add_argument("--save-steps", type=int, default=500, help="0 = no intermediate checkpoints")
     run.add_argument("--save-total-limit", type=int, default=None, help="keep only the newest N checkpoints")
     run.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint folder")
@@ -152,7 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.attention_window is not None and (args.attention_window <= 0 or args.attention_window % 2):
-        parser.error(f"--attention-window must be a positive even number (+-window/2 each side), got {args.attention_window}")
+        parser.error(
+            f"--attention-window must be a positive even number (+-window/2 each side), got {args.attention_window}"
+        )
     if args.max_seq_length < 8:
         parser.error(f"--max-seq-length must be at least 8, got {args.max_seq_length}")
     if not 0.0 <= args.validation_split < 1.0:
@@ -174,7 +188,11 @@ def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
     if checkpoint_dir.is_dir():
         for path in checkpoint_dir.iterdir():
             suffix = path.name[len(CHECKPOINT_PREFIX) :]
-            if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and (path / TRAINER_STATE).is_file():
+            if (
+                path.name.startswith(CHECKPOINT_PREFIX)
+                and suffix.isdigit()
+                and (path / TRAINER_STATE).is_file()
+            ):
                 found.append((int(suffix), path))
     return sorted(found)
 
@@ -187,11 +205,15 @@ def resolve_checkpoint(value: str | None, output_dir: Path) -> Path | None:
         return found[-1][1] if found else None
     path = Path(value)
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"--resume-from-checkpoint {value}: not a complete checkpoint (no {TRAINER_STATE})")
+        raise FileNotFoundError(
+            f"--resume-from-checkpoint {value}: not a complete checkpoint (no {TRAINER_STATE})"
+        )
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, tokenizer, state: dict, keep: int | None) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: Path, step: int, tokenizer, state: dict, keep: int | None
+) -> Path:
     """``save_state`` into a temporary folder, then rename it: a kill mid-save leaves no half checkpoint."""
     checkpoint_dir = output_dir / "checkpoints"
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
@@ -262,7 +284,9 @@ class MaskedLMObjective(nn.Module):
         logits = self.model.cls(hidden[selected])  # (M, V)
         losses = F.cross_entropy(logits.float(), labels[selected], reduction="none")
         rows = selected.nonzero()[:, 0]
-        loss_sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
+        loss_sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device).index_add(
+            0, rows, losses
+        )
         counts = selected.sum(dim=1)
         return loss_sums, counts
 
@@ -278,7 +302,21 @@ def _read_model_type(path: Path) -> str:
 
 
 def _has_tokenizer(path: Path) -> bool:
-    return (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file() or (path / "vocab.json").is_file()
+    return (
+        (path / "tokenizer.json").is_file()
+        or (path / "vocab.txt").is_file()
+        or (path / "vocab.json").is_file()
+    )
+
+
+def _max_window(window: int | list[int]) -> int:
+    return max(window) if isinstance(window, list) else window
+
+
+def _padded_length(args: argparse.Namespace, window: int) -> int:
+    """The longest batch the collator can produce: --max-seq-length rounded up to --pad-to-multiple-of."""
+    multiple = window if args.pad_to_multiple_of == "window" else args.pad_to_multiple_of
+    return math.ceil(args.max_seq_length / multiple) * multiple if multiple else args.max_seq_length
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -407,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(accelerator)
     resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     if args.resume_from_checkpoint == "latest" and resume_from is None:
-        logger.info("--resume-from-checkpoint latest: no checkpoint in %s yet, starting from scratch", output_dir)
+        logger.info(
+            "--resume-from-checkpoint latest: no checkpoint in %s yet, starting from scratch", output_dir
+        )
 
     # ---- 1. Options that can be checked without work: dataset, config, columns, tokenizer, model.
     required = [args.text_column] + (["headers"] if args.dataset_config == "arxiv_structured" else [])
@@ -418,10 +458,18 @@ def main(argv: list[str] | None = None) -> int:
 
     init_from = Path(args.init_from) if args.init_from else None
     init_type = _read_model_type(init_from) if init_from else None
-    if init_type is not None and init_type != StructBertConfig.model_type and init_type not in CONVERTIBLE_MODEL_TYPES:
+    if (
+        init_type is not None
+        and init_type != StructBertConfig.model_type
+        and init_type not in CONVERTIBLE_MODEL_TYPES
+    ):
         raise ValueError(
             f"--init-from {init_from}: model_type {init_type!r} is neither structbert nor one of {CONVERTIBLE_MODEL_TYPES}"
         )
+    overrides = _config_overrides(args)
+    if init_from is None:
+        # Validates the preset or JSON file (and the overrides) before any tokenizer training.
+        get_model_config(args.model_config, **overrides)
     reference_tokenizer = load_tokenizer(init_from) if init_from and _has_tokenizer(init_from) else None
     if resume_from is not None and _has_tokenizer(resume_from):
         tokenizer = load_tokenizer(resume_from)
@@ -435,12 +483,15 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_dir = output_dir / "tokenizer"
         with accelerator.main_process_first():
             if accelerator.is_main_process:
-                logger.info("training a %d-token WordPiece tokenizer on the corpus -> %s", args.vocab_size, tokenizer_dir)
+                logger.info(
+                    "training a %d-token WordPiece tokenizer on the corpus -> %s",
+                    args.vocab_size,
+                    tokenizer_dir,
+                )
                 texts = (row[args.text_column] for row in raw["train"])
                 train_wordpiece(texts, args.vocab_size, tokenizer_dir, model_max_length=args.max_seq_length)
         tokenizer = load_tokenizer(tokenizer_dir)
 
-    overrides = _config_overrides(args)
     if init_from is None:
         config = get_model_config(
             args.model_config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **overrides
@@ -456,11 +507,18 @@ def main(argv: list[str] | None = None) -> int:
         source_config.setdefault("pad_token_id", 0)
         check_tokenizer_matches(
             tokenizer,
-            argparse.Namespace(vocab_size=source_config["vocab_size"], pad_token_id=source_config["pad_token_id"]),
+            argparse.Namespace(
+                vocab_size=source_config["vocab_size"], pad_token_id=source_config["pad_token_id"]
+            ),
             f"--init-from {init_from}",
             reference_tokenizer,
         )
         model_source = output_dir / "converted_init"
+        source_window = args.attention_window or (
+            source_config.get("attention_window") if init_type == "longformer" else None
+        )
+        needed = _padded_length(args, _max_window(source_window or StructBertConfig().attention_window))
+        usable = source_config["max_position_embeddings"] - (0 if init_type == "bert" else 2)
         with accelerator.main_process_first():
             if accelerator.is_main_process:
                 from structformer.convert import convert_checkpoint
@@ -469,14 +527,16 @@ def main(argv: list[str] | None = None) -> int:
                 convert_checkpoint(
                     init_from,
                     model_source,
+                    # Longer inputs than the source covers: tile its learned positions (as Longformer did).
+                    max_position_embeddings=needed if needed > usable else None,
                     attention_window=args.attention_window,
                     global_attention_types=args.global_attention_types,
                 )
         config = StructBertConfig.from_pretrained(model_source, **overrides)
 
-    window = max(config.attention_window) if isinstance(config.attention_window, list) else config.attention_window
+    window = _max_window(config.attention_window)
     pad_multiple = window if args.pad_to_multiple_of == "window" else args.pad_to_multiple_of or None
-    padded_length = math.ceil(args.max_seq_length / pad_multiple) * pad_multiple if pad_multiple else args.max_seq_length
+    padded_length = _padded_length(args, window)
     if padded_length > config.max_position_embeddings:
         raise ValueError(
             f"--max-seq-length {args.max_seq_length} (padded to {padded_length}) exceeds the model's "
@@ -506,12 +566,14 @@ def main(argv: list[str] | None = None) -> int:
                 pack_batch,
                 batched=True,
                 batch_size=32,
-                num_proc=args.preprocessing_num_workers if (args.preprocessing_num_workers or 0) > 1 else None,
+                num_proc=args.preprocessing_num_workers
+                if (args.preprocessing_num_workers or 0) > 1
+                else None,
                 remove_columns=raw[split].column_names,
                 features=sequence_features(),
                 fn_kwargs=pack_kwargs,
                 desc=f"tokenizing and packing {split}",
-            )
+            ).with_format("numpy")
     global_batch = args.per_device_batch_size * accelerator.num_processes
     if len(packed["train"]) < global_batch * args.gradient_accumulation_steps:
         raise ValueError(
@@ -559,11 +621,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = StructBertForMaskedLM.from_pretrained(model_source, config=config)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed gradient_checkpointing_enable (deprecated, removed in v6).
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     objective = MaskedLMObjective(model)
     optimizer = _optimizer(objective, args)
     scheduler = _scheduler(args.lr_scheduler, optimizer, args.warmup_steps, args.max_steps)
-    prepared = accelerator.prepare(objective, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader else []))
+    prepared = accelerator.prepare(
+        objective, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader else [])
+    )
     objective, optimizer, train_loader, scheduler = prepared[:4]
     eval_loader = prepared[4] if eval_loader else None
 
@@ -592,13 +657,16 @@ def main(argv: list[str] | None = None) -> int:
         _write_json(output_dir / "training_args.json", run_args)
     if args.report_to != "none":
         accelerator.init_trackers(
-            "pretrain", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+            "pretrain",
+            config={
+                k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()
+            },
         )
 
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "run summary: %s config of %s | %d train / %d validation sequences of <= %d tokens | "
-        "model %.1fM parameters, window %s, global types %s | %d process(es) x %d x %d accumulation = %d "
+        "model %.1fM parameters, window %s, global tokens: %s | %d process(es) x %d x %d accumulation = %d "
         "sequences per step | %d steps (%d per epoch), lr %g, warmup %d, %s precision | -> %s",
         "structured" if use_headers else "plain",
         args.dataset,
@@ -607,7 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         args.max_seq_length,
         n_params / 1e6,
         config.attention_window,
-        list(config.global_attention_types),
+        list(config.global_attention_types)
+        if use_headers
+        else "none from the data"
+        + (" ([CLS] by the model)" if "cls" in config.global_attention_types else ""),
         accelerator.num_processes,
         args.per_device_batch_size,
         args.gradient_accumulation_steps,
@@ -622,7 +693,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- 4. The loop.
     progress = tqdm(
-        total=args.max_steps, initial=completed_steps, desc="pretrain", disable=not accelerator.is_local_main_process
+        total=args.max_steps,
+        initial=completed_steps,
+        desc="pretrain",
+        disable=not accelerator.is_local_main_process,
     )
     epoch, skip = divmod(completed_steps, steps_per_epoch)
     skip *= args.gradient_accumulation_steps
@@ -642,7 +716,9 @@ def main(argv: list[str] | None = None) -> int:
             if len(micro) < args.gradient_accumulation_steps:
                 break
             # Dropout randomness is a function of (seed, step, process), so a resumed run replays it.
-            torch.manual_seed(args.seed + 1_000_003 * (completed_steps + 1) + 7919 * accelerator.process_index)
+            torch.manual_seed(
+                args.seed + 1_000_003 * (completed_steps + 1) + 7919 * accelerator.process_index
+            )
             local_masked = sum(int((b["labels"] != -100).sum()) for b in micro)
             n_masked = accelerator.reduce(torch.tensor(float(local_masked), device=accelerator.device), "sum")
             n_masked = n_masked.clamp(min=1.0)
@@ -661,7 +737,11 @@ def main(argv: list[str] | None = None) -> int:
             if not math.isfinite(loss):
                 progress.close()
                 accelerator.end_training()
-                where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
+                where = (
+                    f"the last good checkpoint is {last_checkpoint}"
+                    if last_checkpoint
+                    else "no checkpoint was saved"
+                )
                 raise NonFiniteLossError(
                     f"non-finite training loss ({loss}) at step {completed_steps + 1}; stopped before the update, "
                     f"{where}. Lower --learning-rate or use --mixed-precision bf16/no, then resume with "
@@ -679,7 +759,9 @@ def main(argv: list[str] | None = None) -> int:
             window_steps += 1
 
             if completed_steps % args.logging_steps == 0 or completed_steps == args.max_steps:
-                tokens = accelerator.reduce(torch.tensor(float(window_tokens), device=accelerator.device), "sum")
+                tokens = accelerator.reduce(
+                    torch.tensor(float(window_tokens), device=accelerator.device), "sum"
+                )
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": completed_steps,
@@ -693,7 +775,10 @@ def main(argv: list[str] | None = None) -> int:
                 window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
 
             if eval_loader is not None and args.eval_steps and completed_steps % args.eval_steps == 0:
-                eval_results = {"step": completed_steps, **evaluate(accelerator, objective, eval_loader, args.max_eval_batches)}
+                eval_results = {
+                    "step": completed_steps,
+                    **evaluate(accelerator, objective, eval_loader, args.max_eval_batches),
+                }
                 _log_metrics(accelerator, metrics_path, eval_results)
                 window_start = time.perf_counter()
             if args.save_steps and completed_steps % args.save_steps == 0:
@@ -706,7 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     progress.close()
 
     if eval_loader is not None and (eval_results is None or eval_results["step"] != completed_steps):
-        eval_results = {"step": completed_steps, **evaluate(accelerator, objective, eval_loader, args.max_eval_batches)}
+        eval_results = {
+            "step": completed_steps,
+            **evaluate(accelerator, objective, eval_loader, args.max_eval_batches),
+        }
         _log_metrics(accelerator, metrics_path, eval_results)
     accelerator.wait_for_everyone()
     # get_state_dict gathers sharded (FSDP) or partitioned (DeepSpeed) weights into one full state dict.
@@ -716,12 +804,17 @@ def main(argv: list[str] | None = None) -> int:
         output_dir,
         is_main_process=accelerator.is_main_process,
         save_function=accelerator.save,
-        state_dict={k.removeprefix("model."): v for k, v in state_dict.items()} if state_dict is not None else None,
+        state_dict={k.removeprefix("model."): v for k, v in state_dict.items()}
+        if state_dict is not None
+        else None,
     )
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         if eval_results is not None:
-            summary = {k: eval_results[k] for k in ("eval_loss", "eval_bits_per_masked_token", "eval_perplexity", "step")}
+            summary = {
+                k: eval_results[k]
+                for k in ("eval_loss", "eval_bits_per_masked_token", "eval_perplexity", "step")
+            }
             _write_json(output_dir / "eval_results.json", summary)
             logger.info(
                 "validation: %.4f bits per masked token, perplexity %.2f",
@@ -737,7 +830,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records logged after the checkpoint so the file reads as one uninterrupted run."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line and json.loads(line)["step"] <= step
+    ]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
@@ -746,7 +843,9 @@ def _log_metrics(accelerator, path: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        logger.info(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        logger.info(
+            " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        )
 
 
 if __name__ == "__main__":

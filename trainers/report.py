@@ -44,7 +44,17 @@ def _heatmap(
     if grid.size <= 64:
         for (row, col), value in np.ndenumerate(grid):
             if not math.isnan(value):
-                ax.text(col, row, f"{value:.2g}", ha="center", va="center", fontsize=7, color="black")
+                # White on the dark end of viridis, black elsewhere (the diverging map is light at 0).
+                dark = cmap == "viridis" and (value - vmin) < 0.5 * (vmax - vmin)
+                ax.text(
+                    col,
+                    row,
+                    f"{value:.2g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
     if not np.isfinite(grid).any():
         ax.text(0.5, 0.5, "no qualifying tokens", transform=ax.transAxes, ha="center", va="center")
     fig.colorbar(image, ax=ax, label=label)
@@ -67,7 +77,12 @@ def _finite_range(*grids: np.ndarray) -> tuple[float, float]:
 
 
 def attention_figures(results: dict, output_dir: Path) -> list[Path]:
-    """Heatmaps per checkpoint and measure, difference maps, and the per-layer line plot."""
+    """One heatmap figure per measure and the per-layer line plot.
+
+    A measure's figure has one row per checkpoint (layer x head, with and without the structure
+    mask side by side, on one colour scale) and, with two or more checkpoints, a last row with the
+    difference of the first two on a diverging scale centred at zero.
+    """
     output_dir = Path(output_dir)
     labels = list(results["checkpoints"])
     measures = list(results["measures"])
@@ -75,49 +90,47 @@ def attention_figures(results: dict, output_dir: Path) -> list[Path]:
     subtitle = f"probe: {probe.get('kind', '?')}, {probe.get('documents', '?')} documents"
     paths: list[Path] = []
 
-    for label in labels:
-        modes = results["checkpoints"][label]["modes"]
-        for measure in measures:
-            grids = [_grid(modes[m][measure]) for m in MODE_TITLES]
-            vmin, vmax = _finite_range(*grids)
-            fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-            for ax, mode, grid in zip(axes, MODE_TITLES, grids):
+    for measure in measures:
+        grids = {
+            label: [_grid(results["checkpoints"][label]["modes"][m][measure]) for m in MODE_TITLES]
+            for label in labels
+        }
+        vmin, vmax = _finite_range(*[g for pair in grids.values() for g in pair])
+        rows = len(labels) + (1 if len(labels) >= 2 else 0)
+        fig, axes = plt.subplots(rows, 2, figsize=(10, 3.2 * rows), constrained_layout=True, squeeze=False)
+        for row, label in enumerate(labels):
+            for col, mode in enumerate(MODE_TITLES):
                 _heatmap(
-                    ax, grid, MODE_TITLES[mode], cmap="viridis", vmin=vmin, vmax=vmax, label=measure, fig=fig
+                    axes[row, col],
+                    grids[label][col],
+                    f"{label}, {MODE_TITLES[mode]}",
+                    cmap="viridis",
+                    vmin=vmin,
+                    vmax=vmax,
+                    label=measure,
+                    fig=fig,
                 )
-            fig.suptitle(f"{label}: {MEASURE_TITLES.get(measure, measure)}\n{subtitle}")
-            path = output_dir / f"attention_heatmap_{label}_{measure}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
-
-    if len(labels) >= 2:
-        first, second = labels[:2]
-        for measure in measures:
-            diffs = [
-                _grid(results["checkpoints"][first]["modes"][m][measure])
-                - _grid(results["checkpoints"][second]["modes"][m][measure])
-                for m in MODE_TITLES
-            ]
+        if len(labels) >= 2:
+            first, second = labels[:2]
+            diffs = [grids[first][col] - grids[second][col] for col in range(2)]
             low, high = _finite_range(*diffs)
             bound = max(abs(low), abs(high), 1e-12)
-            fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-            for ax, mode, grid in zip(axes, MODE_TITLES, diffs):
+            for col, mode in enumerate(MODE_TITLES):
                 _heatmap(
-                    ax,
-                    grid,
-                    MODE_TITLES[mode],
+                    axes[-1, col],
+                    diffs[col],
+                    f"{first} minus {second}, {MODE_TITLES[mode]}",
                     cmap="RdBu_r",
                     vmin=-bound,
                     vmax=bound,
-                    label="difference",
+                    label=f"difference in {measure}",
                     fig=fig,
                 )
-            fig.suptitle(f"{first} minus {second}: {MEASURE_TITLES.get(measure, measure)}\n{subtitle}")
-            path = output_dir / f"attention_diff_{first}_vs_{second}_{measure}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
+        fig.suptitle(f"{MEASURE_TITLES.get(measure, measure)} per layer and head\n{subtitle}")
+        path = output_dir / f"attention_heatmap_{measure}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -138,10 +151,10 @@ def attention_figures(results: dict, output_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.suptitle(f"Attention measures per layer\n{subtitle}")
     path = output_dir / "attention_per_layer.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    paths.append(path)
-    return paths
+    # The per-layer summary reads first; the heatmaps give the detail.
+    return [path, *paths]
 
 
 # ----------------------------------------------------------------------------- experiment report
@@ -326,14 +339,13 @@ def write_report(
         ],
     )
     lines += [""]
-    for figure in attention.get("figures", []):
-        if "per_layer" in figure or "_diff_" in figure:
-            lines += [f"![{Path(figure).stem}]({figure})", ""]
-    others = [f for f in attention.get("figures", []) if "per_layer" not in f and "_diff_" not in f]
-    if others:
-        lines += ["Heatmaps per model and measure (layer x head):", ""]
-        lines += [f"![{Path(f).stem}]({f})" for f in others]
-        lines += [""]
+    lines += [
+        "Dashed lines and right-hand panels: the same model run without its structure mask. The last row of "
+        "each heatmap figure is the structured model minus the plain one.",
+        "",
+    ]
+    lines += [f"![{Path(f).stem}]({f})" for f in attention.get("figures", [])]
+    lines += [""]
 
     lines += ["## SciREX", ""]
     tasks = sorted({t for v in variants for t in results["models"][v]["downstream"]})

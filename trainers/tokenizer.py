@@ -42,7 +42,9 @@ def train_wordpiece(
     encodings are wrapped as ``[CLS] A [SEP]``. The folder loads with ``AutoTokenizer.from_pretrained``.
     """
     if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must be larger than the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be larger than the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}"
+        )
     tokenizer = Tokenizer(WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
@@ -101,13 +103,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="structformer train-tokenizer", description="Train a WordPiece tokenizer on a corpus."
     )
     parser.add_argument("--dataset", required=True, help="corpus folder or Hub id")
-    parser.add_argument("--dataset-config", default="arxiv_plain", help="config to read (default: arxiv_plain)")
+    parser.add_argument(
+        "--dataset-config", default="arxiv_plain", help="config to read (default: arxiv_plain)"
+    )
     parser.add_argument("--split", default="train")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument("--min-frequency", type=int, default=2)
-    parser.add_argument("--no-lowercase", dest="lowercase", action="store_false", help="keep case (cased vocab)")
-    parser.add_argument("--max-documents", type=int, default=None, help="train on at most this many documents")
+    parser.add_argument(
+        "--no-lowercase", dest="lowercase", action="store_false", help="keep case (cased vocab)"
+    )
+    parser.add_argument(
+        "--max-documents", type=int, default=None, help="train on at most this many documents"
+    )
     parser.add_argument("--cache-dir", default=None, help="datasets cache folder")
     parser.add_argument("--output-dir", required=True)
     return parser.parse_args(argv)
@@ -118,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from structformer.trainers.data import load_corpus
 
-    dataset = load_corpus(args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=[args.text_column])
+    dataset = load_corpus(
+        args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=[args.text_column]
+    )
     if args.split not in dataset:
         raise ValueError(f"{args.dataset}: no split {args.split!r}; available: {sorted(dataset)}")
     split = dataset[args.split]
@@ -131,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         lowercase=args.lowercase,
         min_frequency=args.min_frequency,
     )
-    logger.info("trained a %d-token WordPiece vocabulary on %d documents -> %s", len(tokenizer), len(split), args.output_dir)
+    logger.info(
+        "trained a %d-token WordPiece vocabulary on %d documents -> %s",
+        len(tokenizer),
+        len(split),
+        args.output_dir,
+    )
     return 0
 
 
