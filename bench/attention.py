@@ -3,7 +3,8 @@
 One run measures, at each length (512 ... 16384 by default), with hidden size 768, 12 heads, 2 layers,
 window 256 and one global token per 128 tokens (batch 1, fp32, CPU):
 
-- a masked-LM training step (forward and backward, dropout on, 15% of tokens labelled) of
+- a masked-LM training step (forward, the MLM head on the 15% masked positions as
+  ``trainers/pretrain.py`` runs it, and backward; dropout on) of
   ``StructBertForMaskedLM`` with its default path, with ``eager`` and with ``sdpa``, and of transformers'
   ``LongformerForMaskedLM`` of the same size and window;
 - the self-attention layer alone (mask construction, forward and backward): the linear ``blocked`` path
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -68,14 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to one configuration")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step (median)")
-    parser.add_argument(
-        "--vocab-size",
-        type=int,
-        default=8192,
-        help="MLM vocabulary; the (L, vocab) logits cost every model the same, so a small one keeps them "
-        "from hiding the attention",
-    )
+    parser.add_argument("--vocab-size", type=int, default=30522, help="MLM vocabulary (default: BERT's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--note", default=None, help="a sentence for BENCHMARKS.md, e.g. how loaded the machine was"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--benchmarks-file", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument(
@@ -146,10 +145,17 @@ def _training_step(name: str, implementation: str | None, length: int, vocab_siz
         model = StructBertForMaskedLM._from_config(config, **kwargs)
     model.train()
     inputs = _inputs(length, vocab_size)
+    labels = inputs.pop("labels")
+    selected = labels != -100
+    encoder = getattr(model, model.base_model_prefix)
+    head = model.lm_head if name == "longformer" else model.cls
 
     def step() -> None:
+        # As trainers/pretrain.py does: the MLM head only on the masked positions.
         model.zero_grad(set_to_none=True)
-        model(**inputs).loss.backward()
+        hidden = encoder(**inputs)[0]  # (1, L, E)
+        logits = head(hidden[selected])  # (M, vocab)
+        torch.nn.functional.cross_entropy(logits, labels[selected]).backward()
 
     return step, torch
 
@@ -482,13 +488,15 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {sorted(threads) or '-'}, "
         f"python {platform.python_version()}. Batch 1, fp32, hidden {HIDDEN}, {HEADS} heads, {LAYERS} layers, "
         f"intermediate {INTERMEDIATE}, window {WINDOW}, one global token per {GLOBAL_EVERY} tokens, "
-        f"MLM vocabulary {args.vocab_size}, dropout on. Times are the median of {args.repeats} steps after a "
+        f"MLM vocabulary {args.vocab_size} with the head on the 15% masked positions only (as "
+        f"`trainers/pretrain.py` does), dropout on. Times are the median of {args.repeats} steps after a "
         f"warm-up. Memory is the peak RSS of a fresh process per cell in GiB, with the step's own part "
         f"(peak minus the RSS before the first step) in brackets; each process is capped at "
         f"{args.max_memory_gb:g} GiB beyond its start-up size. Cells predicted from the smaller lengths to "
         f"exceed the cap or the {args.timeout:g} s limit are skipped, with the estimate (a*L + b*L^2 fit).",
+        *(["", f"Note: {args.note}"] if args.note else []),
         "",
-        "Masked-LM training step (forward + backward); `default` is StructBERT's default path, ratios are "
+        "Masked-LM training step (forward + backward, no optimizer); `default` is StructBERT's default path, ratios are "
         "other / default:",
         "",
         *_tables(
@@ -535,7 +543,7 @@ def plot(results: dict, path: Path) -> None:
             estimated = sorted(
                 (L, r["estimate"]) for L, r in runs.items() if r["status"] != "ok" and r.get("estimate")
             )
-            for column, key in enumerate(("seconds", "peak_rss_bytes")):
+            for column, key in enumerate(("seconds", "step_memory_bytes")):
                 scale = 1 if key == "seconds" else GIB
                 (line,) = axes[row][column].plot(
                     [L for L, _ in ok], [r[key] / scale for _, r in ok], marker="o", label=LABELS[name]
@@ -549,8 +557,8 @@ def plot(results: dict, path: Path) -> None:
                         color=line.get_color(),
                     )
     titles = [
-        ["training step: time (s)", "training step: peak RSS (GiB)"],
-        ["attention layer: time (s)", "attention layer: peak RSS (GiB)"],
+        ["training step: time (s)", "training step: step memory (GiB)"],
+        ["attention layer: time (s)", "attention layer: step memory (GiB)"],
     ]
     for row in range(2):
         for column in range(2):
@@ -596,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.output_dir / "attention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot(results, args.output_dir / "attention.png")
-    command = "python bench/attention.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    section = markdown(results, args, command.strip())
+    command = shlex.join(["python", "bench/attention.py", *(sys.argv[1:] if argv is None else argv)])
+    section = markdown(results, args, command)
     print(section)
     if args.write_benchmarks:
         write_section(args.benchmarks_file, section)

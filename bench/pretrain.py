@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -363,7 +364,9 @@ def targets(rows: list[dict], lengths: list[int]) -> list[dict]:
     return checks
 
 
-def markdown(rows: list[dict], checks: list[dict], args: argparse.Namespace, command: str) -> str:
+def markdown(
+    rows: list[dict], checks: list[dict], args: argparse.Namespace, command: str, load: tuple[float, float]
+) -> str:
     labels = {"structbert": "StructBERT", "bert": "BERT (SDPA)", "longformer": "Longformer"}
     lines = [
         SECTION,
@@ -376,13 +379,17 @@ def markdown(rows: list[dict], checks: list[dict], args: argparse.Namespace, com
         f"with {torch.get_num_threads()} torch threads; median of {args.repeats} round-robin steps. Data: synthetic "
         f"papers packed by the project's pipeline, a heading every ~{args.tokens_per_heading} words.",
         "",
-        "| length | model | data | global tokens | step (s) | tokens/s |",
-        "|---:|---|---|---:|---:|---:|",
+        f"Load average (1 min) at start and end: {load[0]:.1f} and {load[1]:.1f} on {os.cpu_count()} CPUs; "
+        "on a loaded machine compare ratios within one run, not absolute numbers.",
+        "",
+        "| length | model | data | global tokens in data | step (s), median | min - max (s) | tokens/s |",
+        "|---:|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['length']} | {labels[r['model']]} | {r['data']} | {r['global_tokens']} | "
-            f"{r['step_seconds']:.3f} | {r['tokens_per_second']:.0f} |"
+            f"{r['step_seconds']:.3f} | {min(r['step_seconds_all']):.3f} - {max(r['step_seconds_all']):.3f} | "
+            f"{r['tokens_per_second']:.0f} |"
         )
     lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
     for c in checks:
@@ -428,7 +435,9 @@ def write_section(benchmarks_file: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_start = os.getloadavg()[0]
     rows = run(args)
+    load = (load_start, os.getloadavg()[0])
     checks = targets(rows, args.lengths)
     command = "python bench/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -442,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.output_dir / "pretrain.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot(rows, args.output_dir / "pretrain.png")
-    section = markdown(rows, checks, args, command.strip())
+    section = markdown(rows, checks, args, command.strip(), load)
     if args.write_benchmarks:
         write_section(args.benchmarks_file, section)
     print(section)

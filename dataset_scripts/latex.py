@@ -83,7 +83,9 @@ def _is_tex_source(path: str, data: bytes) -> bool:
     name = posixpath.basename(path)
     if name.lower().endswith(TEX_SUFFIXES):
         return True
-    return "." not in name and (b"\\documentclass" in data or b"\\documentstyle" in data or b"\\begin{" in data)
+    return "." not in name and (
+        b"\\documentclass" in data or b"\\documentstyle" in data or b"\\begin{" in data
+    )
 
 
 def parse_paper(files: Mapping[str, bytes], options: LatexOptions | None = None) -> ParsedPaper:
@@ -104,7 +106,9 @@ def parse_paper(files: Mapping[str, bytes], options: LatexOptions | None = None)
     for path in sorted(sources):
         data = sources[path]
         if len(data) > options.max_file_bytes:
-            warnings.append(f"{path}: skipped, {len(data)} bytes is over max_file_bytes={options.max_file_bytes}")
+            warnings.append(
+                f"{path}: skipped, {len(data)} bytes is over max_file_bytes={options.max_file_bytes}"
+            )
             continue
         try:
             texts[path] = remove_disabled_blocks(strip_comments(decode_bytes(data, path)))
@@ -114,10 +118,16 @@ def parse_paper(files: Mapping[str, bytes], options: LatexOptions | None = None)
         raise PaperError("decode_error", f"none of {len(sources)} TeX file(s) decodes as text")
     main = find_main_file(texts)
     if main is None:
-        raise PaperError("no_main_file", f"no \\documentclass with \\begin{{document}} in {len(texts)} TeX file(s)")
+        raise PaperError(
+            "no_main_file", f"no \\documentclass with \\begin{{document}} in {len(texts)} TeX file(s)"
+        )
     try:
         full = resolve_includes(
-            texts, main, max_depth=options.max_include_depth, max_chars=options.max_paper_chars, warnings=warnings
+            texts,
+            main,
+            max_depth=options.max_include_depth,
+            max_chars=options.max_paper_chars,
+            warnings=warnings,
         )
         preamble, body = split_document(full)
         macros, _ = collect_macros(preamble + "\n" + body)

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 # Environments whose content TeX does not read as ordinary tokens: no comments, no includes.
-VERBATIM_ENVIRONMENTS = ("verbatim", "verbatim*", "Verbatim", "lstlisting", "minted", "comment", "filecontents")
+VERBATIM_ENVIRONMENTS = (
+    "verbatim",
+    "verbatim*",
+    "Verbatim",
+    "lstlisting",
+    "minted",
+    "comment",
+    "filecontents",
+)
 
 _CONTROL_WORD = re.compile(r"\\([A-Za-z@]+)")
 _VERBATIM_BEGIN = re.compile(
@@ -50,7 +58,9 @@ def decode_bytes(data: bytes, name: str = "<bytes>") -> str:
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16")
     if b"\x00" in data:
-        raise UnicodeDecodeError("latex", data, data.index(b"\x00"), data.index(b"\x00") + 1, f"{name}: binary data")
+        raise UnicodeDecodeError(
+            "latex", data, data.index(b"\x00"), data.index(b"\x00") + 1, f"{name}: binary data"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -192,7 +202,9 @@ def mask_verbatim(text: str) -> str:
     so that searches for commands do not match inside code listings and offsets still agree."""
     chars = list(text)
     for match in re.finditer(
-        r"\\begin\s*\{(" + "|".join(re.escape(e) for e in VERBATIM_ENVIRONMENTS) + r")\}(.*?)(\\end\s*\{\1\}|\Z)",
+        r"\\begin\s*\{("
+        + "|".join(re.escape(e) for e in VERBATIM_ENVIRONMENTS)
+        + r")\}(.*?)(\\end\s*\{\1\}|\Z)",
         text,
         flags=re.S,
     ):
@@ -239,7 +251,11 @@ def find_includes(text: str) -> list[IncludeRef]:
         else:
             directory, name = match.group(5).strip(), match.group(6).strip()
             target = posixpath.join(directory, name) if directory else name
-            refs.append(IncludeRef(match.start(), match.end(), match.group(4), target, match.group(4).startswith("sub")))
+            refs.append(
+                IncludeRef(
+                    match.start(), match.end(), match.group(4), target, match.group(4).startswith("sub")
+                )
+            )
     return refs
 
 
@@ -251,7 +267,9 @@ def is_unsafe_path(target: str) -> bool:
     return posixpath.normpath(target).split("/")[0] == ".."
 
 
-def resolve_target(target: str, including_file: str, available: Mapping[str, object], relative_to_file: bool = False) -> str | None:
+def resolve_target(
+    target: str, including_file: str, available: Mapping[str, object], relative_to_file: bool = False
+) -> str | None:
     """Key in ``available`` that ``target`` names, trying the paper root (as TeX does) and then the
     including file's folder, each with and without ``.tex``. ``None`` when absent or unsafe."""
     if is_unsafe_path(target):
@@ -295,11 +313,20 @@ def resolve_includes(
     Paths resolve against the paper's root (then the including file's folder), with or without
     ``.tex``. Absolute paths and paths that climb out of the root are refused, missing files are
     skipped, cycles and nesting beyond ``max_depth`` are cut, and inlining stops once the text
-    would pass ``max_chars``; each such event adds a line to ``warnings``. A sub-file with its own
-    ``\\documentclass`` contributes only its document body; ``\\endinput`` ends a file.
+    would pass ``max_chars``; each such event adds a line to ``warnings``. A complete document
+    included inside another's body (``\\subfile``) contributes only its body, while one included
+    before any ``\\begin{document}`` (a ``draft.tex`` wrapping ``\\input{main}``) comes whole;
+    ``\\endinput`` ends a file.
     """
     notes = warnings if warnings is not None else []
     total = 0
+    in_body = False
+    begin_document = re.compile(r"\\begin\s*\{document\}")
+
+    def emit(pieces: list[str], text: str) -> None:
+        nonlocal in_body
+        in_body = in_body or bool(begin_document.search(mask_verbatim(text)))
+        pieces.append(text)
 
     def inline(path: str, stack: tuple[str, ...]) -> str:
         nonlocal total
@@ -307,14 +334,14 @@ def resolve_includes(
         end_input = re.search(r"\\endinput(?![A-Za-z@])", mask_verbatim(text))
         if end_input:
             text = text[: end_input.start()]
-        if stack:
+        if stack and in_body:
             body = _document_body(text)
             if body is not None:
                 text = body
-        pieces = []
+        pieces: list[str] = []
         pos = 0
         for ref in find_includes(text):
-            pieces.append(text[pos : ref.start])
+            emit(pieces, text[pos : ref.start])
             pos = ref.end
             where = f"{path}: \\{ref.command}{{{ref.target}}}"
             if is_unsafe_path(ref.target):
@@ -335,7 +362,7 @@ def resolve_includes(
                 continue
             total += len(texts[found])
             pieces.append("\n" + inline(found, (*stack, path)) + "\n")
-        pieces.append(text[pos:])
+        emit(pieces, text[pos:])
         return "".join(pieces)
 
     total = len(texts[main_file])
@@ -382,7 +409,8 @@ def find_main_file(texts: Mapping[str, str]) -> str | None:
     candidates = [
         p
         for p in clean
-        if any(has_class[q] for q in closures[p]) and any(has_begin[q] for q in closures[p])
+        if any(has_class[q] for q in closures[p])
+        and any(has_begin[q] for q in closures[p])
         # a \documentclass[main]{subfiles} part is a complete document only as part of its main
         and not re.search(r"\\documentclass\s*(\[[^\]]*\])?\s*\{(subfiles|standalone)\}", clean[p])
     ]
@@ -425,7 +453,50 @@ def split_document(text: str) -> tuple[str, str]:
 # ways that only make sense to TeX (``\@startsection``), and the section tree, the title and the
 # placeholders all need the originals.
 PROTECTED_MACROS = frozenset(
-    ["section", "subsection", "subsubsection", "chapter", "paragraph", "subparagraph", "part", "appendix", "title", "maketitle", "begin", "end", "item", "footnote", "footnotetext", "cite", "citep", "citet", "citealp", "citeauthor", "ref", "eqref", "autoref", "cref", "Cref", "label", "input", "include", "subfile", "par", "abstract", "caption", "bibliography", "href", "url", "newcommand", "renewcommand", "providecommand", "def", "let", "documentclass", "usepackage"]
+    [
+        "section",
+        "subsection",
+        "subsubsection",
+        "chapter",
+        "paragraph",
+        "subparagraph",
+        "part",
+        "appendix",
+        "title",
+        "maketitle",
+        "begin",
+        "end",
+        "item",
+        "footnote",
+        "footnotetext",
+        "cite",
+        "citep",
+        "citet",
+        "citealp",
+        "citeauthor",
+        "ref",
+        "eqref",
+        "autoref",
+        "cref",
+        "Cref",
+        "label",
+        "input",
+        "include",
+        "subfile",
+        "par",
+        "abstract",
+        "caption",
+        "bibliography",
+        "href",
+        "url",
+        "newcommand",
+        "renewcommand",
+        "providecommand",
+        "def",
+        "let",
+        "documentclass",
+        "usepackage",
+    ]
 )
 
 _DEFINITION = re.compile(
@@ -652,7 +723,9 @@ def expand_macros(
     notes = warnings if warnings is not None else []
     budget = max_growth * len(text) + 1_000_000
     state = {"size": len(text), "stopped": False, "deep": False}
-    pattern = re.compile(r"\\(" + "|".join(re.escape(n) for n in sorted(macros, key=len, reverse=True)) + r")(?![A-Za-z@])")
+    pattern = re.compile(
+        r"\\(" + "|".join(re.escape(n) for n in sorted(macros, key=len, reverse=True)) + r")(?![A-Za-z@])"
+    )
 
     def expand(segment: str, depth: int) -> str:
         out = []
@@ -660,7 +733,11 @@ def expand_macros(
         for match in pattern.finditer(segment):
             if match.start() < pos:
                 continue
-            if match.start() > 0 and segment[match.start() - 1] == "\\" and _odd_backslashes(segment, match.start()):
+            if (
+                match.start() > 0
+                and segment[match.start() - 1] == "\\"
+                and _odd_backslashes(segment, match.start())
+            ):
                 continue
             if state["stopped"]:
                 break
@@ -674,7 +751,11 @@ def expand_macros(
             for index in range(macro.nargs):
                 if index == 0 and macro.default is not None:
                     probe = _skip_space(segment, end)
-                    option = read_group(segment, probe, "[", "]") if probe < len(segment) and segment[probe] == "[" else None
+                    option = (
+                        read_group(segment, probe, "[", "]")
+                        if probe < len(segment) and segment[probe] == "["
+                        else None
+                    )
                     if option:
                         args.append(option[0])
                         end = option[1]

@@ -90,19 +90,136 @@ HEADING_LEVELS = {
 ABSTRACT_ENVIRONMENTS = ("abstract", "abstract*", "IEEEabstract", "onecolabstract")
 
 DROPPED_ENVIRONMENTS = frozenset(
-    ["figure", "figure*", "table", "table*", "wrapfigure", "wraptable", "sidewaysfigure", "sidewaystable", "subfigure", "subtable", "SCfigure", "teaserfigure", "thebibliography", "thebibliography*", "references", "algorithm", "algorithm*", "algorithm2e", "algorithmic", "algorithmicx", "lstlisting", "verbatim", "verbatim*", "Verbatim", "minted", "tikzpicture", "pgfpicture", "picture", "tabular", "tabular*", "tabularx", "tabulary", "longtable", "supertabular", "comment", "filecontents", "filecontents*", "titlepage", "frontmatter", "keyword", "keywords", "IEEEkeywords", "CCSXML", "abstract", "abstract*", "IEEEabstract", "onecolabstract"]
+    [
+        "figure",
+        "figure*",
+        "table",
+        "table*",
+        "wrapfigure",
+        "wraptable",
+        "sidewaysfigure",
+        "sidewaystable",
+        "subfigure",
+        "subtable",
+        "SCfigure",
+        "teaserfigure",
+        "thebibliography",
+        "thebibliography*",
+        "references",
+        "algorithm",
+        "algorithm*",
+        "algorithm2e",
+        "algorithmic",
+        "algorithmicx",
+        "lstlisting",
+        "verbatim",
+        "verbatim*",
+        "Verbatim",
+        "minted",
+        "tikzpicture",
+        "pgfpicture",
+        "picture",
+        "tabular",
+        "tabular*",
+        "tabularx",
+        "tabulary",
+        "longtable",
+        "supertabular",
+        "comment",
+        "filecontents",
+        "filecontents*",
+        "titlepage",
+        "frontmatter",
+        "keyword",
+        "keywords",
+        "IEEEkeywords",
+        "CCSXML",
+        "abstract",
+        "abstract*",
+        "IEEEabstract",
+        "onecolabstract",
+    ]
 )
 
 MATH_ENVIRONMENTS = frozenset(
-    ["equation", "equation*", "align", "align*", "alignat", "alignat*", "flalign", "flalign*", "gather", "gather*", "multline", "multline*", "eqnarray", "eqnarray*", "displaymath", "math", "dmath", "dmath*", "IEEEeqnarray", "IEEEeqnarray*"]
+    [
+        "equation",
+        "equation*",
+        "align",
+        "align*",
+        "alignat",
+        "alignat*",
+        "flalign",
+        "flalign*",
+        "gather",
+        "gather*",
+        "multline",
+        "multline*",
+        "eqnarray",
+        "eqnarray*",
+        "displaymath",
+        "math",
+        "dmath",
+        "dmath*",
+        "IEEEeqnarray",
+        "IEEEeqnarray*",
+    ]
 )
 
 LIST_ENVIRONMENTS = frozenset(
-    ["itemize", "itemize*", "enumerate", "enumerate*", "description", "compactitem", "compactenum", "compactdesc", "inparaenum"]
+    [
+        "itemize",
+        "itemize*",
+        "enumerate",
+        "enumerate*",
+        "description",
+        "compactitem",
+        "compactenum",
+        "compactdesc",
+        "inparaenum",
+    ]
 )
 
-CITE_MACROS = ["cite", "citep", "citet", "citealp", "citealt", "citeauthor", "citeyear", "citeyearpar", "citenum", "Cite", "Citep", "Citet", "Citealp", "Citeauthor", "parencite", "Parencite", "textcite", "Textcite", "autocite", "Autocite", "footcite", "smartcite", "supercite", "fullcite"]
-REF_MACROS = ["ref", "eqref", "autoref", "Autoref", "cref", "Cref", "pageref", "vref", "Vref", "nameref", "cpageref", "subref"]
+CITE_MACROS = [
+    "cite",
+    "citep",
+    "citet",
+    "citealp",
+    "citealt",
+    "citeauthor",
+    "citeyear",
+    "citeyearpar",
+    "citenum",
+    "Cite",
+    "Citep",
+    "Citet",
+    "Citealp",
+    "Citeauthor",
+    "parencite",
+    "Parencite",
+    "textcite",
+    "Textcite",
+    "autocite",
+    "Autocite",
+    "footcite",
+    "smartcite",
+    "supercite",
+    "fullcite",
+]
+REF_MACROS = [
+    "ref",
+    "eqref",
+    "autoref",
+    "Autoref",
+    "cref",
+    "Cref",
+    "pageref",
+    "vref",
+    "Vref",
+    "nameref",
+    "cpageref",
+    "subref",
+]
 
 # Front matter, layout and bookkeeping commands: their arguments are not prose. The argument
 # specs let the walker attach the arguments so that they are dropped with the command.
@@ -270,7 +387,9 @@ def _walker_context() -> macrospec.LatexContextDb:
         macrospec.std_macro("url", "{"),
         macrospec.std_macro("abstract", "{"),
     ]
-    macros += [macrospec.std_macro(name, spec) for name, spec in {**DISCARDED_MACROS, **_INLINE_MACROS}.items()]
+    macros += [
+        macrospec.std_macro(name, spec) for name, spec in {**DISCARDED_MACROS, **_INLINE_MACROS}.items()
+    ]
     environments = [
         macrospec.std_environment(name, spec, is_math_mode=name in MATH_ENVIRONMENTS)
         for name, spec in _ENVIRONMENT_ARGS.items()
@@ -278,7 +397,9 @@ def _walker_context() -> macrospec.LatexContextDb:
     # \begin{section}{Title} ... \end{section} is legal LaTeX: \begin{x} runs \x.
     environments += [macrospec.std_environment(name, "[{") for name in HEADING_LEVELS]
     environments += [
-        macrospec.std_environment(name, "", is_math_mode=True) for name in MATH_ENVIRONMENTS if name not in _ENVIRONMENT_ARGS
+        macrospec.std_environment(name, "", is_math_mode=True)
+        for name in MATH_ENVIRONMENTS
+        if name not in _ENVIRONMENT_ARGS
     ]
     db.add_context_category("structformer", macros=macros, environments=environments, prepend=True)
     return _QuickSpecialsDb(db)
@@ -300,7 +421,12 @@ def _text_context(options: LatexOptions, in_heading: bool) -> macrospec.LatexCon
         MacroTextSpec("makebox", simplify_repl=_last_argument),
         MacroTextSpec("ensuremath", simplify_repl=_last_argument),
         MacroTextSpec("IEEEPARstart", simplify_repl="%(1)s%(2)s"),
-        MacroTextSpec("item", simplify_repl=lambda n, l2tobj: " " + (l2tobj.nodelist_to_text([n.nodeoptarg]) + " " if n.nodeoptarg else "")),
+        MacroTextSpec(
+            "item",
+            simplify_repl=lambda n, l2tobj: (
+                " " + (l2tobj.nodelist_to_text([n.nodeoptarg]) + " " if n.nodeoptarg else "")
+            ),
+        ),
         MacroTextSpec("\\", simplify_repl=" "),
         MacroTextSpec("newline", simplify_repl=" "),
         MacroTextSpec("hspace", simplify_repl=" "),
@@ -309,7 +435,11 @@ def _text_context(options: LatexOptions, in_heading: bool) -> macrospec.LatexCon
     ]
     # The walker knows these take an argument, pylatexenc's text rules do not, and would drop them whole.
     specs += [MacroTextSpec(name, discard=False) for name in ("texttt", "textsf", "textmd", "textup", "verb")]
-    specs += [MacroTextSpec(name, discard=False) for name in _INLINE_MACROS if name not in ("textcolor", "colorbox", "makebox", "IEEEPARstart", "ensuremath")]
+    specs += [
+        MacroTextSpec(name, discard=False)
+        for name in _INLINE_MACROS
+        if name not in ("textcolor", "colorbox", "makebox", "IEEEPARstart", "ensuremath")
+    ]
     environments = [EnvironmentTextSpec(name, discard=True) for name in DROPPED_ENVIRONMENTS]
     environments += [EnvironmentTextSpec(name, simplify_repl=_math_environment) for name in MATH_ENVIRONMENTS]
     db.add_context_category("structformer", macros=specs, environments=environments, prepend=True)
@@ -324,7 +454,9 @@ class _Converter(LatexNodes2Text):
     """``LatexNodes2Text`` with the placeholder-or-linear rule for math."""
 
     def __init__(self, options: LatexOptions, in_heading: bool) -> None:
-        super().__init__(latex_context=_text_context(options, in_heading), math_mode="text", strict_latex_spaces="macros")
+        super().__init__(
+            latex_context=_text_context(options, in_heading), math_mode="text", strict_latex_spaces="macros"
+        )
         self.options = options
 
     def math_node_to_text(self, node) -> str:
@@ -332,7 +464,9 @@ class _Converter(LatexNodes2Text):
             linear = " ".join(super().math_node_to_text(node).split())
         except Exception:
             linear = ""
-        display = node.isNodeType(latexwalker.LatexEnvironmentNode) or getattr(node, "displaytype", "") == "display"
+        display = (
+            node.isNodeType(latexwalker.LatexEnvironmentNode) or getattr(node, "displaytype", "") == "display"
+        )
         keep = 0 < len(linear) <= self.options.max_linear_math_chars and "\\" not in linear
         text = linear if keep else self.options.math_placeholder
         return f" {text} " if display else text
@@ -356,7 +490,9 @@ def _resolve_xspace(latex: str) -> str:
 
 def parse_nodes(latex: str) -> list:
     """pylatexenc nodes of ``latex``, parsed tolerantly with this module's macro table."""
-    walker = latexwalker.LatexWalker(_resolve_xspace(latex), latex_context=_walker_context(), tolerant_parsing=True)
+    walker = latexwalker.LatexWalker(
+        _resolve_xspace(latex), latex_context=_walker_context(), tolerant_parsing=True
+    )
     nodes, _, _ = walker.get_latex_nodes()
     return nodes
 
@@ -384,7 +520,9 @@ def _describe(node) -> str:
     return type(node).__name__
 
 
-def latex_to_text(latex: str, options: LatexOptions | None = None, warnings: list[str] | None = None) -> list[str]:
+def latex_to_text(
+    latex: str, options: LatexOptions | None = None, warnings: list[str] | None = None
+) -> list[str]:
     """Paragraphs of plain text from a LaTeX fragment without headings.
 
     Blank lines and ``\\par`` separate paragraphs; each paragraph is one line of text. Math
@@ -412,9 +550,13 @@ def inline_text(latex: str, options: LatexOptions | None = None, warnings: list[
     return normalize_space(_safe_text(_converter(options, True), nodes, notes))
 
 
+def _chars(text: str) -> latexwalker.LatexCharsNode:
+    return latexwalker.LatexCharsNode(chars=text, parsing_state=None, pos=0, len=len(text))
+
+
 def _parse_or_chunks(latex: str, warnings: list[str]) -> list:
-    """Parse the whole text; should pylatexenc give up anyway, parse it paragraph by paragraph
-    and lose only the paragraphs that fail."""
+    """Parse the whole text; should pylatexenc give up anyway (deep nesting), parse it paragraph
+    by paragraph, and a failing paragraph line by line, losing only the lines that fail."""
     try:
         return parse_nodes(latex)
     except Exception as error:
@@ -423,10 +565,16 @@ def _parse_or_chunks(latex: str, warnings: list[str]) -> list:
     for chunk in re.split(r"\n\s*\n", latex):
         try:
             nodes.extend(parse_nodes(chunk))
-        except Exception as error:
-            warnings.append(f"dropped a paragraph that does not parse: {type(error).__name__}: {chunk[:60]!r}")
-            continue
-        nodes.append(latexwalker.LatexCharsNode(chars="\n\n", parsing_state=None, pos=0, len=0))
+        except Exception:
+            for line in chunk.split("\n"):
+                try:
+                    nodes.extend(parse_nodes(line))
+                except Exception as error:
+                    warnings.append(
+                        f"dropped a line that does not parse: {type(error).__name__}: {line[:60]!r}"
+                    )
+                nodes.append(_chars("\n"))
+        nodes.append(_chars("\n\n"))
     return nodes
 
 
@@ -475,7 +623,9 @@ class _BlockWalker:
         args = node.nodeargd.argnlist if node.nodeargd and node.nodeargd.argnlist else []
         # \section*[short]{long}: the long title is the last argument.
         title_node = args[-1] if args and args[-1] is not None else (args[1] if len(args) > 1 else None)
-        title = normalize_space(_safe_text(self.heading_text, [title_node], self.warnings)) if title_node else ""
+        title = (
+            normalize_space(_safe_text(self.heading_text, [title_node], self.warnings)) if title_node else ""
+        )
         self.sections.append(Section(level, title))
 
     def walk(self, nodes: list) -> None:
@@ -488,12 +638,14 @@ class _BlockWalker:
                     if index:
                         self.flush()
                     if part:
-                        self.buffer.append(latexwalker.LatexCharsNode(chars=part, parsing_state=node.parsing_state, pos=node.pos, len=len(part)))
+                        self.buffer.append(_chars(part))
             elif node.isNodeType(latexwalker.LatexMacroNode):
                 self._macro(node)
             elif node.isNodeType(latexwalker.LatexEnvironmentNode):
                 self._environment(node)
-            elif node.isNodeType((latexwalker.LatexGroupNode, latexwalker.LatexMathNode)) and self.has_heading(node):
+            elif node.isNodeType(
+                (latexwalker.LatexGroupNode, latexwalker.LatexMathNode)
+            ) and self.has_heading(node):
                 # A heading inside a group, or inside math that a stray $ opened, is still a heading.
                 self.walk(node.nodelist)
             elif not node.isNodeType(latexwalker.LatexCommentNode):
@@ -548,7 +700,7 @@ def _split_items(nodes: list) -> list[list]:
         if node is not None and node.isNodeType(latexwalker.LatexMacroNode) and node.macroname == "item":
             items.append([])
             if node.nodeoptarg is not None:
-                items[-1].extend([node.nodeoptarg, latexwalker.LatexCharsNode(chars=": ", parsing_state=None, pos=0, len=2)])
+                items[-1].extend([node.nodeoptarg, _chars(": ")])
         else:
             items[-1].append(node)
     return [item for item in items if item]
@@ -586,7 +738,9 @@ def drop_environments(latex: str, names: frozenset[str] = DROPPED_ENVIRONMENTS) 
     return "".join(out)
 
 
-def build_sections(body: str, options: LatexOptions | None = None, warnings: list[str] | None = None) -> list[Section]:
+def build_sections(
+    body: str, options: LatexOptions | None = None, warnings: list[str] | None = None
+) -> list[Section]:
     """The section list of a document body, in document order.
 
     ``\\chapter``, ``\\section``, ``\\subsection``, ``\\subsubsection`` and ``\\paragraph``
@@ -656,7 +810,9 @@ def find_abstract(latex: str) -> tuple[int, int, str] | None:
     return min(found) if found else None
 
 
-def extract_abstract(latex: str, options: LatexOptions | None = None, warnings: list[str] | None = None) -> str:
+def extract_abstract(
+    latex: str, options: LatexOptions | None = None, warnings: list[str] | None = None
+) -> str:
     """The abstract as text (paragraphs joined by a blank line), or ``""``."""
     found = find_abstract(latex)
     if not found:

@@ -15,7 +15,17 @@ from typing import Any
 from .latex_text import Section
 
 SEPARATOR = "\n\n"
-STRUCTURED_FIELDS = ("id", "title", "abstract", "sections", "text", "headers", "categories", "license", "version")
+STRUCTURED_FIELDS = (
+    "id",
+    "title",
+    "abstract",
+    "sections",
+    "text",
+    "headers",
+    "categories",
+    "license",
+    "version",
+)
 
 
 def _latest_version(metadata: Mapping[str, Any]) -> str | None:
@@ -65,7 +75,8 @@ def to_record(parsed: Any, paper_id: str, metadata: Mapping[str, Any] | None = N
     """
     metadata = metadata or {}
     sections = [
-        Section(s.level, " ".join(s.title.split()), [" ".join(p.split()) for p in s.paragraphs]) for s in parsed.sections
+        Section(s.level, " ".join(s.title.split()), [" ".join(p.split()) for p in s.paragraphs])
+        for s in parsed.sections
     ]
     title = " ".join(parsed.title.split())
     abstract = SEPARATOR.join(" ".join(p.split()) for p in parsed.abstract.split(SEPARATOR) if p.strip())
@@ -76,7 +87,10 @@ def to_record(parsed: Any, paper_id: str, metadata: Mapping[str, Any] | None = N
         "id": str(paper_id),
         "title": title,
         "abstract": abstract,
-        "sections": [{"level": s.level, "title": s.title, "paragraphs": [p for p in s.paragraphs if p]} for s in sections],
+        "sections": [
+            {"level": s.level, "title": s.title, "paragraphs": [p for p in s.paragraphs if p]}
+            for s in sections
+        ],
         "text": text,
         "headers": headers,
         "categories": str(categories) if categories is not None else None,

@@ -19,8 +19,9 @@ Attention implementations, chosen with ``attn_implementation=`` in ``from_pretra
     "sdpa"            torch's scaled_dot_product_attention with a dense boolean (B, 1, L, L) mask.
     "flex_attention"  FlexAttention with a BlockMask (compiled through transformers on GPU). On CPU it runs
                       uncompiled and torch has no FlexAttention backward there: CPU use is inference only.
-    "blocked"         linear cost: query blocks of C = W / 2 tokens attend to their own and the two
-                      neighbouring key blocks plus the global keys; rows of global tokens attend to all keys.
+    "blocked"         linear cost: query blocks of C = W / 2 tokens attend (one batched SDPA call) to their
+                      own and the two neighbouring key blocks plus the global keys; the rows of global
+                      tokens attend to all keys. Works with autograd on CPU.
     "auto"            what the model uses when no implementation is requested: per layer, "blocked" when
                       L > 2 * W, else "sdpa" (whose dense cost is then at most twice the band's).
 
@@ -103,8 +104,12 @@ class AttentionPattern:
     allowed: torch.Tensor | None = None  # (B, 1, L, L) bool: query i may attend key j  [eager, sdpa]
     row_has_key: torch.Tensor | None = None  # (B, L, 1, 1) bool: the row has an allowed key  [sdpa]
     block_mask: object | None = None  # FlexAttention BlockMask  [flex_attention]
-    band_masked: torch.Tensor | None = None  # (B, 1, N, C, 3C + G) bool: key NOT allowed for the query  [blocked]
-    band_row_empty: torch.Tensor | None = None  # (B, 1, N, C, 1) bool: the query has no allowed key  [blocked]
+    band: torch.Tensor | None = (
+        None  # (B * N, 1, C, 3C + G) bool: allowed keys of each query block  [blocked]
+    )
+    band_row_empty: torch.Tensor | None = (
+        None  # (B, N, 1, C, 1) bool: the query has no allowed key  [blocked]
+    )
 
 
 def build_attention_pattern(
@@ -168,9 +173,11 @@ def build_attention_pattern(
             band = band & (q_section[:, :, :, None] == section_ids[:, k_idx][:, :, None, :])
         global_key = key_ok.gather(1, global_index.clamp(max=length - 1)) & slot_used  # (B, G)
         global_key = global_key[:, None, None, :].expand(-1, num_blocks, block, -1)  # (B, N, C, G)
-        band = torch.cat([band, global_key], dim=-1)[:, None]  # (B, 1, N, C, 3C + G)
-        pattern.band_masked = ~band
-        pattern.band_row_empty = ~band.any(dim=-1, keepdim=True)  # (B, 1, N, C, 1)
+        band = torch.cat([band, global_key], dim=-1)  # (B, N, C, 3C + G)
+        row_empty = ~band.any(dim=-1, keepdim=True)  # (B, N, C, 1)
+        # SDPA returns NaN for a row without any allowed key: open such rows, then zero their output.
+        pattern.band = (band | row_empty).view(batch_size * num_blocks, 1, block, -1)  # (B * N, 1, C, 3C + G)
+        pattern.band_row_empty = row_empty[:, :, None]  # (B, N, 1, C, 1)
     else:
         raise ValueError(
             f"unknown attention implementation {implementation!r}; use one of {ATTN_IMPLEMENTATIONS}"
@@ -184,18 +191,24 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
 
 
-def eager_structure_attention(q, k, v, pattern, scaling, dropout, training, global_qkv=None):
+def attention_dropout(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout on attention probabilities (p is 0 in eval mode). Skipped at p == 0, where F.dropout in
+    training mode would still draw and apply a mask of the size of the scores."""
+    return nn.functional.dropout(probs, p) if p > 0 else probs
+
+
+def eager_structure_attention(q, k, v, pattern, scaling, dropout, global_qkv=None):
     """The reference. q, k, v: (B, H, L, D). Returns the output (B, L, H, D) and probabilities (B, H, L, L)."""
     probs = masked_softmax(q @ k.transpose(-1, -2) * scaling, pattern.allowed)  # (B, H, L, L)
     if global_qkv is None:
-        out = nn.functional.dropout(probs, dropout, training) @ v  # (B, H, L, D)
+        out = attention_dropout(probs, dropout) @ v  # (B, H, L, D)
         return out.transpose(1, 2), probs
     q_global, k_global, v_global = global_qkv
     # A global row may attend every non-padding key, which is exactly what `allowed` says for that row.
     probs_global = masked_softmax(q_global @ k_global.transpose(-1, -2) * scaling, pattern.allowed)
     rows = pattern.is_global[:, None, :, None]  # (B, 1, L, 1)
     probs = torch.where(rows, probs_global, probs)  # (B, H, L, L)
-    dropped = nn.functional.dropout(probs, dropout, training)
+    dropped = attention_dropout(probs, dropout)
     out = torch.where(rows, dropped @ v_global, dropped @ v)  # (B, H, L, D)
     return out.transpose(1, 2), probs
 
@@ -224,45 +237,57 @@ def flex_structure_attention(module, q, k, v, pattern, scaling, dropout):
     return out  # (B, L, H, D)
 
 
-def blocked_structure_attention(q, k, v, pattern, scaling, dropout, training):
+def blocked_structure_attention(q, k, v, pattern, scaling, dropout):
     """Local blocks plus global columns, for the rows of local tokens. Returns (B, L, H, D).
 
-    The rows of global tokens come out wrong here and are replaced by `global_rows_attention`.
+    Each block of C queries attends to its own and the two neighbouring key blocks plus the global keys:
+    one SDPA call over B * N small problems. The rows of global tokens come out wrong here and are replaced
+    by `global_rows_attention`.
     """
     batch_size, num_heads, length, head_dim = q.shape
     block = pattern.window // 2
-    num_blocks = pattern.band_masked.shape[2]
+    num_blocks = pattern.band_row_empty.shape[1]
     pad = num_blocks * block - length
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
 
     def keys_of_blocks(x):
-        """(B, H, L, D) -> (B, H, N, 3C + G, D): each query block's own and two neighbouring key blocks, then
-        the global keys. One copy, so that scores and outputs are single batched matmuls."""
-        global_keys = x.gather(2, index)[:, :, None].expand(-1, -1, num_blocks, -1, -1)  # (B, H, N, G, D)
+        """(B, H, L, D) -> (B * N, H, 3C + G, D): per query block, three neighbouring key blocks, then the globals."""
+        global_keys = x.gather(2, index)[:, None].expand(-1, num_blocks, -1, -1, -1)  # (B, N, H, G, D)
         x = nn.functional.pad(x, (0, 0, block, pad + block))  # (B, H, (N + 2) * C, D)
-        x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim)  # (B, H, N + 2, C, D)
-        return torch.cat([x[:, :, :-2], x[:, :, 1:-1], x[:, :, 2:], global_keys], dim=3)  # (B, H, N, 3C + G, D)
+        x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim).transpose(
+            1, 2
+        )  # (B, N + 2, H, C, D)
+        x = torch.cat([x[:, :-2], x[:, 1:-1], x[:, 2:], global_keys], dim=3)  # (B, N, H, 3C + G, D)
+        return x.view(batch_size * num_blocks, num_heads, -1, head_dim)  # (B * N, H, 3C + G, D)
 
-    q_blocks = nn.functional.pad(q * scaling, (0, 0, 0, pad))  # (B, H, N * C, D)
-    q_blocks = q_blocks.view(batch_size, num_heads, num_blocks, block, head_dim)  # (B, H, N, C, D)
-    scores = q_blocks @ keys_of_blocks(k).transpose(-1, -2)  # (B, H, N, C, 3C + G)
-    # In place is safe: the matmul's backward needs its inputs, not its output.
-    scores = scores.masked_fill_(pattern.band_masked, torch.finfo(scores.dtype).min)
-    probs = nn.functional.dropout(torch.softmax(scores, dim=-1), dropout, training)
-    out = probs @ keys_of_blocks(v)  # (B, H, N, C, D)
+    q_blocks = nn.functional.pad(q, (0, 0, 0, pad))  # (B, H, N * C, D)
+    q_blocks = q_blocks.view(batch_size, num_heads, num_blocks, block, head_dim).transpose(
+        1, 2
+    )  # (B, N, H, C, D)
+    q_blocks = q_blocks.reshape(batch_size * num_blocks, num_heads, block, head_dim)  # (B * N, H, C, D)
+    out = nn.functional.scaled_dot_product_attention(
+        q_blocks,
+        keys_of_blocks(k),
+        keys_of_blocks(v),
+        attn_mask=pattern.band,
+        dropout_p=dropout,
+        scale=scaling,
+    )  # (B * N, H, C, D)
     # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
-    out = out.masked_fill(pattern.band_row_empty, 0.0)
-    out = out.view(batch_size, num_heads, num_blocks * block, head_dim)[:, :, :length]  # (B, H, L, D)
-    return out.transpose(1, 2)  # (B, L, H, D)
+    out = out.view(batch_size, num_blocks, num_heads, block, head_dim).masked_fill(
+        pattern.band_row_empty, 0.0
+    )
+    out = out.transpose(2, 3).reshape(batch_size, num_blocks * block, num_heads, head_dim)  # (B, N * C, H, D)
+    return out[:, :length]  # (B, L, H, D)
 
 
-def global_rows_attention(q, k, v, pattern, scaling, dropout, training):
+def global_rows_attention(q, k, v, pattern, scaling, dropout):
     """Rows of the global tokens: each attends to every non-padding key. Returns (B, G, H, D)."""
     batch_size, num_heads, length, head_dim = q.shape
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
     scores = q.gather(2, index) @ k.transpose(-1, -2) * scaling  # (B, H, G, L)
     probs = masked_softmax(scores, pattern.key_ok[:, None, None, :])  # (B, H, G, L)
-    out = nn.functional.dropout(probs, dropout, training) @ v  # (B, H, G, D)
+    out = attention_dropout(probs, dropout) @ v  # (B, H, G, D)
     return out.transpose(1, 2)  # (B, G, H, D)
 
 
@@ -314,21 +339,17 @@ class StructBertSelfAttention(nn.Module):
         probs = None
         if pattern.implementation == "eager":
             global_qkv = (q_global, k_global, v_global) if self.separate_global_projections else None
-            out, probs = eager_structure_attention(
-                q, k, v, pattern, self.scaling, dropout, self.training, global_qkv
-            )
+            out, probs = eager_structure_attention(q, k, v, pattern, self.scaling, dropout, global_qkv)
         else:
             if pattern.implementation == "sdpa":
                 out = sdpa_structure_attention(self, q, k, v, pattern, self.scaling, dropout)
             elif pattern.implementation == "flex_attention":
                 out = flex_structure_attention(self, q, k, v, pattern, self.scaling, dropout)
             else:
-                out = blocked_structure_attention(q, k, v, pattern, self.scaling, dropout, self.training)
+                out = blocked_structure_attention(q, k, v, pattern, self.scaling, dropout)
             # The dense paths already got the global rows right unless they use separate projections.
             if pattern.implementation == "blocked" or self.separate_global_projections:
-                rows = global_rows_attention(
-                    q_global, k_global, v_global, pattern, self.scaling, dropout, self.training
-                )
+                rows = global_rows_attention(q_global, k_global, v_global, pattern, self.scaling, dropout)
                 out = replace_rows(out, rows, pattern.global_index)
         return out.reshape(batch_size, length, hidden_size), probs  # (B, L, E)
 

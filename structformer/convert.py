@@ -213,10 +213,11 @@ def convert_checkpoint(
             len(ignored),
             ignored,
         )
-    if "structbert.embeddings.word_embeddings.weight" not in renamed:
-        raise ConversionError(
-            f"{weights_file}: no {model_type} encoder weights (embeddings.word_embeddings.weight is missing)"
-        )
+    for table in ("word_embeddings", "position_embeddings"):
+        if f"structbert.embeddings.{table}.weight" not in renamed:
+            raise ConversionError(
+                f"{weights_file}: no {model_type} encoder weights (embeddings.{table}.weight is missing)"
+            )
 
     if source.get("position_embedding_type", "absolute") != "absolute":
         raise ConversionError(

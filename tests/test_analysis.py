@@ -141,7 +141,10 @@ def test_structure_mask_changes_heading_share() -> None:
 def test_corpus_keywords_are_frequent_section_words() -> None:
     text = "A Title\n\nabstract words here.\n\nIntro\ngraph graph graph node node edge the the the"
     start = text.index("Intro")
-    headers = [{"start": 0, "end": 7, "level": "title"}, {"start": start, "end": start + 5, "level": "section"}]
+    headers = [
+        {"start": 0, "end": 7, "level": "title"},
+        {"start": start, "end": start + 5, "level": "section"},
+    ]
     spans = aa.corpus_keywords(text, headers, per_section=2)
     words = [text[s:e] for s, e in spans]
     # Section 1 keeps its two most frequent content words ("the" is a stop word); headings never count.
@@ -220,7 +223,9 @@ def test_analyze_attention_writes_json_and_figures(tiny_setup, tmp_path) -> None
     assert ((shares > 0) & (shares < 1)).all()
     assert len(results["summary"]) == 2 * 2 * len(aa.MEASURES)
     # The per-layer plot first, then one heatmap figure (both models and their difference) per measure.
-    assert results["figures"] == ["attention_per_layer.png"] + [f"attention_heatmap_{m}.png" for m in aa.MEASURES]
+    assert results["figures"] == ["attention_per_layer.png"] + [
+        f"attention_heatmap_{m}.png" for m in aa.MEASURES
+    ]
     for name in results["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -294,3 +299,10 @@ def test_scirex_probe_uses_mentions_as_keywords(tiny_setup, tmp_path) -> None:
     assert results["probe"]["keyword_tokens"] >= 2
     grid = np.array(results["checkpoints"]["structured"]["modes"]["structure"]["keyword_attention"])
     assert np.isfinite(grid).all() and (grid > 0).all()
+
+
+def test_keyword_tokens_follow_character_spans() -> None:
+    # Tokens: "graph" (0-5), "##s" (5-6), "of" (7-9), "node" (10-14), a special token (0, 0).
+    offsets = [(0, 5), (5, 6), (7, 9), (10, 14), (0, 0)]
+    mask = aa._char_mask(offsets, [(10, 14), (0, 6)])
+    assert mask.tolist() == [True, True, False, True, False]

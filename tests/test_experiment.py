@@ -38,10 +38,66 @@ def _finite_numbers(value, where: str = "") -> None:
             _finite_numbers(v, f"{where}[{i}]")
 
 
+def tiny_scirex(path: Path) -> Path:
+    """SciREX-format papers, with ids chosen so that the doc_id split has train and test documents."""
+    from structformer.trainers.scirex import split_bucket
+
+    ids = [f"paper-{k}" for k in range(40)]
+    train = [i for i in ids if split_bucket(i) < 0.7][:4]
+    test = [i for i in ids if split_bucket(i) >= 0.85][:2]
+    lines = []
+    for doc_id in train + test:
+        words = ["document", ":", "Graph", "Parsing", "we", "use", "BERT", "for", "parsing", "."]
+        sentences, sections, ner = [[0, 4], [4, 10]], [], [[6, 7, "Method"], [8, 9, "Task"]]
+        start = len(words)
+        words += ["section", ":", "Method"]
+        sentences.append([start, len(words)])
+        for _ in range(3):
+            s = len(words)
+            words += ["the", "BERT", "model", "improves", "parsing", "accuracy", "on", "PTB", "."]
+            sentences.append([s, len(words)])
+            ner += [
+                [s + 1, s + 2, "Method"],
+                [s + 4, s + 5, "Task"],
+                [s + 5, s + 6, "Metric"],
+                [s + 7, s + 8, "Material"],
+            ]
+        sections = [[0, start], [start, len(words)]]
+        coref = {"BERT": [[6, 7]] + [[s[0], s[1]] for s in ner[2:] if s[2] == "Method"], "PTB": []}
+        lines.append(
+            json.dumps(
+                {
+                    "doc_id": doc_id,
+                    "words": words,
+                    "sentences": sentences,
+                    "sections": sections,
+                    "ner": ner,
+                    "coref": coref,
+                }
+            )
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("exp") / "experiment"
-    assert experiment.main(["--output-dir", str(out), *TINY]) == 0
+    root = tmp_path_factory.mktemp("exp")
+    scirex = tiny_scirex(root / "scirex.jsonl")
+    out = root / "experiment"
+    argv = [
+        "--output-dir",
+        str(out),
+        *TINY,
+        "--scirex",
+        str(scirex),
+        "--seeds",
+        "1",
+        "2",
+        "--finetune-max-steps",
+        "1",
+    ]
+    assert experiment.main(argv) == 0
     return out
 
 
@@ -58,7 +114,11 @@ def test_results_json_follows_the_contract(finished: Path) -> None:
         assert 0 < bits < 20 and ppl > 1
         # Perplexity is 2 ** bits per masked token.
         assert math.isclose(ppl, 2**bits, rel_tol=1e-3)
-        assert entry["downstream"] == {}
+        assert set(entry["downstream"]) == {"scirex_ner", "scirex_salient"}
+        for task in entry["downstream"].values():
+            assert set(task) == {"f1", "precision", "recall"}
+            for metric in task.values():
+                assert len(metric["values"]) == 2 and 0 <= metric["mean"] <= 1 and metric["std"] >= 0
     _finite_numbers(results["models"], "models")
     summary = results["attention"]["summary"]
     assert len(summary) == 2 * 2 * 4
@@ -73,6 +133,9 @@ def test_report_matches_results_and_figures_exist(finished: Path) -> None:
     for variant, entry in results["models"].items():
         assert f"| {variant} | {_fmt(entry['pretrain']['eval_bits_per_masked_token'])} |" in report
     assert _fmt(results["attention"]["summary"]["structured/structure/heading_share"]) in report
+    f1 = results["models"]["plain"]["downstream"]["scirex_ner"]["f1"]
+    assert "| scirex_ner | f1 | " in report and f"{f1['mean']:.4f} ± {f1['std']:.4f} (n=2) |" in report
+    assert (finished / "figures" / "scirex_f1.png").is_file()
     figures = results["attention"]["figures"]
     assert "attention/attention_per_layer.png" in figures
     embedded = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)

@@ -28,7 +28,9 @@ from structformer.dataset_scripts.latex_source import (
 
 
 def doc(body: str, preamble: str = "") -> bytes:
-    return f"\\documentclass{{article}}\n{preamble}\n\\begin{{document}}\n{body}\n\\end{{document}}\n".encode()
+    return (
+        f"\\documentclass{{article}}\n{preamble}\n\\begin{{document}}\n{body}\n\\end{{document}}\n".encode()
+    )
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -76,7 +78,9 @@ def test_strip_comments_comment_only_line_and_paragraph_break():
 
 def test_strip_comments_leaves_verbatim_alone():
     text = "\\begin{verbatim}\nx = 1 % not a comment\n\\end{verbatim}\n\\verb|%| kept % gone"
-    assert strip_comments(text) == "\\begin{verbatim}\nx = 1 % not a comment\n\\end{verbatim}\n\\verb|%| kept "
+    assert (
+        strip_comments(text) == "\\begin{verbatim}\nx = 1 % not a comment\n\\end{verbatim}\n\\verb|%| kept "
+    )
 
 
 def test_strip_comments_double_backslash_then_comment():
@@ -143,7 +147,7 @@ def test_find_main_file_none_without_document():
 
 def test_resolve_includes_forms():
     texts = {
-        "main.tex": "A \\input{sec/one} B \\input sec/two.tex C \\include{three} D \\subfile{four.tex} E",
+        "main.tex": "\\begin{document}A \\input{sec/one} B \\input sec/two.tex C \\include{three} D \\subfile{four.tex} E",
         "sec/one.tex": "1",
         "sec/two.tex": "2",
         "three.tex": "3",
@@ -151,12 +155,17 @@ def test_resolve_includes_forms():
     }
     warnings: list[str] = []
     out = resolve_includes(texts, "main.tex", warnings=warnings)
-    assert " ".join(out.split()) == "A 1 B 2 C 3 D 4 E"
+    assert " ".join(out.split()) == "\\begin{document}A 1 B 2 C 3 D 4 E"
     assert warnings == []
 
 
 def test_resolve_includes_nested_relative_to_root_then_file():
-    texts = {"main.tex": "\\input{ch/a}", "ch/a.tex": "[\\input{ch/b}|\\input{c}]", "ch/b.tex": "b", "ch/c.tex": "c"}
+    texts = {
+        "main.tex": "\\input{ch/a}",
+        "ch/a.tex": "[\\input{ch/b}|\\input{c}]",
+        "ch/b.tex": "b",
+        "ch/c.tex": "c",
+    }
     assert "".join(resolve_includes(texts, "main.tex").split()) == "[b|c]"
 
 
@@ -185,7 +194,11 @@ def test_resolve_includes_missing_cycle_and_depth():
 
 
 def test_resolve_includes_endinput_and_not_includegraphics():
-    texts = {"main.tex": "\\includegraphics{fig} \\input{a}", "a.tex": "kept\\endinput dropped", "fig.tex": "no"}
+    texts = {
+        "main.tex": "\\includegraphics{fig} \\input{a}",
+        "a.tex": "kept\\endinput dropped",
+        "fig.tex": "no",
+    }
     assert " ".join(resolve_includes(texts, "main.tex").split()) == "\\includegraphics{fig} kept"
 
 
@@ -241,7 +254,9 @@ def test_expand_macros_growth_is_bounded():
 
 
 def test_collect_macros_let_and_document_command():
-    macros, rest = collect_macros("\\newcommand{\\x}[1]{X#1}\\let\\y\\x\\let\\z=\\textbf\\NewDocumentCommand{\\w}{m}{W#1}t")
+    macros, rest = collect_macros(
+        "\\newcommand{\\x}[1]{X#1}\\let\\y\\x\\let\\z=\\textbf\\NewDocumentCommand{\\w}{m}{W#1}t"
+    )
     assert rest == "t"
     assert macros["y"].nargs == 1 and macros["z"].body == "\\textbf" and macros["w"].body == "W#1"
 
@@ -258,7 +273,10 @@ def test_extract_title_variants():
 
 
 def test_extract_abstract_environment_and_macro():
-    assert extract_abstract("\\begin{abstract}\nWe show $x$.\n\nSecond.\n\\end{abstract}") == "We show x.\n\nSecond."
+    assert (
+        extract_abstract("\\begin{abstract}\nWe show $x$.\n\nSecond.\n\\end{abstract}")
+        == "We show x.\n\nSecond."
+    )
     assert extract_abstract("\\abstract{Short \\textbf{one}.}\\keywords{k}") == "Short one."
     assert extract_abstract("nothing") == ""
 
@@ -299,7 +317,9 @@ def test_latex_to_text_math_placeholders():
     options = LatexOptions(max_linear_math_chars=10)
     [text] = latex_to_text("Let $\\alpha+\\beta$ and $\\sum_{i=1}^{n} x_i^2 + y_i^2 = z$ hold.", options)
     assert text == "Let α+β and [MATH] hold."
-    [text] = latex_to_text("See\n\\begin{equation}\\int_0^1 f(x)\\,dx = \\sum_k a_k b_k\\label{e}\\end{equation}\nnow.")
+    [text] = latex_to_text(
+        "See\n\\begin{equation}\\int_0^1 f(x)\\,dx = \\sum_k a_k b_k\\label{e}\\end{equation}\nnow."
+    )
     assert text == "See [MATH] now."
     [text] = latex_to_text("$x$", LatexOptions(max_linear_math_chars=0, math_placeholder="<m>"))
     assert text == "<m>"
@@ -323,7 +343,9 @@ def test_latex_to_text_drops_floats_and_bibliography_keeps_lists():
 
 def test_latex_to_text_survives_broken_href_and_unknown_macros():
     warnings: list[str] = []
-    paragraphs = latex_to_text("Link \\href{http://x.org}{here} and \\href and \\unknown{kept} end.", warnings=warnings)
+    paragraphs = latex_to_text(
+        "Link \\href{http://x.org}{here} and \\href and \\unknown{kept} end.", warnings=warnings
+    )
     # As in TeX, a bare \\href takes the next two tokens ("a", "n") as its arguments.
     assert paragraphs == ["Link here and nd kept end."]
 
@@ -362,9 +384,13 @@ def test_parse_paper_multi_file_with_macros():
 
 
 def test_parse_paper_windows_1251_source():
-    files = {"main.tex": doc("\\section{Введение}\nТекст статьи.", "\\title{Заголовок}").decode().encode("cp1251")}
+    files = {
+        "main.tex": doc("\\section{Введение}\nТекст статьи.", "\\title{Заголовок}").decode().encode("cp1251")
+    }
     paper = parse_paper(files)
-    assert paper.title == "Заголовок" and paper.sections == [Section("section", "Введение", ["Текст статьи."])]
+    assert paper.title == "Заголовок" and paper.sections == [
+        Section("section", "Введение", ["Текст статьи."])
+    ]
 
 
 def test_parse_paper_refuses_etc_passwd():
@@ -400,3 +426,21 @@ def test_parse_paper_is_deterministic_and_pure():
     first = parse_paper(files)
     second = parse_paper(dict(reversed(list(files.items()))))
     assert first == second
+
+
+def test_parse_paper_survives_nesting_deeper_than_python_recursion():
+    body = "\\section{A}\nok\n\n" + "{" * 5000 + "x" + "}" * 5000 + "\n\nafter"
+    paper = parse_paper({"main.tex": doc(body)})
+    assert paper.sections == [Section("section", "A", ["ok", "after"])]
+    assert any("RecursionError" in w for w in paper.warnings)
+
+
+def test_resolve_includes_wrapper_keeps_the_included_preamble():
+    texts = {
+        "draft.tex": "\\def\\draft{1}\n\\input{main}",
+        "main.tex": doc("Body", preamble="\\title{Kept}").decode(),
+    }
+    assert find_main_file(texts) == "draft.tex"
+    out = resolve_includes(texts, "draft.tex")
+    assert "\\title{Kept}" in out and "\\begin{document}" in out
+    assert parse_paper({k: v.encode() for k, v in texts.items()}).title == "Kept"

@@ -41,7 +41,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    corpus = make_corpus(root / "corpus", n_train=10, n_validation=2, words=12)
+    # Small enough that an epoch is 2 steps of 4 sequences: the 4-step runs below cross an epoch boundary.
+    corpus = make_corpus(root / "corpus", n_train=2, n_validation=2, words=12)
     import random
 
     rng = random.Random(2)
@@ -72,7 +73,7 @@ def base_args(setup, out: Path, *extra: str, steps: int = 4) -> list[str]:
         "--dataset-config", "arxiv_structured",
         "--tokenizer", str(setup["tokenizer"]),
         "--model-config", str(setup["config"]),
-        "--max-seq-length", "64",
+        "--max-seq-length", "128",
         "--per-device-batch-size", "4",
         "--max-steps", str(steps),
         "--learning-rate", "1e-3",
@@ -137,14 +138,15 @@ def test_resume_after_sigkill_is_exact(setup, reference, tmp_path):
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *base_args(setup, killed, steps=4)],
+        # Checkpoints at step 3, in the middle of the second epoch (the reference saved at 2 and 4).
+        [sys.executable, str(SCRIPT), *base_args(setup, killed, "--save-steps", "3", steps=4)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
     )
     try:
         deadline = time.monotonic() + 240
-        while not (killed / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+        while not (killed / "checkpoints" / "checkpoint-3" / "trainer_state.json").exists():
             assert process.poll() is None, "the run ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within the time limit"
             time.sleep(0.01)
@@ -156,13 +158,16 @@ def test_resume_after_sigkill_is_exact(setup, reference, tmp_path):
             process.wait()
     assert not (killed / "model.safetensors").exists()
 
-    assert pretrain.main([*base_args(setup, killed, steps=4), "--resume-from-checkpoint", "latest"]) == 0
+    resume = [*base_args(setup, killed, "--save-steps", "3", steps=4), "--resume-from-checkpoint", "latest"]
+    assert pretrain.main(resume) == 0
+    records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "loss" in r] == [0, 0, 1, 1]  # step 4 resumes mid-epoch
     assert train_losses(killed) == train_losses(reference)  # the same logged losses, step for step
     ours, theirs = load_file(killed / "model.safetensors"), load_file(reference / "model.safetensors")
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert torch.allclose(ours[name], theirs[name], atol=1e-6, rtol=0), name
-    assert json.loads((killed / "training_args.json").read_text())["resumed_from"] is not None
+    assert json.loads((killed / "training_args.json").read_text())["resumed_from"].endswith("checkpoint-3")
 
 
 def test_latest_skips_unfinished_checkpoints(tmp_path):
@@ -183,7 +188,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process(setup, reference, tmp_path):
+def test_two_process_ddp_with_accumulation_matches_one_process(setup, reference, tmp_path):
     ddp = tmp_path / "ddp"
     # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process unless mpirun is set up; torchrun's
     # launcher (--multi_gpu) with ACCELERATE_USE_CPU=1 gives 2 CPU processes on gloo.
@@ -193,7 +198,8 @@ def test_two_process_ddp_matches_one_process(setup, reference, tmp_path):
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         str(SCRIPT),
         *base_args(setup, ddp, "--save-steps", "0", steps=2),
-        "--per-device-batch-size", "2",
+        # 2 processes x 1 sequence x 2 accumulation steps = the reference's 4 sequences per step
+        "--per-device-batch-size", "1", "--gradient-accumulation-steps", "2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -232,7 +238,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup, tmp_path, mo
     assert not (out / "model.safetensors").exists()
 
 
-def test_bad_options_fail_before_any_work(setup, tmp_path):
+def test_bad_options_fail_before_any_work(setup, reference, tmp_path):
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        pretrain.main(base_args(setup, reference))
     out = tmp_path / "out"
     with pytest.raises(SystemExit):
         pretrain.parse_args(base_args(setup, out, "--attention-window", "15"))

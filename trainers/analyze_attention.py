@@ -31,6 +31,7 @@ two checkpoints, and ``attention_per_layer.png`` (head-averaged measures per lay
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import math
@@ -93,38 +94,37 @@ class ProbeDocument:
 
 
 def attention_measures(attentions: Sequence[torch.Tensor], doc: ProbeDocument) -> dict[str, torch.Tensor]:
-    """Sums and counts of every measure for one document.
+    """Per-(layer, head) sums of every measure over its query rows, for one document.
 
-    ``attentions``: one ``(1, H, L, L)`` probability tensor per layer. Returns, per measure,
-    ``{"sum": (layers, H), "count": int}`` as a dict ``{measure: tensor}`` plus ``{measure}_count``
-    scalars, so documents are pooled token-weighted by summing.
+    ``attentions``: one ``(1, H, L, L)`` probability tensor per layer. Returns ``{measure: (layers, H)
+    sums}`` and ``{measure + "_count": rows}``, so that documents pool token-weighted by summing.
     """
-    probs = torch.stack([a[0] for a in attentions]).double()  # (layers, H, L, L)
-    length = probs.shape[-1]
+    length = attentions[0].shape[-1]
     positions = torch.arange(length, dtype=torch.float64)
+    distances = (positions[:, None] - positions[None, :]).abs()  # (L, L)
     heading = doc.heading_mask.bool()
-    special = doc.special_mask.bool()
-    body = ~heading & ~special
+    body = ~heading & ~doc.special_mask.bool()
+    every = torch.ones_like(body)
     same_section = doc.section_ids[:, None] == doc.section_ids[None, :]  # (L, L)
     own_keywords = (same_section & doc.keyword_mask.bool()[None, :]).double()  # (L, L)
     # Only heading rows whose section has keyword tokens in view can attend to them at all.
     heading_rows = heading & (own_keywords.sum(-1) > 0)
+    rows = {"heading_share": body, "keyword_attention": heading_rows, "entropy": every, "distance": every}
 
-    to_heading = probs[..., heading.double().nonzero().flatten()].sum(-1)  # (layers, H, L)
-    to_keywords = (probs * own_keywords).sum(-1)  # (layers, H, L)
-    plogp = torch.where(probs > 0, probs * probs.clamp_min(1e-300).log(), torch.zeros_like(probs))
-    entropy = -plogp.sum(-1)  # (layers, H, L)
-    distance = (probs * (positions[:, None] - positions[None, :]).abs()).sum(-1)  # (layers, H, L)
-
-    out: dict[str, torch.Tensor] = {}
-    for name, rows, values in (
-        ("heading_share", body, to_heading),
-        ("keyword_attention", heading_rows, to_keywords),
-        ("entropy", torch.ones_like(body), entropy),
-        ("distance", torch.ones_like(body), distance),
-    ):
-        out[name] = values[..., rows].sum(-1)
-        out[f"{name}_count"] = torch.tensor(int(rows.sum()))
+    per_layer: dict[str, list[torch.Tensor]] = {name: [] for name in rows}
+    # One layer at a time keeps the float64 temporaries at (H, L, L).
+    for layer in attentions:
+        probs = layer[0].double()  # (H, L, L)
+        values = {
+            "heading_share": probs[..., heading].sum(-1),
+            "keyword_attention": (probs * own_keywords).sum(-1),
+            "entropy": -torch.where(probs > 0, probs * probs.clamp_min(1e-300).log(), 0.0).sum(-1),
+            "distance": (probs * distances).sum(-1),
+        }  # each (H, L)
+        for name, value in values.items():
+            per_layer[name].append(value[:, rows[name]].sum(-1))
+    out: dict[str, torch.Tensor] = {name: torch.stack(sums) for name, sums in per_layer.items()}
+    out.update({f"{name}_count": torch.tensor(int(mask.sum())) for name, mask in rows.items()})
     return out
 
 
@@ -185,10 +185,14 @@ def corpus_keywords(text: str, headers: Sequence[dict], per_section: int) -> lis
 
 
 def _char_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """True for tokens whose character span overlaps any of ``spans``."""
+    """True for tokens whose character span overlaps one of ``spans`` (non-overlapping word spans)."""
+    spans = sorted(spans)
+    starts = [s for s, _ in spans]
     mask = torch.zeros(len(offsets), dtype=torch.bool)
     for i, (start, end) in enumerate(offsets):
-        if end > start and any(start < e and s < end for s, e in spans):
+        # Spans do not overlap, so only the last one that starts before the token ends can reach it.
+        k = bisect.bisect_left(starts, end) - 1
+        if end > start and k >= 0 and spans[k][1] > start:
             mask[i] = True
     return mask
 

@@ -270,8 +270,14 @@ def read_pretrain_metrics(model_dir: Path) -> dict:
     }
 
 
-def finetune_step(args: argparse.Namespace, variant: str, model_dir: Path, out: Path) -> dict:
-    """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}``."""
+def finetune_step(
+    args: argparse.Namespace, variant: str, model_dir: Path, out: Path, runs: dict | None = None
+) -> dict:
+    """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}``.
+
+    ``runs`` (when given) receives, per task, the split sizes, steps and structure setting of the runs.
+    """
+    runs = {} if runs is None else runs
     from structformer.trainers.finetune import main as finetune_main
 
     length = args.finetune_max_seq_length or args.max_seq_length
@@ -300,6 +306,12 @@ def finetune_step(args: argparse.Namespace, variant: str, model_dir: Path, out: 
         if args.finetune_max_steps:
             argv += ["--max-steps", str(args.finetune_max_steps)]
         results = finetune_main(argv)
+        runs[task.replace("-", "_")] = {
+            "split_sizes": results.get("split_sizes"),
+            "eval_split": results.get("eval_split"),
+            "steps_per_seed": results.get("steps_per_seed"),
+            "use_structure": results.get("use_structure"),
+        }
         metrics = results["metrics"]
         downstream[task.replace("-", "_")] = {m: metrics[m] for m in ("f1", "precision", "recall")}
     return downstream
@@ -413,8 +425,9 @@ def _run_steps(args: argparse.Namespace, work: Path, output: Path) -> None:
 
     def finetune(variant: str) -> Callable[[], None]:
         def step() -> None:
+            runs = state.setdefault("scirex_runs", {}).setdefault(variant, {})
             state[f"downstream_{variant}"] = finetune_step(
-                args, variant, models[variant], work / "finetune" / variant
+                args, variant, models[variant], work / "finetune" / variant, runs
             )
 
         return step
@@ -464,6 +477,7 @@ def _run_steps(args: argparse.Namespace, work: Path, output: Path) -> None:
             timings=timings,
             model_cards=cards,
             model_dirs=models,
+            scirex_runs=state.get("scirex_runs"),
         )
         bar.update(1)
 

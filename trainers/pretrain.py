@@ -17,7 +17,6 @@ micro-batches), so 2 processes give the same loss and gradients as 1 with the sa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import logging
@@ -440,10 +439,17 @@ def main(argv: list[str] | None = None) -> int:
         project_dir=str(output_dir),
         # The scheduler steps once per optimizer step whatever the number of processes.
         step_scheduler_with_optimizer=False,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
     _setup_logging(accelerator)
     resume_from = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if args.resume_from_checkpoint is None and list_checkpoints(output_dir / "checkpoints"):
+        # A fresh run would mix its checkpoints with the old ones, and "latest" could pick the old run's.
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of another run: pass --resume-from-checkpoint latest "
+            "to continue it, or choose a new --output-dir"
+        )
     if args.resume_from_checkpoint == "latest" and resume_from is None:
         logger.info(
             "--resume-from-checkpoint latest: no checkpoint in %s yet, starting from scratch", output_dir
@@ -562,18 +568,22 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("train", "validation"):
             if split not in raw:
                 continue
-            packed[split] = raw[split].map(
-                pack_batch,
-                batched=True,
-                batch_size=32,
-                num_proc=args.preprocessing_num_workers
-                if (args.preprocessing_num_workers or 0) > 1
-                else None,
-                remove_columns=raw[split].column_names,
-                features=sequence_features(),
-                fn_kwargs=pack_kwargs,
-                desc=f"tokenizing and packing {split}",
-            ).with_format("numpy")
+            packed[split] = (
+                raw[split]
+                .map(
+                    pack_batch,
+                    batched=True,
+                    batch_size=32,
+                    num_proc=args.preprocessing_num_workers
+                    if (args.preprocessing_num_workers or 0) > 1
+                    else None,
+                    remove_columns=raw[split].column_names,
+                    features=sequence_features(),
+                    fn_kwargs=pack_kwargs,
+                    desc=f"tokenizing and packing {split}",
+                )
+                .with_format("numpy")
+            )
     global_batch = args.per_device_batch_size * accelerator.num_processes
     if len(packed["train"]) < global_batch * args.gradient_accumulation_steps:
         raise ValueError(
@@ -706,10 +716,13 @@ def main(argv: list[str] | None = None) -> int:
     eval_results: dict[str, float] | None = None
     objective.train()
     while completed_steps < args.max_steps:
-        sampler.set_epoch(epoch)
         collator.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         skip = 0
+        # Accelerate's loader re-applies its own epoch counter to the sampler when iterated; a loader made
+        # by skip_first_batches starts that counter at 0, so the epoch is set on the loader itself.
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         batches = iter(loader)
         while completed_steps < args.max_steps:
             micro = list(itertools.islice(batches, args.gradient_accumulation_steps))
@@ -723,16 +736,22 @@ def main(argv: list[str] | None = None) -> int:
             n_masked = accelerator.reduce(torch.tensor(float(local_masked), device=accelerator.device), "sum")
             n_masked = n_masked.clamp(min=1.0)
             step_loss = torch.zeros((), device=accelerator.device)
-            for k, batch in enumerate(micro):
-                sync = k == len(micro) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(objective):
+            for batch in micro:
+                # accumulate() skips the gradient all-reduce (DDP) and the update (DeepSpeed) until the
+                # last micro-batch of the step.
+                with accelerator.accumulate(objective):
                     loss_sums, _ = objective(**batch)
                     loss_sum = loss_sums.sum()
-                    # DDP averages gradients over processes; scaling by their number makes the result the
-                    # mean over every masked token of the global batch.
-                    accelerator.backward(loss_sum * accelerator.num_processes / n_masked)
+                    # backward() divides by the accumulation steps and DDP averages over processes;
+                    # undoing both leaves the mean over every masked token of the global batch.
+                    scale = accelerator.num_processes * args.gradient_accumulation_steps
+                    accelerator.backward(loss_sum * scale / n_masked)
                 step_loss += loss_sum.detach().float()
                 window_tokens += int(batch["attention_mask"].sum())
+            if not accelerator.sync_gradients:
+                raise RuntimeError(
+                    "gradient accumulation lost step with the data: no sync on the last micro-batch"
+                )
             loss = (accelerator.reduce(step_loss, "sum") / n_masked).item()
             if not math.isfinite(loss):
                 progress.close()

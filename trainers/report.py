@@ -254,8 +254,13 @@ def write_report(
     timings: dict[str, float],
     model_cards: Sequence[str] = (),
     model_dirs: dict[str, Path] | None = None,
+    scirex_runs: dict[str, dict] | None = None,
 ) -> Path:
-    """``report.md`` with every setting, the tables, and the figures embedded."""
+    """``report.md`` with every setting, the tables, and the figures embedded.
+
+    ``scirex_runs``: per model and task, the fine-tuning runs' ``split_sizes``, ``eval_split``,
+    ``steps_per_seed`` and ``use_structure`` (as ``finetune`` reports them).
+    """
     output_dir = Path(output_dir)
     figures_dir = output_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
@@ -367,9 +372,36 @@ def write_report(
         lines += _table(["task", "metric", *variants], rows)
         lines += [
             "",
-            f"Mean ± std over seeds {settings.get('seeds')}, on the test part of the deterministic doc_id split.",
+            f"Mean ± std over seeds {settings.get('seeds')}, on the held-out part of SciREX's deterministic "
+            "doc_id split (documents per split below).",
             "",
         ]
+        if scirex_runs:
+            lines += _table(
+                [
+                    "model",
+                    "task",
+                    "documents (train / dev / test)",
+                    "scored split",
+                    "steps per seed",
+                    "headings global",
+                ],
+                [
+                    [
+                        variant,
+                        task,
+                        " / ".join(
+                            str((run.get("split_sizes") or {}).get(k, "?")) for k in ("train", "dev", "test")
+                        ),
+                        run.get("eval_split"),
+                        run.get("steps_per_seed"),
+                        "yes" if run.get("use_structure") else "no",
+                    ]
+                    for variant, tasks_run in scirex_runs.items()
+                    for task, run in tasks_run.items()
+                ],
+            )
+            lines += [""]
         if figure := downstream_figure(results, figures_dir / "scirex_f1.png"):
             lines += [f"![SciREX F1]({figure.relative_to(output_dir)})", ""]
 
