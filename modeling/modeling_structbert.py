@@ -251,12 +251,11 @@ def blocked_structure_attention(q, k, v, pattern, scaling, dropout):
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
 
     def keys_of_blocks(x):
-        """(B, H, L, D) -> (B * N, H, 3C + G, D): per query block, three neighbouring key blocks, then the globals."""
+        """(B, H, L, D) -> (B * N, H, 3C + G, D): per query block, 3 neighbouring key blocks, then the globals."""
         global_keys = x.gather(2, index)[:, None].expand(-1, num_blocks, -1, -1, -1)  # (B, N, H, G, D)
         x = nn.functional.pad(x, (0, 0, block, pad + block))  # (B, H, (N + 2) * C, D)
-        x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim).transpose(
-            1, 2
-        )  # (B, N + 2, H, C, D)
+        x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim)  # (B, H, N + 2, C, D)
+        x = x.transpose(1, 2)  # (B, N + 2, H, C, D)
         x = torch.cat([x[:, :-2], x[:, 1:-1], x[:, 2:], global_keys], dim=3)  # (B, N, H, 3C + G, D)
         return x.view(batch_size * num_blocks, num_heads, -1, head_dim)  # (B * N, H, 3C + G, D)
 

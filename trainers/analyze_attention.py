@@ -144,10 +144,14 @@ def probe_model(model: torch.nn.Module, docs: Sequence[ProbeDocument], mode: str
             )[None],
             "section_ids": (doc.section_ids if structured else torch.zeros_like(doc.section_ids))[None],
         }
-        outputs = model(**inputs, output_attentions=True, return_dict=True)
+        device = next(model.parameters()).device
+        outputs = model(
+            **{k: v.to(device) for k, v in inputs.items()}, output_attentions=True, return_dict=True
+        )
         if not outputs.attentions:
             raise RuntimeError("the model returned no attentions although output_attentions=True")
-        for key, value in attention_measures(outputs.attentions, doc).items():
+        attentions = [a.float().cpu() for a in outputs.attentions]
+        for key, value in attention_measures(attentions, doc).items():
             totals[key] = totals[key] + value if key in totals else value
     result: dict[str, list[list[float]] | int] = {}
     for name in MEASURES:
@@ -388,8 +392,12 @@ def analyze(
     max_docs: int | None = None,
     split: str = "validation",
     keywords_per_section: int = 5,
+    device: str | None = None,
 ) -> dict:
-    """Probe every checkpoint in both modes; write ``attention.json`` and the figures."""
+    """Probe every checkpoint in both modes; write ``attention.json`` and the figures.
+
+    ``device``: where the models run (default: CUDA when available, else the CPU).
+    """
     from transformers import AutoTokenizer
 
     from structformer.trainers.report import attention_figures
@@ -415,7 +423,7 @@ def analyze(
     }
     probe_cache: dict[tuple, tuple[list[ProbeDocument], dict]] = {}
     for label, checkpoint in zip(labels, checkpoints):
-        model = load_checkpoint(checkpoint)
+        model = load_checkpoint(checkpoint).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         types = [t for t in model.config.global_attention_types if t != "cls"]
         tok_path = tokenizer_path or checkpoint
         key = (str(tok_path), tuple(types))
@@ -500,6 +508,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-docs", type=int, default=None, help="probe at most this many documents")
     parser.add_argument("--keywords-per-section", type=int, default=5)
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)"
+    )
     args = parser.parse_args(argv)
     if args.max_length < 2:
         parser.error("--max-length must be at least 2")
@@ -519,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         max_docs=args.max_docs,
         split=args.split,
         keywords_per_section=args.keywords_per_section,
+        device=args.device,
     )
     logger.info(
         "probed %d checkpoints on %d documents; wrote %s",

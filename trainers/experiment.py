@@ -80,12 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)",
     )
-    model.add_argument("--max-steps", type=int, default=60, help="pre-training steps of each model")
+    model.add_argument("--max-steps", type=int, default=40, help="pre-training steps of each model")
     model.add_argument("--max-seq-length", type=int, default=256)
     model.add_argument("--attention-window", type=int, default=None, help="override the preset's window")
     model.add_argument("--per-device-batch-size", type=int, default=8)
     model.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    model.add_argument("--learning-rate", type=float, default=5e-4)
+    model.add_argument(
+        "--learning-rate", type=float, default=None, help="default: 5e-4 from scratch, 5e-5 with --init-from"
+    )
     model.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
     model.add_argument(
         "--eval-steps", type=int, default=0, help="evaluate every N steps (0: only at the end)"
@@ -118,7 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scirex.add_argument(
         "--finetune-max-steps", type=int, default=None, help="cap on fine-tuning steps per run"
     )
-    scirex.add_argument("--finetune-learning-rate", type=float, default=5e-4)
+    scirex.add_argument(
+        "--finetune-learning-rate",
+        type=float,
+        default=None,
+        help="default: 5e-4 from scratch, 5e-5 with --init-from",
+    )
     scirex.add_argument("--finetune-max-seq-length", type=int, default=None, help="default: --max-seq-length")
     scirex.add_argument(
         "--finetune-structure",
@@ -128,6 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reads documents as it was pre-trained), always = for both, never = for neither",
     )
     args = parser.parse_args(argv)
+    # A pre-trained start needs BERT-sized steps; the tiny from-scratch model learns nothing with them.
+    default_lr = 5e-5 if args.init_from else 5e-4
+    args.learning_rate = args.learning_rate or default_lr
+    args.finetune_learning_rate = args.finetune_learning_rate or default_lr
     if args.sources and args.corpus_dir:
         parser.error("give --sources or --corpus-dir, not both")
     for name in ("max_steps", "max_seq_length", "per_device_batch_size", "vocab_size", "probe_max_docs"):

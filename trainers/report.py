@@ -142,7 +142,11 @@ def attention_figures(results: dict, output_dir: Path) -> list[Path]:
                 layers = max(layers, len(per_layer))
                 color = colors[k % len(colors)]
                 name = f"{label}, {MODE_TITLES[mode]}"
-                ax.plot(range(len(per_layer)), per_layer, style, color=color, marker="o", label=name)
+                # Distinct markers keep a model visible when its line lies on top of another's.
+                marker, size = ("o", 8) if k == 0 else ("x", 7) if k == 1 else ("s", 5)
+                ax.plot(
+                    range(len(per_layer)), per_layer, style, color=color, marker=marker, ms=size, label=name
+                )
         ax.set_title(MEASURE_TITLES.get(measure, measure), fontsize=10)
         ax.set_xticks(range(layers))
         ax.set_xlabel("layer")
