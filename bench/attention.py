@@ -199,12 +199,12 @@ def _attention_layer(implementation: str, length: int):
         q, k, v = qkv
         pattern = structbert.build_attention_pattern(implementation, WINDOW, key_ok, is_global, None)
         if implementation == "eager":
-            out, _ = structbert.eager_structure_attention(q, k, v, pattern, layer.scaling, dropout, True)
+            out, _ = structbert.eager_structure_attention(q, k, v, pattern, layer.scaling, dropout)
         elif implementation == "sdpa":
             out = structbert.sdpa_structure_attention(layer, q, k, v, pattern, layer.scaling, dropout)
         else:
-            out = structbert.blocked_structure_attention(q, k, v, pattern, layer.scaling, dropout, True)
-            rows = structbert.global_rows_attention(q, k, v, pattern, layer.scaling, dropout, True)
+            out = structbert.blocked_structure_attention(q, k, v, pattern, layer.scaling, dropout)
+            rows = structbert.global_rows_attention(q, k, v, pattern, layer.scaling, dropout)
             out = structbert.replace_rows(out, rows, pattern.global_index)
         out.sum().backward()
 

@@ -202,7 +202,10 @@ def test_two_process_ddp_with_accumulation_matches_one_process(setup, reference,
         "--per-device-batch-size", "1", "--gradient-accumulation-steps", "2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"2-process run timed out; stderr tail:\n{(err.stderr or b'')[-3000:]}") from err
     assert result.returncode == 0, result.stderr[-3000:]
     args = json.loads((ddp / "training_args.json").read_text())
     assert args["num_processes"] == 2 and args["global_batch_size"] == 4

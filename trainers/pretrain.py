@@ -457,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- 1. Options that can be checked without work: dataset, config, columns, tokenizer, model.
     required = [args.text_column] + (["headers"] if args.dataset_config == "arxiv_structured" else [])
-    raw = load_corpus(args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=required)
+    with accelerator.main_process_first():  # one process downloads / prepares the Arrow cache
+        raw = load_corpus(
+            args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=required
+        )
     if "train" not in raw:
         raise ValueError(f"{args.dataset}: no 'train' split; splits are {sorted(raw)}")
     use_headers = "headers" in raw["train"].column_names and args.dataset_config != "arxiv_plain"
