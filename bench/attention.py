@@ -164,7 +164,7 @@ def _attention_layer(implementation: str, length: int):
     """Closures running the self-attention layer alone (its mask, forward and backward), and its core.
 
     The core is what differs between the paths: the mask and the attention given the projected
-    queries, keys and values. The layer adds the four (L, E) x (E, E) projections every path shares.
+    queries, keys and values. The layer adds the three (L, E) x (E, E) projections every path shares.
     """
     import torch
 
@@ -177,13 +177,9 @@ def _attention_layer(implementation: str, length: int):
     layer = structbert.StructBertSelfAttention(config, layer_idx=0).train()
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, length, HIDDEN, generator=generator, requires_grad=True)
-    qkv = [
-        torch.randn(1, HEADS, length, HIDDEN // HEADS, generator=generator, requires_grad=True) for _ in "qkv"
-    ]
     key_ok = torch.ones(1, length, dtype=torch.bool)
     is_global = torch.zeros(1, length, dtype=torch.bool)
     is_global[:, ::GLOBAL_EVERY] = True
-    dropout = config.attention_probs_dropout_prob
 
     def step() -> None:
         layer.zero_grad(set_to_none=True)
@@ -192,20 +188,15 @@ def _attention_layer(implementation: str, length: int):
         out, _ = layer(hidden, pattern)
         out.sum().backward()
 
+    # The core: the same module with identity projections, so that Q = K = V = the input and only the
+    # mask and the attention itself are timed, through the model's own dispatch.
+    core_layer = structbert.StructBertSelfAttention(config, layer_idx=0).train()
+    core_layer.query = core_layer.key = core_layer.value = torch.nn.Identity()
+
     def core() -> None:
-        # The same dispatch as StructBertSelfAttention.forward with shared projections.
-        for tensor in qkv:
-            tensor.grad = None
-        q, k, v = qkv
+        hidden.grad = None
         pattern = structbert.build_attention_pattern(implementation, WINDOW, key_ok, is_global, None)
-        if implementation == "eager":
-            out, _ = structbert.eager_structure_attention(q, k, v, pattern, layer.scaling, dropout)
-        elif implementation == "sdpa":
-            out = structbert.sdpa_structure_attention(layer, q, k, v, pattern, layer.scaling, dropout)
-        else:
-            out = structbert.blocked_structure_attention(q, k, v, pattern, layer.scaling, dropout)
-            rows = structbert.global_rows_attention(q, k, v, pattern, layer.scaling, dropout)
-            out = structbert.replace_rows(out, rows, pattern.global_index)
+        out, _ = core_layer(hidden, pattern)
         out.sum().backward()
 
     return step, core, torch
@@ -344,15 +335,15 @@ def run_all(args: argparse.Namespace) -> dict:
         for length, name in progress:
             progress.set_postfix_str(f"{name} L={length}")
             estimate = _estimate(results, name, length)
-            failed_before = any(r["status"] != "ok" for L, r in results[name].items() if length > L)
-            if failed_before or (
-                estimate
-                and (
-                    estimate["step_memory_bytes"] > cap
-                    or estimate["seconds"] * (args.repeats + 1) > args.timeout
-                )
-            ):
-                results[name][length] = {"status": "skipped", "estimate": estimate}
+            reason = None
+            if any(r["status"] != "ok" for L, r in results[name].items() if length > L):
+                reason = "shorter length failed"
+            elif estimate and estimate["step_memory_bytes"] > cap:
+                reason = "memory cap"
+            elif estimate and estimate["seconds"] * (args.repeats + 1) > args.timeout:
+                reason = "time limit"
+            if reason:
+                results[name][length] = {"status": "skipped", "reason": reason, "estimate": estimate}
                 continue
             result = run_one(name, length, args)
             if result["status"] != "ok":
@@ -381,8 +372,10 @@ def _memory_cell(result: dict, cap_gb: float) -> str:
         return f"{_gib(result['peak_rss_bytes'])} ({_gib(result['step_memory_bytes'])})"
     estimate = result.get("estimate")
     guess = f", est. {_gib(estimate['peak_rss_bytes'])}" if estimate else ""
-    if result["status"] in ("oom", "skipped"):
+    if result["status"] == "oom" or result.get("reason") == "memory cap":
         return f"OOM/skipped at cap {cap_gb:g}{guess}"
+    if result["status"] == "skipped":
+        return f"skipped ({result['reason']}){guess}"
     return result["status"] + guess
 
 
@@ -477,6 +470,12 @@ def _targets(results: dict, lengths: list[int]) -> list[str]:
     return lines
 
 
+def _load(args: argparse.Namespace) -> str:
+    """The machine's load around the run: other jobs on the same cores slow every cell."""
+    loads = getattr(args, "load_average", None)
+    return f"{loads[0]:.1f} at the start, {loads[1]:.1f} at the end" if loads else "not recorded"
+
+
 def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
     lengths = sorted(args.lengths)
     threads = {r.get("threads") for runs in results.values() for r in runs.values() if r.get("threads")}
@@ -486,7 +485,7 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {sorted(threads) or '-'}, "
-        f"python {platform.python_version()}. Batch 1, fp32, hidden {HIDDEN}, {HEADS} heads, {LAYERS} layers, "
+        f"python {platform.python_version()}, 5-minute load average {_load(args)}. Batch 1, fp32, hidden {HIDDEN}, {HEADS} heads, {LAYERS} layers, "
         f"intermediate {INTERMEDIATE}, window {WINDOW}, one global token per {GLOBAL_EVERY} tokens, "
         f"MLM vocabulary {args.vocab_size} with the head on the 15% masked positions only (as "
         f"`trainers/pretrain.py` does), dropout on. Times are the median of {args.repeats} steps after a "
@@ -594,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         name, length = args.worker
         print(json.dumps(run_worker(name, int(length), args)))
         return 0
+    load_before = os.getloadavg()[1]
     results = run_all(args)
+    args.load_average = (load_before, os.getloadavg()[1])
     args.output_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "settings": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -190,22 +191,43 @@ def _free_port() -> int:
 
 def test_two_process_ddp_with_accumulation_matches_one_process(setup, reference, tmp_path):
     ddp = tmp_path / "ddp"
+
     # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process unless mpirun is set up; torchrun's
     # launcher (--multi_gpu) with ACCELERATE_USE_CPU=1 gives 2 CPU processes on gloo.
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        str(SCRIPT),
-        *base_args(setup, ddp, "--save-steps", "0", steps=2),
-        # 2 processes x 1 sequence x 2 accumulation steps = the reference's 4 sequences per step
-        "--per-device-batch-size", "1", "--gradient-accumulation-steps", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"2-process run timed out; stderr tail:\n{(err.stderr or b'')[-3000:]}") from err
+    def launch() -> subprocess.CompletedProcess:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+            str(SCRIPT),
+            *base_args(setup, ddp, "--save-steps", "0", steps=2),
+            # 2 processes x 1 sequence x 2 accumulation steps = the reference's 4 sequences per step
+            "--per-device-batch-size", "1", "--gradient-accumulation-steps", "2",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+        # A new session, so that a timeout kills the launcher's workers too instead of orphaning them.
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            return subprocess.CompletedProcess(command, -9, stdout, "TIMEOUT\n" + stderr)
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+    result = launch()
+    if result.returncode == -9:
+        # The gloo rendezvous on a free port picked beforehand can race with another process taking
+        # that port; one retry on a fresh port tells that apart from a real hang.
+        shutil.rmtree(ddp, ignore_errors=True)
+        result = launch()
     assert result.returncode == 0, result.stderr[-3000:]
     args = json.loads((ddp / "training_args.json").read_text())
     assert args["num_processes"] == 2 and args["global_batch_size"] == 4
