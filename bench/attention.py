@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--write-benchmarks", action="store_true", help="replace this script's section of BENCHMARKS.md"
     )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render the report from an earlier run's JSON, run nothing",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "LENGTH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -336,12 +342,12 @@ def run_all(args: argparse.Namespace) -> dict:
             progress.set_postfix_str(f"{name} L={length}")
             estimate = _estimate(results, name, length)
             reason = None
-            if any(r["status"] != "ok" for L, r in results[name].items() if length > L):
-                reason = "shorter length failed"
-            elif estimate and estimate["step_memory_bytes"] > cap:
+            if estimate and estimate["step_memory_bytes"] > cap:
                 reason = "memory cap"
             elif estimate and estimate["seconds"] * (args.repeats + 1) > args.timeout:
                 reason = "time limit"
+            elif any(r["status"] != "ok" for L, r in results[name].items() if length > L):
+                reason = "shorter length failed"
             if reason:
                 results[name][length] = {"status": "skipped", "reason": reason, "estimate": estimate}
                 continue
@@ -593,19 +599,38 @@ def main(argv: list[str] | None = None) -> int:
         name, length = args.worker
         print(json.dumps(run_worker(name, int(length), args)))
         return 0
-    load_before = os.getloadavg()[1]
-    results = run_all(args)
-    args.load_average = (load_before, os.getloadavg()[1])
+    if args.from_json:
+        payload = json.loads(args.from_json.read_text(encoding="utf-8"))
+        results = {name: {int(L): r for L, r in runs.items()} for name, runs in payload["results"].items()}
+        for key in ("lengths", "repeats", "vocab_size", "max_memory_gb", "timeout", "load_average"):
+            setattr(args, key, payload["settings"].get(key))
+        args.configs = list(results)
+        command = payload.get("command") or shlex.join(["python", "bench/attention.py"])
+        for runs in results.values():
+            for result in runs.values():
+                estimate = result.get("estimate")
+                # The memory cap comes first, as in run_all.
+                if (
+                    result["status"] == "skipped"
+                    and estimate
+                    and estimate["step_memory_bytes"] > args.max_memory_gb * GIB
+                ):
+                    result["reason"] = "memory cap"
+    else:
+        command = shlex.join(["python", "bench/attention.py", *(sys.argv[1:] if argv is None else argv)])
+        load_before = os.getloadavg()[1]
+        results = run_all(args)
+        args.load_average = (load_before, os.getloadavg()[1])
     args.output_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "settings": {
             key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
         },
         "results": {name: {str(L): r for L, r in runs.items()} for name, runs in results.items()},
+        "command": command,
     }
     (args.output_dir / "attention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plot(results, args.output_dir / "attention.png")
-    command = shlex.join(["python", "bench/attention.py", *(sys.argv[1:] if argv is None else argv)])
     section = markdown(results, args, command)
     print(section)
     if args.write_benchmarks:

@@ -393,8 +393,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_tiny_config, struc
     model(**structured_batch, labels=labels).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
     model(**structured_batch, labels=labels).loss.backward()
     for name, grad in reference.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-6)
