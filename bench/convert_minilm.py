@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from benchmarks_md import write_section
 
 SECTION = "## Weight conversion on a real checkpoint (`bench/convert_minilm.py`)"
 
@@ -102,17 +103,6 @@ def markdown(results: dict, command: str) -> str:
     )
 
 
-def write_section(benchmarks_file: Path, section: str) -> None:
-    """Replace the text under this script's heading, up to the next ``## `` heading."""
-    lines = benchmarks_file.read_text(encoding="utf-8").splitlines()
-    if SECTION not in lines:
-        raise ValueError(f"{benchmarks_file}: heading {SECTION!r} not found")
-    start = lines.index(SECTION)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    new = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
-    benchmarks_file.write_text("\n".join(new) + "\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -129,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(results, command)
     print(section)
     if args.write_benchmarks:
-        write_section(args.benchmarks_file, section)
+        write_section(args.benchmarks_file, SECTION, section)
     return 0
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchmarks_md import write_section
 
 SECTION = "## Pre-training throughput (`bench/pretrain.py`)"
 WORDS = [
@@ -422,17 +423,6 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def write_section(benchmarks_file: Path, section: str) -> None:
-    """Replace the text under this script's heading, up to the next ``## `` heading."""
-    lines = benchmarks_file.read_text(encoding="utf-8").splitlines()
-    if SECTION not in lines:
-        raise ValueError(f"{benchmarks_file}: heading {SECTION!r} not found")
-    start = lines.index(SECTION)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    new = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
-    benchmarks_file.write_text("\n".join(new) + "\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_start = os.getloadavg()[0]
@@ -453,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, args.output_dir / "pretrain.png")
     section = markdown(rows, checks, args, command.strip(), load)
     if args.write_benchmarks:
-        write_section(args.benchmarks_file, section)
+        write_section(args.benchmarks_file, SECTION, section)
     print(section)
     return 0
 

@@ -27,17 +27,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from structformer.hub_cards import cards
+from structformer.modeling.modeling_structbert import AUTO_MAP
 
 # Marks a folder this command created, so that a re-run may clear it; never uploaded.
 STAGING_MARKER = ".structformer-staging"
 MODELING_FILES = ("configuration_structbert.py", "modeling_structbert.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_structbert.StructBertConfig",
-    "AutoModel": "modeling_structbert.StructBertModel",
-    "AutoModelForMaskedLM": "modeling_structbert.StructBertForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_structbert.StructBertForSequenceClassification",
-    "AutoModelForTokenClassification": "modeling_structbert.StructBertForTokenClassification",
-}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
