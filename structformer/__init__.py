@@ -28,8 +28,12 @@ def _register_auto_classes() -> None:
     AutoConfig.register(StructBertConfig.model_type, StructBertConfig, exist_ok=True)
     AutoModel.register(StructBertConfig, StructBertModel, exist_ok=True)
     AutoModelForMaskedLM.register(StructBertConfig, StructBertForMaskedLM, exist_ok=True)
-    AutoModelForSequenceClassification.register(StructBertConfig, StructBertForSequenceClassification, exist_ok=True)
-    AutoModelForTokenClassification.register(StructBertConfig, StructBertForTokenClassification, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        StructBertConfig, StructBertForSequenceClassification, exist_ok=True
+    )
+    AutoModelForTokenClassification.register(
+        StructBertConfig, StructBertForTokenClassification, exist_ok=True
+    )
 
 
 _register_auto_classes()

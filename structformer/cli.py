@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("structformer.trainers.tokenizer", "train a WordPiece tokenizer on a corpus"),
     "pretrain": ("structformer.trainers.pretrain", "masked-LM pre-training (an Accelerate loop)"),
     "finetune": ("structformer.trainers.finetune", "fine-tune on SciREX or your own CSV/JSON files"),
-    "analyze-attention": ("structformer.trainers.analyze_attention", "attention-pattern analysis of checkpoints"),
+    "analyze-attention": (
+        "structformer.trainers.analyze_attention",
+        "attention-pattern analysis of checkpoints",
+    ),
     "convert": ("structformer.convert", "convert a BERT/RoBERTa/Longformer checkpoint to StructBERT"),
     "publish": ("structformer.hub_cards.publish", "stage, validate and upload a model or dataset to the Hub"),
 }
