@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)",
     )
-    model.add_argument("--max-steps", type=int, default=40, help="pre-training steps of each model")
+    model.add_argument("--max-steps", type=int, default=200, help="pre-training steps of each model")
     model.add_argument("--max-seq-length", type=int, default=256)
     model.add_argument("--attention-window", type=int, default=None, help="override the preset's window")
     model.add_argument("--per-device-batch-size", type=int, default=8)
