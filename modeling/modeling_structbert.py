@@ -19,9 +19,9 @@ Attention implementations, chosen with ``attn_implementation=`` in ``from_pretra
     "sdpa"            torch's scaled_dot_product_attention with a dense boolean (B, 1, L, L) mask.
     "flex_attention"  FlexAttention with a BlockMask (compiled through transformers on GPU). On CPU it runs
                       uncompiled and torch has no FlexAttention backward there: CPU use is inference only.
-    "blocked"         linear cost: query blocks of C = W / 2 tokens attend (one batched SDPA call) to their
-                      own and the two neighbouring key blocks plus the global keys; the rows of global
-                      tokens attend to all keys. Works with autograd on CPU.
+    "blocked"         linear cost: query blocks of C = W / 2 tokens attend (batched matmuls, the structure as
+                      an additive bias) to their own and the two neighbouring key blocks plus the global
+                      keys; the rows of global tokens attend to all keys. Works with autograd on CPU.
     "auto"            what the model uses when no implementation is requested: per layer, "blocked" when
                       L > 2 * W, else "sdpa" (up to 2 * W the dense scores are at most 4/3 of the band's,
                       and one dense call beats the blocked path's gathers and copies).
@@ -65,7 +65,7 @@ class StructBertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = StructBertDropout(config.hidden_dropout_prob)
 
     def forward(
         self,
@@ -106,9 +106,10 @@ class AttentionPattern:
     allowed: torch.Tensor | None = None
     row_has_key: torch.Tensor | None = None  # sdpa: (B, L, 1, 1) bool, the row has an allowed key
     block_mask: object | None = None  # flex_attention: the BlockMask
-    # blocked: (B * N, 1, C, 3C + G) bool, the keys each query block may attend (key-less rows opened),
-    # and (B, N, 1, C, 1) bool, the queries without any allowed key.
-    band: torch.Tensor | None = None
+    # blocked: (B * N, 1, C, 3C + G) float, 0 where a query block may attend a key and -inf elsewhere
+    # (key-less rows opened), shared by the heads and by the layers of this window; and (B, N, 1, C, 1) bool,
+    # the queries without any allowed key.
+    band_bias: torch.Tensor | None = None
     band_row_empty: torch.Tensor | None = None
 
 
@@ -175,8 +176,10 @@ def build_attention_pattern(
         global_key = global_key[:, None, None, :].expand(-1, num_blocks, block, -1)  # (B, N, C, G)
         band = torch.cat([band, global_key], dim=-1)  # (B, N, C, 3C + G)
         row_empty = ~band.any(dim=-1, keepdim=True)  # (B, N, C, 1)
-        # SDPA returns NaN for a row without any allowed key: open such rows, then zero their output.
-        pattern.band = (band | row_empty).view(batch_size * num_blocks, 1, block, -1)  # (B * N, 1, C, 3C + G)
+        # Softmax over a row of -inf is NaN: open key-less rows, then zero their output. -inf (not finfo.min)
+        # is exact in every float dtype the scores may have, and every row keeps at least one finite entry.
+        band = (band | row_empty).view(batch_size * num_blocks, 1, block, -1)  # (B * N, 1, C, 3C + G)
+        pattern.band_bias = torch.zeros(band.shape, device=device).masked_fill_(~band, -math.inf)
         pattern.band_row_empty = row_empty[:, :, None]  # (B, N, 1, C, 1)
     else:
         raise ValueError(
@@ -191,24 +194,46 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
 
 
-def attention_dropout(probs: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout on attention probabilities (p is 0 in eval mode). Skipped at p == 0, where F.dropout in
-    training mode would still draw and apply a mask of the size of the scores."""
-    return nn.functional.dropout(probs, p) if p > 0 else probs
+def dropout_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """A bool mask that is True (drop) with probability p, independently per entry.
+
+    Four 16-bit draws come from each random 64-bit integer, which on CPU is about 3x cheaper than
+    `bernoulli_` (one generator call per entry); attention dropout draws a mask as large as the scores. The
+    probability is rounded to a multiple of 2**-16 (FlashAttention rounds it to 2**-8).
+    """
+    numel = math.prod(shape)
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    draws = words.view(torch.int16)[:numel].view(shape)  # uniform over [-2**15, 2**15)
+    return draws < round(p * 2**16) - 2**15
+
+
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout with `dropout_mask`: zero entries with probability p, scale the rest by 1 / (1 - p).
+    p is 0 in eval mode, and then nothing is drawn."""
+    if p == 0:
+        return x
+    return x.masked_fill(dropout_mask(x.shape, p, x.device), 0.0) * (1 / (1 - p) if p < 1 else 0.0)
+
+
+class StructBertDropout(nn.Dropout):
+    """nn.Dropout with the cheaper mask of `dropout_mask` (the hidden states get dropout 3 times a layer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p if self.training else 0.0)
 
 
 def eager_structure_attention(q, k, v, pattern, scaling, dropout, global_qkv=None):
     """The reference. q, k, v: (B, H, L, D). Returns the output (B, L, H, D) and probabilities (B, H, L, L)."""
     probs = masked_softmax(q @ k.transpose(-1, -2) * scaling, pattern.allowed)  # (B, H, L, L)
     if global_qkv is None:
-        out = attention_dropout(probs, dropout) @ v  # (B, H, L, D)
+        out = fast_dropout(probs, dropout) @ v  # (B, H, L, D)
         return out.transpose(1, 2), probs
     q_global, k_global, v_global = global_qkv
     # A global row may attend every non-padding key, which is exactly what `allowed` says for that row.
     probs_global = masked_softmax(q_global @ k_global.transpose(-1, -2) * scaling, pattern.allowed)
     rows = pattern.is_global[:, None, :, None]  # (B, 1, L, 1)
     probs = torch.where(rows, probs_global, probs)  # (B, H, L, L)
-    dropped = attention_dropout(probs, dropout)
+    dropped = fast_dropout(probs, dropout)
     out = torch.where(rows, dropped @ v_global, dropped @ v)  # (B, H, L, D)
     return out.transpose(1, 2), probs
 
@@ -237,40 +262,111 @@ def flex_structure_attention(module, q, k, v, pattern, scaling, dropout):
     return out  # (B, L, H, D)
 
 
-def blocked_structure_attention(q, k, v, pattern, scaling, dropout):
+def blocks_of(x: torch.Tensor, block: int, num_blocks: int, margin: int) -> torch.Tensor:
+    """(B, H, L, D) -> (B, N + 2 * margin, H, C, D): x cut into blocks of C, zero-padded, with `margin` zero
+    blocks on each side."""
+    batch_size, num_heads, length, head_dim = x.shape
+    out = x.new_zeros(batch_size, num_blocks + 2 * margin, num_heads, block, head_dim)
+    full, rest = divmod(length, block)
+    # Splitting L into (full, C) is a view of x, so each block is copied once.
+    head = x[:, :, : full * block].view(batch_size, num_heads, full, block, head_dim)  # (B, H, full, C, D)
+    out[:, margin : margin + full] = head.transpose(1, 2)
+    if rest:
+        out[:, margin + full, :, :rest] = x[:, :, full * block :]  # (B, H, rest, D)
+    return out
+
+
+def keys_of_blocks(x: torch.Tensor, index: torch.Tensor, block: int, num_blocks: int) -> torch.Tensor:
+    """(B, H, L, D) -> (B * N, H, 3C + G, D): per query block, its 3 neighbouring key blocks, then the
+    global keys at `index` (B, H, G, D)."""
+    batch_size, num_heads, length, head_dim = x.shape
+    blocks = blocks_of(x, block, num_blocks, margin=1)  # (B, N + 2, H, C, D)
+    global_keys = x.gather(2, index)[:, None].expand(-1, num_blocks, -1, -1, -1)  # (B, N, H, G, D)
+    parts = [blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:], global_keys]
+    return torch.cat(parts, dim=3).view(batch_size * num_blocks, num_heads, -1, head_dim)
+
+
+def fold_keys(grad: torch.Tensor, index: torch.Tensor, block: int, length: int) -> torch.Tensor:
+    """The adjoint of `keys_of_blocks`: (B * N, H, 3C + G, D) -> (B, H, L, D), summing each key's copies."""
+    _, num_heads, _, head_dim = grad.shape
+    batch_size = index.shape[0]
+    grad = grad.view(batch_size, -1, num_heads, grad.shape[2], head_dim)  # (B, N, H, 3C + G, D)
+    num_blocks = grad.shape[1]
+    blocks = grad.new_zeros(batch_size, num_blocks + 2, num_heads, block, head_dim)  # (B, N + 2, H, C, D)
+    for shift in range(3):
+        blocks[:, shift : shift + num_blocks] += grad[:, :, :, shift * block : (shift + 1) * block]
+    out = blocks.transpose(2, 3).reshape(batch_size, (num_blocks + 2) * block, num_heads, head_dim)
+    out = out[:, block : block + length].transpose(1, 2)  # (B, H, L, D)
+    # The global keys: one copy per query block. Empty slots point at L - 1 with zero gradient.
+    return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))
+
+
+class BandAttention(torch.autograd.Function):
+    """softmax(q k^T + bias) v over the blocked band, with dropout's `drop` mask, computed in place.
+
+    Autograd would allocate five score-sized tensors per layer (scores, softmax, dropout and their
+    gradients) and pad, slice and concatenate the key blocks; this allocates two score-sized tensors in
+    forward and one in backward, and folds the key gradients in one pass. On CPU a fresh tensor of that
+    size costs more in page faults than the softmax computed into it.
+    Shapes: q (B * N, H, C, D), already scaled; k, v (B, H, L, D); bias (B * N, 1, C, K) with K = 3C + G,
+    0 or -inf; drop None or (B * N, H, C, K) bool; index (B, H, G, D) long. Returns (B * N, H, C, D).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, drop, index):
+        block, num_blocks = q.shape[2], q.shape[0] // k.shape[0]
+        keys = keys_of_blocks(k, index, block, num_blocks)  # (B * N, H, K, D)
+        values = keys_of_blocks(v, index, block, num_blocks)  # (B * N, H, K, D)
+        probs = torch.matmul(q, keys.transpose(-1, -2)).add_(bias)  # (B * N, H, C, K)
+        if probs.device.type == "cpu":
+            # In place; tested against the functional form on CPU only, so other devices use that form.
+            torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+        else:
+            probs = torch.softmax(probs, dim=-1)
+        dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
+        ctx.save_for_backward(q, keys, values, probs, dropped, drop, index)
+        ctx.length = k.shape[2]
+        return torch.matmul(dropped, values)  # (B * N, H, C, D)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, keys, values, probs, dropped, drop, index = ctx.saved_tensors
+        grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B * N, H, K, D)
+        grad = torch.matmul(grad_out, values.transpose(-1, -2))  # (B * N, H, C, K)
+        if drop is not None:
+            grad.masked_fill_(drop, 0.0)
+        if grad.device.type == "cpu":
+            torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
+        else:
+            grad = torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
+        grad_q = torch.matmul(grad, keys)  # (B * N, H, C, D)
+        grad_keys = torch.matmul(grad.transpose(-1, -2), q)  # (B * N, H, K, D)
+        block = q.shape[2]
+        grad_k = fold_keys(grad_keys, index, block, ctx.length)
+        grad_v = fold_keys(grad_values, index, block, ctx.length)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+def blocked_structure_attention(q, k, v, pattern, scaling, dropout_p):
     """Local blocks plus global columns, for the rows of local tokens. Returns (B, L, H, D).
 
-    Each block of C queries attends to its own and the two neighbouring key blocks plus the global keys:
-    one SDPA call over B * N small problems. The rows of global tokens come out wrong here and are replaced
-    by `global_rows_attention`.
+    Each block of C queries attends to its own and the two neighbouring key blocks plus the global keys
+    (`BandAttention`: batched matmuls over B * N small problems, the structure as an additive bias shared by
+    all heads). The rows of global tokens come out wrong here and are replaced by `global_rows_attention`.
     """
     batch_size, num_heads, length, head_dim = q.shape
     block = pattern.window // 2
     num_blocks = pattern.band_row_empty.shape[1]
-    pad = num_blocks * block - length
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
-
-    def keys_of_blocks(x):
-        """(B, H, L, D) -> (B * N, H, 3C + G, D): per query block, 3 neighbouring key blocks, then the globals."""
-        global_keys = x.gather(2, index)[:, None].expand(-1, num_blocks, -1, -1, -1)  # (B, N, H, G, D)
-        x = nn.functional.pad(x, (0, 0, block, pad + block))  # (B, H, (N + 2) * C, D)
-        x = x.view(batch_size, num_heads, num_blocks + 2, block, head_dim)  # (B, H, N + 2, C, D)
-        x = x.transpose(1, 2)  # (B, N + 2, H, C, D)
-        x = torch.cat([x[:, :-2], x[:, 1:-1], x[:, 2:], global_keys], dim=3)  # (B, N, H, 3C + G, D)
-        return x.view(batch_size * num_blocks, num_heads, -1, head_dim)  # (B * N, H, 3C + G, D)
-
-    q_blocks = nn.functional.pad(q, (0, 0, 0, pad))  # (B, H, N * C, D)
-    q_blocks = q_blocks.view(batch_size, num_heads, num_blocks, block, head_dim)  # (B, H, N, C, D)
-    q_blocks = q_blocks.transpose(1, 2)  # (B, N, H, C, D)
-    q_blocks = q_blocks.reshape(batch_size * num_blocks, num_heads, block, head_dim)  # (B * N, H, C, D)
-    out = nn.functional.scaled_dot_product_attention(
-        q_blocks,
-        keys_of_blocks(k),
-        keys_of_blocks(v),
-        attn_mask=pattern.band,
-        dropout_p=dropout,
-        scale=scaling,
-    )  # (B * N, H, C, D)
+    # Scale q (L x D entries) rather than the scores (L x (3C + G)); the same for dropout's 1 / (1 - p) on v.
+    q_blocks = blocks_of(q * scaling, block, num_blocks, margin=0)  # (B, N, H, C, D)
+    q_blocks = q_blocks.view(batch_size * num_blocks, num_heads, block, head_dim)  # (B * N, H, C, D)
+    drop = None
+    if dropout_p > 0:
+        shape = (batch_size * num_blocks, num_heads, block, pattern.band_bias.shape[-1])
+        drop = dropout_mask(shape, dropout_p, q.device)
+        v = v * (1 / (1 - dropout_p))
+    out = BandAttention.apply(q_blocks, k, v, pattern.band_bias, drop, index)  # (B * N, H, C, D)
     # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
     out = out.view(batch_size, num_blocks, num_heads, block, head_dim)  # (B, N, H, C, D)
     out = out.masked_fill(pattern.band_row_empty, 0.0)
@@ -284,7 +380,7 @@ def global_rows_attention(q, k, v, pattern, scaling, dropout):
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
     scores = q.gather(2, index) @ k.transpose(-1, -2) * scaling  # (B, H, G, L)
     probs = masked_softmax(scores, pattern.key_ok[:, None, None, :])  # (B, H, G, L)
-    out = attention_dropout(probs, dropout) @ v  # (B, H, G, D)
+    out = fast_dropout(probs, dropout) @ v  # (B, H, G, D)
     return out.transpose(1, 2)  # (B, G, H, D)
 
 
@@ -313,7 +409,7 @@ class StructBertSelfAttention(nn.Module):
             self.query_global = nn.Linear(config.hidden_size, config.hidden_size)
             self.key_global = nn.Linear(config.hidden_size, config.hidden_size)
             self.value_global = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = StructBertDropout(config.attention_probs_dropout_prob)
 
     def forward(
         self, hidden_states: torch.Tensor, pattern: AttentionPattern
@@ -356,7 +452,7 @@ class StructBertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = StructBertDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
@@ -390,7 +486,7 @@ class StructBertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = StructBertDropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)

@@ -420,7 +420,7 @@ def test_blocked_path_does_not_materialise_length_squared(make_tiny_config):
         (1, length), torch.device("cpu"), None, global_mask, None, False
     )
     assert patterns[0].implementation == "blocked" and patterns[0].allowed is None
-    assert patterns[0].band.shape == (length // 32, 1, 32, 96 + 17)  # 16 headings + [CLS]
+    assert patterns[0].band_bias.shape == (length // 32, 1, 32, 96 + 17)  # 16 headings + [CLS]
     outputs = model(input_ids=input_ids, global_attention_mask=global_mask, labels=input_ids)
     outputs.loss.backward()
     assert outputs.logits.shape == (1, length, 99)
