@@ -266,13 +266,16 @@ def blocks_of(x: torch.Tensor, block: int, num_blocks: int, margin: int) -> torc
     """(B, H, L, D) -> (B, N + 2 * margin, H, C, D): x cut into blocks of C, zero-padded, with `margin` zero
     blocks on each side."""
     batch_size, num_heads, length, head_dim = x.shape
-    out = x.new_zeros(batch_size, num_blocks + 2 * margin, num_heads, block, head_dim)
+    out = x.new_empty(batch_size, num_blocks + 2 * margin, num_heads, block, head_dim)
     full, rest = divmod(length, block)
     # Splitting L into (full, C) is a view of x, so each block is copied once.
     head = x[:, :, : full * block].view(batch_size, num_heads, full, block, head_dim)  # (B, H, full, C, D)
     out[:, margin : margin + full] = head.transpose(1, 2)
     if rest:
         out[:, margin + full, :, :rest] = x[:, :, full * block :]  # (B, H, rest, D)
+        out[:, margin + full, :, rest:] = 0
+    out[:, :margin] = 0
+    out[:, margin + math.ceil(length / block) :] = 0
     return out
 
 
@@ -292,46 +295,63 @@ def fold_keys(grad: torch.Tensor, index: torch.Tensor, block: int, length: int) 
     batch_size = index.shape[0]
     grad = grad.view(batch_size, -1, num_heads, grad.shape[2], head_dim)  # (B, N, H, 3C + G, D)
     num_blocks = grad.shape[1]
-    blocks = grad.new_zeros(batch_size, num_blocks + 2, num_heads, block, head_dim)  # (B, N + 2, H, C, D)
-    for shift in range(3):
-        blocks[:, shift : shift + num_blocks] += grad[:, :, :, shift * block : (shift + 1) * block]
-    out = blocks.transpose(2, 3).reshape(batch_size, (num_blocks + 2) * block, num_heads, head_dim)
-    out = out[:, block : block + length].transpose(1, 2)  # (B, H, L, D)
+    blocks = grad[:, :, :, block : 2 * block].clone()  # (B, N, H, C, D): each block as its own block's keys
+    blocks[:, 1:] += grad[:, :-1, :, 2 * block : 3 * block]  # ... as the next block's left neighbour
+    blocks[:, :-1] += grad[:, 1:, :, :block]  # ... as the previous block's right neighbour
+    out = blocks.transpose(1, 2).reshape(batch_size, num_heads, num_blocks * block, head_dim)[:, :, :length]
     # The global keys: one copy per query block. Empty slots point at L - 1 with zero gradient.
-    return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))
+    return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))  # (B, H, L, D)
 
 
 class BandAttention(torch.autograd.Function):
-    """softmax(q k^T + bias) v over the blocked band, with dropout's `drop` mask, computed in place.
+    """The blocked path's local rows: softmax(q k^T * scaling + bias) v over the band, with dropout.
 
     Autograd would allocate five score-sized tensors per layer (scores, softmax, dropout and their
-    gradients) and pad, slice and concatenate the key blocks; this allocates two score-sized tensors in
-    forward and one in backward, and folds the key gradients in one pass. On CPU a fresh tensor of that
+    gradients) and pad, slice and concatenate the blocks; this allocates two score-sized tensors in forward
+    and one in backward, and folds the block gradients back in one pass each. On CPU a fresh tensor of that
     size costs more in page faults than the softmax computed into it.
-    Shapes: q (B * N, H, C, D), already scaled; k, v (B, H, L, D); bias (B * N, 1, C, K) with K = 3C + G,
-    0 or -inf; drop None or (B * N, H, C, K) bool; index (B, H, G, D) long. Returns (B * N, H, C, D).
+    Inputs: q, k, v (B, H, L, D); bias (B * N, 1, C, K) with K = 3C + G, 0 or -inf; row_empty (B, N, 1, C, 1)
+    bool; drop None or (B * N, H, C, K) bool; index (B, H, G, D) long. Returns (B, L, H, D).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, drop, index):
-        block, num_blocks = q.shape[2], q.shape[0] // k.shape[0]
+    def forward(ctx, q, k, v, bias, row_empty, drop, index, scaling, dropout_p):
+        batch_size, num_heads, length, head_dim = q.shape
+        num_blocks, block = row_empty.shape[1], row_empty.shape[3]
+        # Scale q (L x D entries) rather than the scores (L x K); the same for dropout's 1 / (1 - p) on v.
+        q_blocks = blocks_of(q, block, num_blocks, margin=0).mul_(scaling)  # (B, N, H, C, D)
+        q_blocks = q_blocks.view(batch_size * num_blocks, num_heads, block, head_dim)  # (B * N, H, C, D)
         keys = keys_of_blocks(k, index, block, num_blocks)  # (B * N, H, K, D)
         values = keys_of_blocks(v, index, block, num_blocks)  # (B * N, H, K, D)
-        probs = torch.matmul(q, keys.transpose(-1, -2)).add_(bias)  # (B * N, H, C, K)
+        value_scale = 1 / (1 - dropout_p) if drop is not None else 1.0
+        values.mul_(value_scale)
+        probs = torch.matmul(q_blocks, keys.transpose(-1, -2)).add_(bias)  # (B * N, H, C, K)
         if probs.device.type == "cpu":
             # In place; tested against the functional form on CPU only, so other devices use that form.
             torch.ops.aten._softmax.out(probs, -1, False, out=probs)
         else:
             probs = torch.softmax(probs, dim=-1)
         dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
-        ctx.save_for_backward(q, keys, values, probs, dropped, drop, index)
-        ctx.length = k.shape[2]
-        return torch.matmul(dropped, values)  # (B * N, H, C, D)
+        out = torch.matmul(dropped, values)  # (B * N, H, C, D)
+        # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
+        out = out.view(batch_size, num_blocks, num_heads, block, head_dim).masked_fill_(row_empty, 0.0)
+        ctx.save_for_backward(q_blocks, keys, values, probs, dropped, drop, index, row_empty)
+        ctx.scaling, ctx.value_scale, ctx.length = scaling, value_scale, length
+        out = out.transpose(2, 3).reshape(
+            batch_size, num_blocks * block, num_heads, head_dim
+        )  # (B, N * C, H, D)
+        return out[:, :length]  # (B, L, H, D)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, keys, values, probs, dropped, drop, index = ctx.saved_tensors
-        grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B * N, H, K, D)
+        q_blocks, keys, values, probs, dropped, drop, index, row_empty = ctx.saved_tensors
+        batch_size, num_blocks, _, block, _ = row_empty.shape
+        num_heads, head_dim = q_blocks.shape[1], q_blocks.shape[3]
+        grad_out = blocks_of(grad_out.transpose(1, 2), block, num_blocks, margin=0)  # (B, N, H, C, D)
+        grad_out = grad_out.masked_fill_(row_empty, 0.0).view_as(q_blocks)  # (B * N, H, C, D)
+        grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out).mul_(
+            ctx.value_scale
+        )  # (B * N, H, K, D)
         grad = torch.matmul(grad_out, values.transpose(-1, -2))  # (B * N, H, C, K)
         if drop is not None:
             grad.masked_fill_(drop, 0.0)
@@ -339,12 +359,13 @@ class BandAttention(torch.autograd.Function):
             torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
         else:
             grad = torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
-        grad_q = torch.matmul(grad, keys)  # (B * N, H, C, D)
-        grad_keys = torch.matmul(grad.transpose(-1, -2), q)  # (B * N, H, K, D)
-        block = q.shape[2]
-        grad_k = fold_keys(grad_keys, index, block, ctx.length)
-        grad_v = fold_keys(grad_values, index, block, ctx.length)
-        return grad_q, grad_k, grad_v, None, None, None
+        grad_q = torch.matmul(grad, keys).mul_(ctx.scaling)  # (B * N, H, C, D)
+        grad_q = grad_q.view(batch_size, num_blocks, num_heads, block, head_dim).transpose(1, 2)
+        grad_q = grad_q.reshape(batch_size, num_heads, num_blocks * block, head_dim)[:, :, : ctx.length]
+        grad_keys = torch.matmul(grad.transpose(-1, -2), q_blocks)  # (B * N, H, K, D)
+        grad_k = fold_keys(grad_keys, index, block, ctx.length)  # (B, H, L, D)
+        grad_v = fold_keys(grad_values, index, block, ctx.length)  # (B, H, L, D)
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None
 
 
 def blocked_structure_attention(q, k, v, pattern, scaling, dropout_p):
@@ -355,23 +376,15 @@ def blocked_structure_attention(q, k, v, pattern, scaling, dropout_p):
     all heads). The rows of global tokens come out wrong here and are replaced by `global_rows_attention`.
     """
     batch_size, num_heads, length, head_dim = q.shape
-    block = pattern.window // 2
-    num_blocks = pattern.band_row_empty.shape[1]
+    num_blocks, block = pattern.band_row_empty.shape[1], pattern.band_row_empty.shape[3]
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
-    # Scale q (L x D entries) rather than the scores (L x (3C + G)); the same for dropout's 1 / (1 - p) on v.
-    q_blocks = blocks_of(q * scaling, block, num_blocks, margin=0)  # (B, N, H, C, D)
-    q_blocks = q_blocks.view(batch_size * num_blocks, num_heads, block, head_dim)  # (B * N, H, C, D)
     drop = None
     if dropout_p > 0:
         shape = (batch_size * num_blocks, num_heads, block, pattern.band_bias.shape[-1])
         drop = dropout_mask(shape, dropout_p, q.device)
-        v = v * (1 / (1 - dropout_p))
-    out = BandAttention.apply(q_blocks, k, v, pattern.band_bias, drop, index)  # (B * N, H, C, D)
-    # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
-    out = out.view(batch_size, num_blocks, num_heads, block, head_dim)  # (B, N, H, C, D)
-    out = out.masked_fill(pattern.band_row_empty, 0.0)
-    out = out.transpose(2, 3).reshape(batch_size, num_blocks * block, num_heads, head_dim)  # (B, N * C, H, D)
-    return out[:, :length]  # (B, L, H, D)
+    return BandAttention.apply(
+        q, k, v, pattern.band_bias, pattern.band_row_empty, drop, index, scaling, dropout_p
+    )
 
 
 def global_rows_attention(q, k, v, pattern, scaling, dropout):
