@@ -387,13 +387,58 @@ def blocked_structure_attention(q, k, v, pattern, scaling, dropout_p):
     )
 
 
-def global_rows_attention(q, k, v, pattern, scaling, dropout):
+class GlobalRowsAttention(torch.autograd.Function):
+    """The rows of the global tokens, each over every non-padding key, computed in place as in
+    `BandAttention`. Inputs: q, k, v (B, H, L, D); index (B, H, G, D) long; key_bias (B, 1, 1, L) 0 or -inf,
+    with rows that have no key at all opened; drop None or (B, H, G, L) bool. Returns (B, H, G, D).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, index, key_bias, drop, scaling, dropout_p):
+        q_rows = q.gather(2, index).mul_(scaling)  # (B, H, G, D)
+        probs = torch.matmul(q_rows, k.transpose(-1, -2)).add_(key_bias)  # (B, H, G, L)
+        if probs.device.type == "cpu":
+            torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+        else:
+            probs = torch.softmax(probs, dim=-1)
+        dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
+        value_scale = 1 / (1 - dropout_p) if drop is not None else 1.0
+        ctx.save_for_backward(q_rows, k, v, probs, dropped, drop, index)
+        ctx.scaling, ctx.value_scale = scaling, value_scale
+        return torch.matmul(dropped, v).mul_(value_scale)  # (B, H, G, D)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_rows, k, v, probs, dropped, drop, index = ctx.saved_tensors
+        grad_out = grad_out * ctx.value_scale  # (B, H, G, D)
+        grad_v = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B, H, L, D)
+        grad = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, G, L)
+        if drop is not None:
+            grad.masked_fill_(drop, 0.0)
+        if grad.device.type == "cpu":
+            torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
+        else:
+            grad = torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
+        grad_k = torch.matmul(grad.transpose(-1, -2), q_rows)  # (B, H, L, D)
+        grad_rows = torch.matmul(grad, k).mul_(ctx.scaling)  # (B, H, G, D)
+        # Empty slots point at L - 1 with zero gradient.
+        grad_q = torch.zeros_like(grad_k).scatter_add_(2, index, grad_rows)  # (B, H, L, D)
+        return grad_q, grad_k, grad_v, None, None, None, None, None
+
+
+def global_rows_attention(q, k, v, pattern, scaling, dropout_p):
     """Rows of the global tokens: each attends to every non-padding key. Returns (B, G, H, D)."""
     batch_size, num_heads, length, head_dim = q.shape
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
-    scores = q.gather(2, index) @ k.transpose(-1, -2) * scaling  # (B, H, G, L)
-    probs = masked_softmax(scores, pattern.key_ok[:, None, None, :])  # (B, H, G, L)
-    out = fast_dropout(probs, dropout) @ v  # (B, H, G, D)
+    # A sequence of padding alone has no key: open its rows (softmax of -inf rows is NaN), then zero them.
+    has_key = pattern.key_ok.any(dim=1)[:, None]  # (B, 1)
+    key_bias = torch.zeros(batch_size, 1, 1, length, dtype=q.dtype, device=q.device)
+    key_bias.masked_fill_((~pattern.key_ok & has_key)[:, None, None, :], -math.inf)  # (B, 1, 1, L)
+    drop = None
+    if dropout_p > 0:
+        drop = dropout_mask((batch_size, num_heads, index.shape[2], length), dropout_p, q.device)
+    out = GlobalRowsAttention.apply(q, k, v, index, key_bias, drop, scaling, dropout_p)  # (B, H, G, D)
+    out = out.masked_fill(~has_key[:, :, None, None], 0.0)
     return out.transpose(1, 2)  # (B, G, H, D)
 
 
