@@ -201,6 +201,8 @@ def dropout_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torc
     `bernoulli_` (one generator call per entry); attention dropout draws a mask as large as the scores. The
     probability is rounded to a multiple of 2**-16 (FlashAttention rounds it to 2**-8).
     """
+    if p >= 1:  # the threshold 2**15 would not fit the int16 draws
+        return torch.ones(shape, dtype=torch.bool, device=device)
     numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     draws = words.view(torch.int16)[:numel].view(shape)  # uniform over [-2**15, 2**15)
