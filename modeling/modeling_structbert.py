@@ -339,10 +339,9 @@ class BandAttention(torch.autograd.Function):
         out = out.view(batch_size, num_blocks, num_heads, block, head_dim).masked_fill_(row_empty, 0.0)
         ctx.save_for_backward(q_blocks, keys, values, probs, dropped, drop, index, row_empty)
         ctx.scaling, ctx.value_scale, ctx.length = scaling, value_scale, length
-        out = out.transpose(2, 3).reshape(
-            batch_size, num_blocks * block, num_heads, head_dim
-        )  # (B, N * C, H, D)
-        return out[:, :length]  # (B, L, H, D)
+        # (B, N, H, C, D) -> (B, N * C, H, D) -> (B, L, H, D)
+        out = out.transpose(2, 3).reshape(batch_size, num_blocks * block, num_heads, head_dim)
+        return out[:, :length]
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -351,9 +350,8 @@ class BandAttention(torch.autograd.Function):
         num_heads, head_dim = q_blocks.shape[1], q_blocks.shape[3]
         grad_out = blocks_of(grad_out.transpose(1, 2), block, num_blocks, margin=0)  # (B, N, H, C, D)
         grad_out = grad_out.masked_fill_(row_empty, 0.0).view_as(q_blocks)  # (B * N, H, C, D)
-        grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out).mul_(
-            ctx.value_scale
-        )  # (B * N, H, K, D)
+        grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B * N, H, K, D)
+        grad_values.mul_(ctx.value_scale)
         grad = torch.matmul(grad_out, values.transpose(-1, -2))  # (B * N, H, C, K)
         if drop is not None:
             grad.masked_fill_(drop, 0.0)
