@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -344,6 +345,7 @@ class BandAttention(torch.autograd.Function):
         return out[:, :length]
 
     @staticmethod
+    @once_differentiable  # the backward works in place: no double backward
     def backward(ctx, grad_out):
         q_blocks, keys, values, probs, dropped, drop, index, row_empty = ctx.saved_tensors
         batch_size, num_blocks, _, block, _ = row_empty.shape
@@ -408,6 +410,7 @@ class GlobalRowsAttention(torch.autograd.Function):
         return torch.matmul(dropped, v).mul_(value_scale)  # (B, H, G, D)
 
     @staticmethod
+    @once_differentiable  # the backward works in place: no double backward
     def backward(ctx, grad_out):
         q_rows, k, v, probs, dropped, drop, index = ctx.saved_tensors
         grad_out = grad_out * ctx.value_scale  # (B, H, G, D)
