@@ -306,6 +306,15 @@ def fold_keys(grad: torch.Tensor, index: torch.Tensor, block: int, length: int) 
     return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))  # (B, H, L, D)
 
 
+def graph_is_kept() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True), so saved tensors must survive it.
+    Asks torch's autograd engine (a private call); if that is gone, assumes the graph is kept."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 class BandAttention(torch.autograd.Function):
     """The blocked path's local rows: softmax(q k^T * scaling + bias) v over the band, with dropout.
 
@@ -354,7 +363,11 @@ class BandAttention(torch.autograd.Function):
         grad_out = grad_out.masked_fill_(row_empty, 0.0).view_as(q_blocks)  # (B * N, H, C, D)
         grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B * N, H, K, D)
         grad_values.mul_(ctx.value_scale)
-        grad = torch.matmul(grad_out, values.transpose(-1, -2))  # (B * N, H, C, K)
+        # Unless the graph is kept for another backward, the saved tensors die here: reuse their memory
+        # (a fresh score-sized tensor costs as much in page faults as the matmul that fills it).
+        kept = graph_is_kept()
+        # (B * N, H, C, K); `dropped` is `probs` itself without dropout, and softmax's backward needs that.
+        grad = torch.matmul(grad_out, values.transpose(-1, -2), out=None if kept or drop is None else dropped)
         if drop is not None:
             grad.masked_fill_(drop, 0.0)
         if grad.device.type == "cpu":
@@ -364,7 +377,8 @@ class BandAttention(torch.autograd.Function):
         grad_q = torch.matmul(grad, keys).mul_(ctx.scaling)  # (B * N, H, C, D)
         grad_q = grad_q.view(batch_size, num_blocks, num_heads, block, head_dim).transpose(1, 2)
         grad_q = grad_q.reshape(batch_size, num_heads, num_blocks * block, head_dim)[:, :, : ctx.length]
-        grad_keys = torch.matmul(grad.transpose(-1, -2), q_blocks)  # (B * N, H, K, D)
+        # (B * N, H, K, D)
+        grad_keys = torch.matmul(grad.transpose(-1, -2), q_blocks, out=None if kept else keys)
         grad_k = fold_keys(grad_keys, index, block, ctx.length)  # (B, H, L, D)
         grad_v = fold_keys(grad_values, index, block, ctx.length)  # (B, H, L, D)
         return grad_q, grad_k, grad_v, None, None, None, None, None, None
