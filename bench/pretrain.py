@@ -113,7 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tokens-per-heading", type=int, default=250, help="heading density of the synthetic papers"
     )
     parser.add_argument(
-        "--repeats", type=int, default=5, help="timed steps per configuration, after one warm-up"
+        "--repeats",
+        type=int,
+        default=15,
+        help="timed steps per configuration, after one warm-up (a 512-token step is ~0.6 s: fewer repeats "
+        "leave about +-10%% noise on a shared machine)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
