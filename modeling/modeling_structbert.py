@@ -306,6 +306,21 @@ def fold_keys(grad: torch.Tensor, index: torch.Tensor, block: int, length: int) 
     return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))  # (B, H, L, D)
 
 
+def softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, in place on CPU (tested there against the functional form, which other
+    devices use)."""
+    if scores.device.type != "cpu":
+        return torch.softmax(scores, dim=-1)
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
+def softmax_backward_(grad: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """The gradient of the scores given that of `probs = softmax(scores)`, in place of `grad` on CPU."""
+    if grad.device.type != "cpu":
+        return torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
+    return torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
+
+
 def graph_is_kept() -> bool:
     """Whether the running backward keeps the graph (retain_graph=True), so saved tensors must survive it.
     Asks torch's autograd engine (a private call); if that is gone, assumes the graph is kept."""
@@ -337,12 +352,7 @@ class BandAttention(torch.autograd.Function):
         values = keys_of_blocks(v, index, block, num_blocks)  # (B * N, H, K, D)
         value_scale = 1 / (1 - dropout_p) if drop is not None else 1.0
         values.mul_(value_scale)
-        probs = torch.matmul(q_blocks, keys.transpose(-1, -2)).add_(bias)  # (B * N, H, C, K)
-        if probs.device.type == "cpu":
-            # In place; tested against the functional form on CPU only, so other devices use that form.
-            torch.ops.aten._softmax.out(probs, -1, False, out=probs)
-        else:
-            probs = torch.softmax(probs, dim=-1)
+        probs = softmax_(torch.matmul(q_blocks, keys.transpose(-1, -2)).add_(bias))  # (B * N, H, C, K)
         dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
         out = torch.matmul(dropped, values)  # (B * N, H, C, D)
         # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
@@ -370,10 +380,7 @@ class BandAttention(torch.autograd.Function):
         grad = torch.matmul(grad_out, values.transpose(-1, -2), out=None if kept or drop is None else dropped)
         if drop is not None:
             grad.masked_fill_(drop, 0.0)
-        if grad.device.type == "cpu":
-            torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
-        else:
-            grad = torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
+        grad = softmax_backward_(grad, probs)
         grad_q = torch.matmul(grad, keys).mul_(ctx.scaling)  # (B * N, H, C, D)
         grad_q = grad_q.view(batch_size, num_blocks, num_heads, block, head_dim).transpose(1, 2)
         grad_q = grad_q.reshape(batch_size, num_heads, num_blocks * block, head_dim)[:, :, : ctx.length]
@@ -412,11 +419,7 @@ class GlobalRowsAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, index, key_bias, drop, scaling, dropout_p):
         q_rows = q.gather(2, index).mul_(scaling)  # (B, H, G, D)
-        probs = torch.matmul(q_rows, k.transpose(-1, -2)).add_(key_bias)  # (B, H, G, L)
-        if probs.device.type == "cpu":
-            torch.ops.aten._softmax.out(probs, -1, False, out=probs)
-        else:
-            probs = torch.softmax(probs, dim=-1)
+        probs = softmax_(torch.matmul(q_rows, k.transpose(-1, -2)).add_(key_bias))  # (B, H, G, L)
         dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
         value_scale = 1 / (1 - dropout_p) if drop is not None else 1.0
         ctx.save_for_backward(q_rows, k, v, probs, dropped, drop, index)
@@ -432,10 +435,7 @@ class GlobalRowsAttention(torch.autograd.Function):
         grad = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, G, L)
         if drop is not None:
             grad.masked_fill_(drop, 0.0)
-        if grad.device.type == "cpu":
-            torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
-        else:
-            grad = torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
+        grad = softmax_backward_(grad, probs)
         grad_k = torch.matmul(grad.transpose(-1, -2), q_rows)  # (B, H, L, D)
         grad_rows = torch.matmul(grad, k).mul_(ctx.scaling)  # (B, H, G, D)
         # Empty slots point at L - 1 with zero gradient.
