@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from factories import WORDS, make_corpus, make_record  # noqa: F401
 
 from structformer.trainers.data import (
     DataCollatorForStructuredMLM,
@@ -19,106 +19,6 @@ from structformer.trainers.data import (
     tokenize_with_structure,
 )
 from structformer.trainers.tokenizer import train_wordpiece
-
-WORDS = [
-    "attention",
-    "transformer",
-    "document",
-    "section",
-    "model",
-    "token",
-    "sequence",
-    "global",
-    "local",
-    "window",
-    "training",
-    "corpus",
-    "structure",
-    "heading",
-    "paragraph",
-    "abstract",
-    "result",
-    "method",
-    "experiment",
-    "evaluation",
-    "baseline",
-    "dataset",
-    "encoder",
-    "pretraining",
-    "representation",
-    "long",
-    "context",
-    "sparse",
-    "dense",
-    "layer",
-]
-
-
-def make_record(
-    rng: random.Random, paper_id: str, n_sections: int = 3, paragraphs: int = 3, words: int = 25
-) -> dict:
-    """A structured row in the corpus format: text with title/abstract/headings and their char spans."""
-    title = " ".join(rng.choice(WORDS).capitalize() for _ in range(4))
-    abstract = " ".join(rng.choice(WORDS) for _ in range(words)) + "."
-    text = f"{title}\n\n{abstract}"
-    headers = [{"start": 0, "end": len(title), "level": "title"}]
-    sections = []
-    levels = ["section", "subsection", "section", "subsubsection", "paragraph"]
-    for k in range(n_sections):
-        level = levels[k % len(levels)]
-        heading = f"{rng.choice(WORDS).capitalize()} {rng.choice(WORDS)}"
-        paras = [" ".join(rng.choice(WORDS) for _ in range(words)) + "." for _ in range(paragraphs)]
-        text += "\n\n"
-        headers.append({"start": len(text), "end": len(text) + len(heading), "level": level})
-        text += heading + "\n" + "\n\n".join(paras)
-        sections.append({"level": level, "title": heading, "paragraphs": paras})
-    return {
-        "id": paper_id,
-        "title": title,
-        "abstract": abstract,
-        "sections": sections,
-        "text": text,
-        "headers": headers,
-        "categories": "cs.CL",
-        "license": None,
-        "version": "v1",
-    }
-
-
-CARD = """---
-configs:
-- config_name: arxiv_structured
-  default: true
-  data_files:
-  - split: train
-    path: data/arxiv_structured/train-*.parquet
-  - split: validation
-    path: data/arxiv_structured/validation-*.parquet
-- config_name: arxiv_plain
-  data_files:
-  - split: train
-    path: data/arxiv_plain/train-*.parquet
-  - split: validation
-    path: data/arxiv_plain/validation-*.parquet
----
-# tiny test corpus
-"""
-
-
-def make_corpus(root: Path, n_train: int = 12, n_validation: int = 3, seed: int = 0, **record_kwargs) -> Path:
-    """Write a corpus folder in the built-corpus layout (Parquet per config + README.md with configs)."""
-    import datasets
-
-    rng = random.Random(seed)
-    for split, n in (("train", n_train), ("validation", n_validation)):
-        rows = [make_record(rng, f"{split}-{i}", n_sections=2 + i % 3, **record_kwargs) for i in range(n)]
-        for config, keep in (("arxiv_structured", None), ("arxiv_plain", ("id", "text"))):
-            folder = root / "data" / config
-            folder.mkdir(parents=True, exist_ok=True)
-            table = [{k: r[k] for k in keep} if keep else r for r in rows]
-            datasets.Dataset.from_list(table).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
-    (root / "README.md").write_text(CARD, encoding="utf-8")
-    return root
 
 
 @pytest.fixture(scope="module")

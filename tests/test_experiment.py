@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from structformer.trainers import experiment
+from structformer.trainers import experiment, pretrain
 from structformer.trainers.report import _fmt
 
 TINY = [
@@ -169,11 +169,16 @@ def test_accelerate_config_launches_pretraining_through_accelerate(tmp_path, mon
     args = experiment.parse_args(["--accelerate-config", str(config)])
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda command, check: calls.append((command, check)))
-    experiment.pretrain_step(args, ["--max-steps", "1"])
+    options = experiment.pretrain_arguments(
+        args, tmp_path / "corpus", tmp_path / "tok", "plain", tmp_path / "m"
+    )
+    experiment.pretrain_step(args, options)
     ((command, check),) = calls
     assert check is True
     assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", str(config)]
-    assert command[5].endswith("pretrain.py") and command[6:] == ["--max-steps", "1"]
+    assert command[5].endswith("pretrain.py")
+    # The launched script parses the same options back.
+    assert pretrain.parse_args(command[6:]) == options
 
 
 def test_bad_options_fail_before_any_work(tmp_path) -> None:

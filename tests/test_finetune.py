@@ -14,6 +14,7 @@ from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.trainers.finetune import (
     DataFormatError,
+    StructBertForMentionClassification,
     aggregate_metrics,
     check_structbert,
     classification_metrics,
@@ -21,6 +22,7 @@ from structformer.trainers.finetune import (
     ner_metrics,
     parse_args,
     read_records,
+    run_finetune,
     summarize,
 )
 from structformer.trainers.scirex import split_scirex
@@ -216,7 +218,7 @@ def test_options_are_checked(tmp_path: Path) -> None:
             "s",
             "--output-dir",
             str(tmp_path),
-            "--no-structure",
+            "--no-use-structure",
         ]
     )
     assert args.task == "scirex-salient" and args.use_structure is False
@@ -227,6 +229,11 @@ def test_options_are_checked(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- end to end
+
+
+def finetune(argv: list[str]) -> dict:
+    """One run through the command line's parser; the results.json content."""
+    return run_finetune(parse_args(argv))
 
 
 def common(model: Path, out: Path) -> list[str]:
@@ -244,13 +251,13 @@ def check_results(results: dict, out: Path, task: str, per_type: bool) -> None:
     assert ("per_type" in results["metrics"]) == per_type
     assert (out / "results.png").stat().st_size > 1000
     for seed in (1, 2):
-        assert (out / f"seed-{seed}" / "checkpoints" / "checkpoint-2").is_dir()
+        assert not (out / f"seed-{seed}" / "checkpoints").exists()  # --save-steps 0: none
         assert json.loads((out / f"seed-{seed}" / "eval_results.json").read_text())["step"] == 2
 
 
 def test_scirex_ner_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "ner"
-    results = main(
+    results = finetune(
         [
             "--task",
             "scirex-ner",
@@ -273,7 +280,7 @@ def test_scirex_ner_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Pa
 
 def test_scirex_salient_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "salient"
-    results = main(
+    results = finetune(
         [
             "--task",
             "scirex-salient",
@@ -283,7 +290,7 @@ def test_scirex_salient_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path
             "32",
             "--stride",
             "8",
-            "--no-structure",
+            "--no-use-structure",
             *common(tiny_model, out),
         ]
     )
@@ -303,7 +310,7 @@ def test_sequence_classification_end_to_end(tiny_model: Path, tmp_path: Path) ->
     )
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5]))
     out = tmp_path / "seq"
-    results = main(
+    results = finetune(
         [
             "--task",
             "sequence-classification",
@@ -333,7 +340,7 @@ def test_token_classification_end_to_end(tiny_model: Path, tmp_path: Path) -> No
     for name, part in (("train", rows[:7]), ("test", rows[7:])):
         (tmp_path / f"{name}.json").write_text(json.dumps(part))
     out = tmp_path / "tok"
-    results = main(
+    results = finetune(
         [
             "--task",
             "token-classification",
@@ -358,7 +365,7 @@ def test_resume_after_a_kill_is_exact(tiny_model: Path, scirex_file: Path, tmp_p
     base = ["--task", "scirex-ner", "--scirex", str(scirex_file), "--model", str(tiny_model), "--seeds", "3"]
     base += ["--max-seq-length", "24", "--stride", "6", "--per-device-batch-size", "4", "--max-steps", "4"]
     base += ["--save-steps", "2", "--logging-steps", "1", "--save-model"]
-    full = main([*base, "--output-dir", str(tmp_path / "full")])
+    full = finetune([*base, "--output-dir", str(tmp_path / "full")])
     # A run killed after checkpoint-2 (mid-epoch: 18 batches per epoch), then resumed.
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     seed_dir = tmp_path / "cut" / "seed-3"
@@ -368,14 +375,53 @@ def test_resume_after_a_kill_is_exact(tiny_model: Path, scirex_file: Path, tmp_p
     (tmp_path / "cut" / "results.json").unlink()
     log_lines = (seed_dir / "metrics.jsonl").read_text().splitlines()
     (seed_dir / "metrics.jsonl").write_text("\n".join(log_lines[:2]) + "\n")
-    resumed = main([*base, "--output-dir", str(tmp_path / "cut"), "--resume"])
+    resumed = finetune([*base, "--output-dir", str(tmp_path / "cut"), "--resume-from-checkpoint", "latest"])
 
     expected = load_file(tmp_path / "full" / "seed-3" / "model" / "model.safetensors")
     actual = load_file(seed_dir / "model" / "model.safetensors")
     assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
         assert torch.allclose(tensor, actual[name], atol=1e-6), name
-    assert (seed_dir / "metrics.jsonl").read_text().splitlines() == log_lines
+    def untimed(lines: list[str]) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_second"} for line in lines]
+
+    assert untimed((seed_dir / "metrics.jsonl").read_text().splitlines()) == untimed(log_lines)
     assert resumed["metrics"] == full["metrics"]
     # Every seed finished: --resume reuses the scores without training.
-    assert main([*base, "--output-dir", str(tmp_path / "cut"), "--resume"])["metrics"] == full["metrics"]
+    assert (
+        finetune([*base, "--output-dir", str(tmp_path / "cut"), "--resume-from-checkpoint", "latest"])[
+            "metrics"
+        ]
+        == full["metrics"]
+    )
+
+
+def test_cli_main_returns_zero_and_the_mention_head_round_trips(
+    tiny_model: Path, scirex_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "salient"
+    argv = [
+        "--task",
+        "scirex-salient",
+        "--scirex",
+        str(scirex_file),
+        "--max-seq-length",
+        "32",
+        "--stride",
+        "8",
+    ]
+    argv += ["--model", str(tiny_model), "--output-dir", str(out), "--max-steps", "1", "--save-model"]
+    assert main(argv) == 0
+    saved = out / "seed-1" / "model"
+    model = StructBertForMentionClassification.from_pretrained(saved)
+    from safetensors.torch import load_file
+
+    stored = load_file(saved / "mention_head.safetensors")
+    assert torch.equal(model.classifier.weight, stored["weight"]) and torch.equal(
+        model.classifier.bias, stored["bias"]
+    )
+    assert not torch.equal(
+        stored["weight"], StructBertForMentionClassification.from_pretrained(tiny_model).classifier.weight
+    )
+    with pytest.raises(ValueError, match="a head of 2 labels, not 3"):
+        StructBertForMentionClassification.from_pretrained(saved, num_labels=3)

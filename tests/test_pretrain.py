@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import make_corpus, make_record
 from safetensors.torch import load_file
 
 from structformer.cli import main as cli_main
+from structformer.errors import InputError
 from structformer.trainers import pretrain
+from structformer.trainers.core import resolve_checkpoint
 from structformer.trainers.tokenizer import train_wordpiece
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import make_corpus, make_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trainers" / "pretrain.py"
@@ -112,7 +112,7 @@ def test_smoke_run_writes_every_output_and_reloads(reference, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     checkpoint = out / "checkpoints" / "checkpoint-4"
     assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "tokenizer.json").is_file()
-    assert pretrain.resolve_checkpoint("latest", out) == checkpoint
+    assert resolve_checkpoint("latest", out / "checkpoints")[0] == checkpoint
 
     # The final folder loads in a process that never imported structformer.
     from structformer.modeling import StructBertForMaskedLM
@@ -169,18 +169,6 @@ def test_resume_after_sigkill_is_exact(setup, reference, tmp_path):
     for name in ours:
         assert torch.allclose(ours[name], theirs[name], atol=1e-6, rtol=0), name
     assert json.loads((killed / "training_args.json").read_text())["resumed_from"].endswith("checkpoint-3")
-
-
-def test_latest_skips_unfinished_checkpoints(tmp_path):
-    checkpoints = tmp_path / "checkpoints"
-    (checkpoints / "checkpoint-2").mkdir(parents=True)
-    (checkpoints / "checkpoint-2" / pretrain.TRAINER_STATE).write_text('{"step": 2}')
-    (checkpoints / ".tmp-checkpoint-4").mkdir()  # killed mid-save
-    (checkpoints / "checkpoint-6").mkdir()  # no trainer state: not complete
-    assert pretrain.resolve_checkpoint("latest", tmp_path) == checkpoints / "checkpoint-2"
-    assert pretrain.resolve_checkpoint("latest", tmp_path / "empty") is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        pretrain.resolve_checkpoint(str(checkpoints / "checkpoint-6"), tmp_path)
 
 
 def _free_port() -> int:
@@ -257,14 +245,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup, tmp_path, mo
         pretrain.NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 3.*checkpoint-2"
     ):
         pretrain.main(base_args(setup, out, "--eval-steps", "0"))
-    assert pretrain.resolve_checkpoint("latest", out) == out / "checkpoints" / "checkpoint-2"
+    assert resolve_checkpoint("latest", out / "checkpoints")[0] == out / "checkpoints" / "checkpoint-2"
     weights = load_file(out / "checkpoints" / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (out / "model.safetensors").exists()
 
 
 def test_bad_options_fail_before_any_work(setup, reference, tmp_path):
-    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    with pytest.raises(InputError, match="already holds checkpoints"):
         pretrain.main(base_args(setup, reference))
     out = tmp_path / "out"
     with pytest.raises(SystemExit):
@@ -350,3 +338,118 @@ def test_presets_and_json_model_configs(tmp_path):
     path.write_text(json.dumps({"attention_window": 15}))
     with pytest.raises(ValueError, match="attention_window"):
         get_model_config(path)
+
+
+def test_nan_stop_names_the_last_healthy_checkpoint_not_an_exploding_one(setup, tmp_path, monkeypatch):
+    original = pretrain.MaskedLMObjective.forward
+    calls = {"n": 0}
+
+    def diverging(self, labels, **inputs):
+        # Steps 3-4 explode (loss x 100, checkpoint-4 is saved then), step 5 is NaN.
+        calls["n"] += 1
+        sums, counts = original(self, labels, **inputs)
+        factor = {3: 100.0, 4: 100.0, 5: float("nan")}.get(calls["n"], 1.0)
+        return sums * factor, counts
+
+    monkeypatch.setattr(pretrain.MaskedLMObjective, "forward", diverging)
+    out = tmp_path / "out"
+    with pytest.raises(
+        pretrain.NonFiniteLossError, match=r"at step 5.*healthy checkpoint is \S*checkpoint-2\b"
+    ):
+        pretrain.main(base_args(setup, out, "--eval-steps", "0", steps=6))
+    states = {
+        n: json.loads((out / "checkpoints" / f"checkpoint-{n}" / "trainer_state.json").read_text())
+        for n in (2, 4)
+    }
+    assert states[2]["healthy"] is True and states[4]["healthy"] is False
+    assert states[4]["loss"] > 2 * states[2]["best_loss"]
+
+
+def test_resume_applies_a_changed_learning_rate(setup, tmp_path):
+    out = tmp_path / "out"
+    assert pretrain.main(base_args(setup, out, "--eval-steps", "0", steps=2)) == 0
+    resume = [*base_args(setup, out, "--eval-steps", "0", steps=3), "--resume-from-checkpoint", "latest"]
+    assert pretrain.main([*resume, "--learning-rate", "3e-4", "--weight-decay", "0.05"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["learning_rate"] for r in records if "learning_rate" in r}
+    assert rates == {1: 1e-3, 2: 1e-3, 3: pytest.approx(3e-4)}
+    assert json.loads((out / "training_args.json").read_text())["learning_rate"] == 3e-4
+
+
+def test_corpus_without_validation_split_trains_without_evaluation(setup, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n_train=2, n_validation=0, words=12)
+    out = tmp_path / "out"
+    argv = base_args(setup, out, "--validation-split", "0", "--save-steps", "0", steps=2)
+    argv[argv.index("--dataset") + 1] = str(corpus)
+    assert pretrain.main(argv) == 0
+    assert not (out / "eval_results.json").exists()
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "training_args.json").read_text())["validation_sequences"] == 0
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(setup, reference, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name in ("model.safetensors", "eval_results.json"):
+        (out / name).unlink()
+    weights = out / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        assert pretrain.main([*base_args(setup, out), "--resume-from-checkpoint", "latest"]) == 0
+    assert "skipping checkpoint checkpoint-4" in caplog.text
+    assert json.loads((out / "training_args.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    ours, theirs = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-6, rtol=0) for k in theirs)
+
+
+# ---------------------------------------------------------------------------------- the steps, one by one
+
+
+def _options(setup, out: Path, *extra: str) -> pretrain.PretrainArguments:
+    return pretrain.parse_args(base_args(setup, out, *extra))
+
+
+def test_load_data_holds_out_validation_only_when_the_corpus_has_none(setup, tmp_path):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    raw, structured = pretrain.load_data(_options(setup, tmp_path / "o"), accelerator)
+    assert structured and {k: len(v) for k, v in raw.items()} == {"train": 2, "validation": 2}
+    corpus = make_corpus(tmp_path / "train-only", n_train=20, n_validation=0, words=12)
+    options = _options(setup, tmp_path / "o", "--dataset", str(corpus), "--validation-split", "0.25")
+    raw, _ = pretrain.load_data(options, accelerator)
+    assert {k: len(v) for k, v in raw.items()} == {"train": 15, "validation": 5}
+    options = _options(setup, tmp_path / "o", "--dataset", str(corpus), "--dataset-config", "arxiv_plain")
+    raw, structured = pretrain.load_data(options, accelerator)
+    assert not structured and raw["train"].column_names == ["id", "text"]
+
+
+def test_tokenizer_model_config_packing_and_loaders(setup, tmp_path):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    options = _options(setup, tmp_path / "o", "--vocab-size", "120")
+    options.tokenizer = None
+    raw, structured = pretrain.load_data(options, accelerator)
+    tokenizer = pretrain.load_or_train_tokenizer(options, accelerator, raw, None, None)
+    assert (tmp_path / "o" / "tokenizer" / "tokenizer.json").is_file() and len(tokenizer) <= 120
+    config, source = pretrain.model_config(options, accelerator, tokenizer, None)
+    assert source is None and config.vocab_size == len(tokenizer) and config.attention_window == 16
+    packed = pretrain.pack_splits(options, accelerator, raw, tokenizer, config, structured)
+    train_loader, eval_loader = pretrain.make_loaders(options, packed, tokenizer, config)
+    batch = next(iter(train_loader))
+    assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] % 16 == 0
+    assert int(batch["global_attention_mask"].sum()) > 0 and eval_loader is not None
+    with pytest.raises(InputError, match="exceeds the model's max_position_embeddings 256"):
+        pretrain.model_config(
+            _options(setup, tmp_path / "o", "--max-seq-length", "300"), accelerator, tokenizer, None
+        )
+    with pytest.raises(InputError, match="fewer than one optimizer step's 64"):
+        pretrain.pack_splits(
+            _options(setup, tmp_path / "o", "--per-device-batch-size", "64"),
+            accelerator,
+            raw,
+            tokenizer,
+            config,
+            True,
+        )

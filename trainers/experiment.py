@@ -31,6 +31,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from structformer.dataset_scripts.build import BuildOptions, build_corpus
+from structformer.dataset_scripts.sample import pack_sample_archive
+from structformer.hub_cards.cards import write_model_card
+from structformer.trainers import pretrain
+from structformer.trainers.analyze_attention import analyze
+from structformer.trainers.finetune import FinetuneArguments, run_finetune
+from structformer.trainers.pretrain import PretrainArguments, run_pretraining
+from structformer.trainers.report import write_report
+from structformer.trainers.tokenizer import train_wordpiece
+
 logger = logging.getLogger(__name__)
 
 VARIANTS = {"structured": "arxiv_structured", "plain": "arxiv_plain"}
@@ -169,13 +179,10 @@ def build_corpus_step(args: argparse.Namespace, work: Path) -> tuple[Path, dict]
         corpus = Path(args.corpus_dir)
         report_file = corpus / "build_report.json"
         return corpus, json.loads(report_file.read_text()) if report_file.exists() else {}
-    from structformer.dataset_scripts.build import BuildOptions, build_corpus
 
     if args.sources:
         sources = [Path(s) for s in args.sources]
     else:
-        from structformer.dataset_scripts.sample import pack_sample_archive
-
         sources = [pack_sample_archive(work / "sources")]
     options = BuildOptions(
         **_supported(
@@ -215,58 +222,51 @@ def tokenizer_step(args: argparse.Namespace, work: Path, corpus: Path) -> Path:
     if args.init_from:
         # A pre-trained checkpoint only makes sense with its own vocabulary.
         return Path(args.init_from)
-    from structformer.trainers.tokenizer import train_wordpiece
 
     out = work / "tokenizer"
     train_wordpiece(corpus_texts(corpus), args.vocab_size, out)
     return out
 
 
-def pretrain_argv(
+def pretrain_arguments(
     args: argparse.Namespace, corpus: Path, tokenizer: Path, variant: str, out: Path
-) -> list[str]:
+) -> PretrainArguments:
     """The same options for both variants; only the corpus config (and the output) differ."""
-    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
-    argv = [
-        "--dataset", str(corpus),
-        "--dataset-config", VARIANTS[variant],
-        "--tokenizer", str(tokenizer),
-        "--max-seq-length", str(args.max_seq_length),
-        "--per-device-batch-size", str(args.per_device_batch_size),
-        "--gradient-accumulation-steps", str(args.gradient_accumulation_steps),
-        "--learning-rate", str(args.learning_rate),
-        "--warmup-steps", str(warmup),
-        "--max-steps", str(args.max_steps),
-        "--eval-steps", str(args.eval_steps),
-        "--save-steps", str(args.save_steps),
-        "--logging-steps", str(max(1, args.max_steps // 25)),
-        "--seed", str(args.seed),
-        "--mixed-precision", args.mixed_precision,
-        "--report-to", "none",
-        "--cache-dir", str(out.parent / f".cache-{variant}"),
-        "--output-dir", str(out),
-    ]  # fmt: skip
-    argv += ["--init-from", str(args.init_from)] if args.init_from else ["--model-config", args.preset]
-    if args.attention_window:
-        argv += ["--attention-window", str(args.attention_window)]
-    return argv
+    return PretrainArguments(
+        dataset=str(corpus),
+        dataset_config=VARIANTS[variant],
+        tokenizer=str(tokenizer),
+        max_seq_length=args.max_seq_length,
+        per_device_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10),
+        max_steps=args.max_steps,
+        eval_steps=args.eval_steps,
+        save_steps=args.save_steps,
+        logging_steps=max(1, args.max_steps // 25),
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        cache_dir=str(out.parent / f".cache-{variant}"),
+        output_dir=str(out),
+        init_from=str(args.init_from) if args.init_from else None,
+        model_config=args.preset,
+        attention_window=args.attention_window,
+    )
 
 
-def pretrain_step(args: argparse.Namespace, argv: list[str]) -> None:
+def pretrain_step(args: argparse.Namespace, pretrain_args: PretrainArguments) -> None:
+    """In this process, or through ``accelerate launch --config_file`` with the same options."""
     if args.accelerate_config:
-        from structformer.trainers import pretrain
-
         command = [
             sys.executable, "-m", "accelerate.commands.launch",
             "--config_file", str(args.accelerate_config),
-            str(Path(pretrain.__file__)), *argv,
+            str(Path(pretrain.__file__)), *pretrain_args.to_argv(),
         ]  # fmt: skip
         logger.info("running %s", " ".join(command))
         subprocess.run(command, check=True)
         return
-    from structformer.trainers.pretrain import main as pretrain_main
-
-    pretrain_main(argv)
+    run_pretraining(pretrain_args)
 
 
 def read_pretrain_metrics(model_dir: Path) -> dict:
@@ -289,7 +289,6 @@ def finetune_step(
     ``runs`` (when given) receives, per task, the split sizes, steps and structure setting of the runs.
     """
     runs = {} if runs is None else runs
-    from structformer.trainers.finetune import main as finetune_main
 
     length = args.finetune_max_seq_length or args.max_seq_length
     structure = args.finetune_structure == "always" or (
@@ -297,26 +296,24 @@ def finetune_step(
     )
     downstream = {}
     for task in SCIREX_TASKS:
-        argv = [
-            "--task", task,
-            "--scirex", str(args.scirex),
-            "--model", str(model_dir),
-            "--output-dir", str(out / task),
-            "--seeds", *[str(s) for s in args.seeds],
-            "--num-epochs", str(args.finetune_epochs),
-            "--learning-rate", str(args.finetune_learning_rate),
-            "--per-device-batch-size", str(args.per_device_batch_size),
-            "--max-seq-length", str(length),
-            "--stride", str(length // 4),
-            "--mixed-precision", args.mixed_precision,
-            "--use-structure" if structure else "--no-use-structure",
-            "--no-checkpoints",
-        ]  # fmt: skip
-        if args.scirex_max_docs:
-            argv += ["--max-docs", str(args.scirex_max_docs)]
-        if args.finetune_max_steps:
-            argv += ["--max-steps", str(args.finetune_max_steps)]
-        results = finetune_main(argv)
+        results = run_finetune(
+            FinetuneArguments(
+                task=task,
+                scirex=str(args.scirex),
+                model=str(model_dir),
+                output_dir=str(out / task),
+                seeds=list(args.seeds),
+                num_train_epochs=args.finetune_epochs,
+                learning_rate=args.finetune_learning_rate,
+                per_device_batch_size=args.per_device_batch_size,
+                max_seq_length=length,
+                stride=length // 4,
+                mixed_precision=args.mixed_precision,
+                use_structure=structure,
+                max_docs=args.scirex_max_docs,
+                max_steps=args.finetune_max_steps,
+            )
+        )
         runs[task.replace("-", "_")] = {
             "split_sizes": results.get("split_sizes"),
             "eval_split": results.get("eval_split"),
@@ -329,13 +326,6 @@ def finetune_step(
 
 
 def write_model_cards(model_dirs: dict[str, Path], results: dict) -> list[str]:
-    try:
-        from structformer.hub_cards.cards import write_model_card
-    except ImportError:
-        logger.warning(
-            "structformer.hub_cards.cards.write_model_card is not available: no model cards written"
-        )
-        return []
     written = []
     for variant, model_dir in model_dirs.items():
         write_model_card(model_dir, results=_with_variant(results, variant))
@@ -400,8 +390,6 @@ def _move_into_place(work: Path, output: Path) -> None:
 
 
 def _run_steps(args: argparse.Namespace, work: Path, output: Path) -> None:
-    from structformer.trainers.analyze_attention import analyze
-    from structformer.trainers.report import write_report
 
     models = {variant: work / "models" / variant for variant in VARIANTS}
     timings: dict[str, float] = {}
@@ -416,7 +404,7 @@ def _run_steps(args: argparse.Namespace, work: Path, output: Path) -> None:
     def pretrain(variant: str) -> Callable[[], None]:
         def step() -> None:
             pretrain_step(
-                args, pretrain_argv(args, state["corpus"], state["tokenizer"], variant, models[variant])
+                args, pretrain_arguments(args, state["corpus"], state["tokenizer"], variant, models[variant])
             )
             state[f"pretrain_{variant}"] = read_pretrain_metrics(models[variant])
             # The tokenized-dataset cache is rebuilt cheaply and would only bloat the experiment folder.

@@ -19,31 +19,59 @@ them. Metrics are computed with seqeval and scikit-learn directly, exactly as th
 modules ``seqeval``/``f1``/``precision``/``recall``/``accuracy`` do: those modules are scripts on
 the Hub that ``evaluate.load`` would download, and nothing here may download at run time.
 
-Python use: ``results = main([...same options as the CLI...])`` returns the ``results.json`` dict.
+Python use: ``results = run_finetune(FinetuneArguments(...))`` (or ``run_finetune(parse_args([...]))``)
+returns the ``results.json`` dict.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import statistics
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
+from transformers.utils import logging as hf_logging
 
+import structformer.modeling  # noqa: F401  (registers StructBERT with the Auto classes)
+from structformer.errors import InputError
+from structformer.trainers.core import (
+    EpochShuffleSampler,
+    Loop,
+    MetricsLogger,
+    TrainingArguments,
+    apply_optimizer_flags,
+    build_optimizer,
+    build_scheduler,
+    make_accelerator,
+    parse_arguments,
+    require,
+    resolve_checkpoint,
+    setup_logging,
+    train,
+    write_json_atomically,
+)
 from structformer.trainers.scirex import (
     NER_LABELS,
     bio_labels,
@@ -57,6 +85,7 @@ from structformer.trainers.scirex import (
 
 logger = logging.getLogger(__name__)
 
+MENTION_HEAD = "mention_head.safetensors"
 TASKS: tuple[str, ...] = ("scirex-ner", "scirex-salient", "sequence-classification", "token-classification")
 # Per-feature arrays the collator pads, with their padding values; everything else in a feature
 # (word_index, doc_index, mention_index, ...) stays on the host for evaluation.
@@ -75,111 +104,97 @@ PAD_VALUES: dict[str, int] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _task_name(value: str) -> str:
-    name = value.replace("_", "-")
-    if name not in TASKS:
-        raise argparse.ArgumentTypeError(f"unknown task {value!r}; choose from {', '.join(TASKS)}")
-    return name
+@dataclass(kw_only=True)
+class FinetuneArguments(TrainingArguments):
+    """``structformer finetune`` options (the shared ones are in :class:`TrainingArguments`)."""
+
+    task: str = field(metadata={"help": f"one of {', '.join(TASKS)}"})
+    model: str = field(metadata={"help": "a StructBERT checkpoint folder"})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "a fast tokenizer folder (default: --model)"}
+    )
+    scirex: str | None = field(default=None, metadata={"help": "a SciREX JSON-lines file (scirex-* tasks)"})
+    max_docs: int | None = field(
+        default=None, metadata={"help": "SciREX: use the first N documents of the file"}
+    )
+    eval_split: Literal["dev", "test"] = field(default="test", metadata={"help": "SciREX split to score"})
+    train_file: str | None = field(default=None, metadata={"help": "CSV, TSV, JSON or JSON-lines"})
+    validation_file: str | None = field(default=None, metadata={"help": "scored unless --test-file is given"})
+    test_file: str | None = field(default=None, metadata={"help": "scored instead of validation when given"})
+    text_columns: list[str] | None = field(
+        default=None, metadata={"help": "default: text, or sentence1 sentence2, or sentence"}
+    )
+    label_column: str = field(default="label", metadata={"help": "sequence-classification label column"})
+    tokens_column: str = field(default="tokens", metadata={"help": "token-classification words column"})
+    tags_column: str | None = field(default=None, metadata={"help": "default: ner_tags, tags or labels"})
+    label_names: list[str] | None = field(
+        default=None, metadata={"help": "names of integer tags, in id order"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "documents (SciREX) or rows"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "documents (SciREX) or rows"})
+    max_seq_length: int = field(default=512, metadata={"help": "tokens per window"})
+    stride: int | None = field(
+        default=None,
+        metadata={
+            "help": "overlap in tokens between consecutive windows (default: 128, at most half a window)"
+        },
+    )
+    use_structure: bool = field(
+        default=True,
+        metadata={
+            "help": "headings get global attention and their section ids (--no-use-structure: plain text)"
+        },
+    )
+    seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "one fine-tuning run per seed"})
+    per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "default: the train size"})
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "epochs (--max-steps wins)", "aliases": ["--num-epochs"]}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa, ... (default: the model's)"}
+    )
+    save_model: bool = field(default=False, metadata={"help": "save_pretrained each seed's model"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak AdamW learning rate"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up as a share of the steps"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = no checkpoints"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.task = self.task.replace("_", "-")
+        require(self.task in TASKS, f"--task: unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.task.startswith("scirex"):
+            require(
+                self.scirex is not None, f"--task {self.task} needs --scirex PATH (a SciREX JSON-lines file)"
+            )
+        else:
+            require(
+                self.train_file is not None and (self.validation_file or self.test_file) is not None,
+                f"--task {self.task} needs --train-file and --validation-file or --test-file",
+            )
+        require(self.max_seq_length >= 8, "--max-seq-length must be at least 8")
+        if self.stride is None:
+            self.stride = min(128, (self.max_seq_length - 2) // 2)
+        require(
+            0 <= self.stride < self.max_seq_length - 2,
+            f"--stride must be in [0, {self.max_seq_length - 2}) for --max-seq-length {self.max_seq_length}",
+        )
+        require(
+            self.resume_from_checkpoint in (None, "latest") or len(self.seeds) == 1,
+            "--resume-from-checkpoint PATH needs one seed; use 'latest' to resume every seed",
+        )
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_batch_size
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def parse_args(argv: Sequence[str] | None = None) -> FinetuneArguments:
+    return parse_arguments(
+        FinetuneArguments,
+        argv,
         prog="structformer finetune",
         description="Fine-tune a StructBERT checkpoint on SciREX or on CSV/JSON/JSON-lines files, over several seeds.",
     )
-    parser.add_argument("--task", type=_task_name, required=True, help=f"one of {', '.join(TASKS)}")
-    parser.add_argument("--model", required=True, help="a StructBERT checkpoint folder")
-    parser.add_argument("--tokenizer", default=None, help="a fast tokenizer folder (default: --model)")
-    parser.add_argument("--output-dir", type=Path, required=True)
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--scirex", type=Path, default=None, help="a SciREX JSON-lines file (scirex-* tasks)")
-    data.add_argument(
-        "--max-docs", type=int, default=None, help="SciREX: use the first N documents of the file"
-    )
-    data.add_argument("--eval-split", choices=["dev", "test"], default="test", help="SciREX split to score")
-    data.add_argument("--train-file", type=Path, default=None, help="CSV, TSV, JSON or JSON-lines")
-    data.add_argument("--validation-file", type=Path, default=None)
-    data.add_argument("--test-file", type=Path, default=None, help="scored instead of validation when given")
-    data.add_argument(
-        "--text-columns", nargs="+", default=None, help="default: text, or sentence1 sentence2, or sentence"
-    )
-    data.add_argument("--label-column", default="label")
-    data.add_argument("--tokens-column", default="tokens")
-    data.add_argument("--tags-column", default=None, help="default: ner_tags, tags or labels")
-    data.add_argument("--label-names", nargs="+", default=None, help="names of integer tags, in id order")
-    data.add_argument("--max-train-samples", type=int, default=None, help="documents (SciREX) or rows")
-    data.add_argument("--max-eval-samples", type=int, default=None, help="documents (SciREX) or rows")
-    data.add_argument("--max-seq-length", type=int, default=512)
-    data.add_argument(
-        "--stride",
-        type=int,
-        default=None,
-        help="overlap in tokens between consecutive windows (default: 128, at most half a window)",
-    )
-    structure = data.add_mutually_exclusive_group()
-    structure.add_argument(
-        "--use-structure",
-        dest="use_structure",
-        action="store_true",
-        default=True,
-        help="SciREX headings get global attention and their section ids (the default)",
-    )
-    structure.add_argument(
-        "--no-structure",
-        "--no-use-structure",
-        dest="use_structure",
-        action="store_false",
-        help="plain text: no global headings, one section",
-    )
-
-    train = parser.add_argument_group("training")
-    train.add_argument("--seeds", type=int, nargs="+", default=[1])
-    train.add_argument("--per-device-batch-size", type=int, default=8)
-    train.add_argument("--per-device-eval-batch-size", type=int, default=None, help="default: the train size")
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    train.add_argument("--learning-rate", type=float, default=5e-5)
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--warmup-ratio", type=float, default=0.1)
-    train.add_argument("--max-grad-norm", type=float, default=1.0)
-    train.add_argument("--num-epochs", "--num-train-epochs", dest="num_epochs", type=float, default=3.0)
-    train.add_argument("--max-steps", type=int, default=None, help="overrides --num-epochs")
-    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    train.add_argument("--attn-implementation", default=None, help="eager, sdpa, ... (default: the model's)")
-    train.add_argument("--logging-steps", type=int, default=10)
-    train.add_argument(
-        "--save-steps", type=int, default=0, help="save_state every N steps; 0: once at the end"
-    )
-    train.add_argument("--no-checkpoints", action="store_true", help="skip save_state entirely")
-    train.add_argument("--save-model", action="store_true", help="save_pretrained each seed's model")
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue each seed from its latest checkpoint in --output-dir; finished seeds are reused",
-    )
-    args = parser.parse_args(argv)
-
-    if args.task.startswith("scirex"):
-        if args.scirex is None:
-            parser.error(f"--task {args.task} needs --scirex PATH (a SciREX JSON-lines file)")
-    elif args.train_file is None or (args.validation_file is None and args.test_file is None):
-        parser.error(f"--task {args.task} needs --train-file and --validation-file or --test-file")
-    if args.max_seq_length < 8:
-        parser.error("--max-seq-length must be at least 8")
-    if args.stride is None:
-        args.stride = min(128, (args.max_seq_length - 2) // 2)
-    if not 0 <= args.stride < args.max_seq_length - 2:
-        parser.error(
-            f"--stride must be in [0, {args.max_seq_length - 2}) for --max-seq-length {args.max_seq_length}"
-        )
-    for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error("--max-steps must be at least 1")
-    if args.per_device_eval_batch_size is None:
-        args.per_device_eval_batch_size = args.per_device_batch_size
-    return args
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
     """A data file that cannot be read; the message names the file (and line)."""
 
 
@@ -386,54 +401,62 @@ class StructBertForMentionClassification(nn.Module):
         return loss, logits
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """The encoder as a StructBERT checkpoint, the head as ``mention_head.pt``."""
+        """The encoder as a StructBERT checkpoint, the head beside it in ``MENTION_HEAD``."""
         self.encoder.save_pretrained(directory)
-        torch.save(
-            {"classifier": self.classifier.state_dict(), "num_labels": self.num_labels},
-            Path(directory) / "mention_head.pt",
+        save_file(
+            {k: v.contiguous() for k, v in self.classifier.state_dict().items()},
+            Path(directory) / MENTION_HEAD,
         )
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, num_labels: int = 2, **kwargs: Any
+    ) -> StructBertForMentionClassification:
+        """The encoder of a StructBERT checkpoint; the head too when the folder holds one (a saved
+        ``scirex-salient`` model), else a fresh head of ``num_labels``."""
+        head_file = Path(directory) / MENTION_HEAD
+        head = load_file(head_file) if head_file.is_file() else None
+        if head is not None and head["weight"].shape[0] != num_labels:
+            raise InputError(f"{head_file}: a head of {head['weight'].shape[0]} labels, not {num_labels}")
+        model = cls(AutoModel.from_pretrained(directory, **kwargs), num_labels)
+        if head is not None:
+            model.classifier.load_state_dict(head)
+        return model
 
 
 def check_structbert(path: str) -> Any:
     """The checkpoint's config; a clear error when ``path`` is not a StructBERT checkpoint."""
-    from transformers import AutoConfig
-
-    import structformer  # noqa: F401  (registers StructBERT with the Auto classes)
-
     config_file = Path(path) / "config.json"
     if Path(path).is_dir() and not config_file.is_file():
-        raise ValueError(f"--model {path}: no config.json there; expected a StructBERT checkpoint folder")
+        raise InputError(f"--model {path}: no config.json there; expected a StructBERT checkpoint folder")
     if config_file.is_file():
         try:
             model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
         except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file}:{error.lineno}: invalid JSON ({error.msg})") from None
+            raise InputError(f"{config_file}:{error.lineno}: invalid JSON ({error.msg})") from None
         if model_type != "structbert":
-            raise ValueError(
+            raise InputError(
                 f"--model {path}: a {model_type!r} checkpoint, not StructBERT; convert it first with "
                 f"`structformer convert --from {path} --to DST`"
             )
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as error:
-        raise ValueError(
+        raise InputError(
             f"--model {path}: no checkpoint folder there, nor one in the Hub cache ({error})"
         ) from None
     if config.model_type != "structbert":
-        raise ValueError(f"--model {path}: a {config.model_type!r} checkpoint, not StructBERT")
+        raise InputError(f"--model {path}: a {config.model_type!r} checkpoint, not StructBERT")
     return config
 
 
-def build_model(args: argparse.Namespace, num_labels: int, id2label: dict[int, str]) -> nn.Module:
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
+def build_model(args: FinetuneArguments, num_labels: int, id2label: dict[int, str]) -> nn.Module:
     kwargs: dict[str, Any] = {}
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
     with _quiet_transformers():
         if args.task == "scirex-salient":
-            encoder = AutoModel.from_pretrained(args.model, **kwargs)
-            return StructBertForMentionClassification(encoder, num_labels)
+            return StructBertForMentionClassification.from_pretrained(args.model, num_labels, **kwargs)
         auto = (
             AutoModelForSequenceClassification
             if args.task == "sequence-classification"
@@ -451,8 +474,6 @@ def build_model(args: argparse.Namespace, num_labels: int, id2label: dict[int, s
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence the per-seed loading bar and report (a new head is always missing from the checkpoint)."""
-    from transformers.utils import logging as hf_logging
-
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -499,7 +520,7 @@ def _group(owners: Sequence[int]) -> dict[int, list[int]]:
 
 
 def scirex_task_data(
-    args: argparse.Namespace, tokenizer: Any, global_attention_types: Sequence[str]
+    args: FinetuneArguments, tokenizer: Any, global_attention_types: Sequence[str]
 ) -> TaskData:
     docs = load_scirex(args.scirex)
     docs = _limit(docs, args.max_docs)
@@ -556,7 +577,7 @@ def scirex_task_data(
     )
 
 
-def _text_columns(args: argparse.Namespace, rows: list[dict], path: Path) -> list[str]:
+def _text_columns(args: FinetuneArguments, rows: list[dict], path: Path) -> list[str]:
     if args.text_columns:
         return list(args.text_columns)
     columns = rows[0].keys() if rows else []
@@ -566,7 +587,7 @@ def _text_columns(args: argparse.Namespace, rows: list[dict], path: Path) -> lis
     raise DataFormatError(f"{path}: no text, sentence1/sentence2 or sentence column; pass --text-columns")
 
 
-def sequence_task_data(args: argparse.Namespace, tokenizer: Any) -> TaskData:
+def sequence_task_data(args: FinetuneArguments, tokenizer: Any) -> TaskData:
     files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
     rows = {name: read_records(path) for name, path in files.items() if path is not None}
     for name, split_rows in rows.items():
@@ -621,7 +642,7 @@ def _as_list(value: Any) -> list:
     return value.split() if isinstance(value, str) else list(value)
 
 
-def token_task_data(args: argparse.Namespace, tokenizer: Any) -> TaskData:
+def token_task_data(args: FinetuneArguments, tokenizer: Any) -> TaskData:
     files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
     rows = {name: read_records(path) for name, path in files.items() if path is not None}
     tags_column = args.tags_column
@@ -744,43 +765,6 @@ def _model_inputs(batch: dict[str, torch.Tensor], with_labels: bool) -> dict[str
 # --------------------------------------------------------------------------------------------
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle fixed by ``(seed, epoch)`` alone, so a resumed run sees exactly the same batches."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=order).tolist())
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The ``checkpoint-STEP`` folder with the highest step (``.partial`` folders are never complete)."""
-    found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _save_state_atomically(accelerator: Any, directory: Path) -> None:
-    # Written beside its final name, then renamed: a kill mid-save leaves no half checkpoint.
-    partial = directory.with_name(directory.name + ".partial")
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(partial, directory)
-
-
 def _logits(outputs: Any) -> torch.Tensor:
     return outputs[1] if isinstance(outputs, tuple) else outputs.logits
 
@@ -807,8 +791,13 @@ def evaluate_model(
     return data.score(predictions)  # type: ignore[arg-type]
 
 
+def _batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    outputs = model(**_model_inputs(batch, with_labels=True))
+    return outputs[0] if isinstance(outputs, tuple) else outputs.loss
+
+
 def train_one_seed(
-    args: argparse.Namespace,
+    args: FinetuneArguments,
     accelerator: Any,
     data: TaskData,
     seed: int,
@@ -816,27 +805,15 @@ def train_one_seed(
     progress: Any,
     total_steps: int,
 ) -> dict[str, Any]:
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
+    """Train a fresh model from ``--model`` with ``seed``, resuming its newest intact checkpoint when
+    asked, then score it on the eval features."""
     set_seed(seed)
-    seed_dir = args.output_dir / f"seed-{seed}"
+    seed_dir = Path(args.output_dir) / f"seed-{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    id2label = dict(enumerate(data.label_names))
-    model = build_model(args, len(data.label_names), id2label)
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {
-            "params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-            "weight_decay": args.weight_decay,
-        },
-        {
-            "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    seed_args = dataclasses.replace(args, seed=seed)
+    model = build_model(args, len(data.label_names), dict(enumerate(data.label_names)))
+    optimizer = build_optimizer(model, args)
+    scheduler = build_scheduler(optimizer, args, total_steps)
 
     def collate_fn(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return collate(features, pad_token_id)
@@ -846,83 +823,40 @@ def train_one_seed(
         batch_size=args.per_device_batch_size,
         sampler=EpochShuffleSampler(len(data.train), seed),
         collate_fn=collate_fn,
-        # Its own generator: creating an iterator then draws no number from the global RNG, so the
-        # dropout masks after a resume (which starts a fresh iterator) match the uninterrupted run.
-        generator=torch.Generator().manual_seed(seed),
     )
     eval_loader = DataLoader(data.eval, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn)
-    # The prepared scheduler advances once per process at each optimizer step.
-    scheduler = get_scheduler(
-        "linear",
-        optimizer=optimizer,
-        num_warmup_steps=math.ceil(args.warmup_ratio * total_steps) * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
-    )
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
-
-    step, running_loss, running_count = 0, 0.0, 0
     checkpoints = seed_dir / "checkpoints"
-    resume_from = latest_checkpoint(checkpoints) if args.resume else None
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        step = int(resume_from.name.split("-")[1])
-        progress.update(step)
-        logger.info("seed %d: resumed from %s", seed, resume_from)
-    # Batches already consumed fix the epoch and the position inside it (the order is a function of the epoch).
-    epoch, skip = divmod(step * args.gradient_accumulation_steps, len(train_loader))
-    model.train()
-    with (seed_dir / "metrics.jsonl").open("a" if resume_from else "w", encoding="utf-8") as log:
-        while step < total_steps:
-            train_loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-            epoch, skip = epoch + 1, 0
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    outputs = model(**_model_inputs(batch, with_labels=True))
-                    loss = outputs[0] if isinstance(outputs, tuple) else outputs.loss
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"seed {seed}: loss is {loss.item()} at step {step}; stopping"
-                        )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                running_loss += loss.detach().item()
-                running_count += 1
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                progress.update(1)
-                if step % args.logging_steps == 0 or step == total_steps:
-                    record = {
-                        "seed": seed,
-                        "step": step,
-                        "loss": running_loss / running_count,
-                        "learning_rate": scheduler.get_last_lr()[0],
-                    }
-                    progress.set_postfix(seed=seed, loss=f"{record['loss']:.4f}")
-                    if accelerator.is_main_process:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    running_loss, running_count = 0.0, 0
-                if not args.no_checkpoints and args.save_steps > 0 and step % args.save_steps == 0:
-                    _save_state_atomically(accelerator, checkpoints / f"checkpoint-{step}")
-                if step >= total_steps:
-                    break
-    if not args.no_checkpoints and (args.save_steps <= 0 or step % args.save_steps):
-        _save_state_atomically(accelerator, checkpoints / f"checkpoint-{step}")
+    resumed = resolve_checkpoint(args.resume_from_checkpoint, checkpoints)
+    state = None
+    if resumed is not None:
+        path, state = resumed
+        accelerator.load_state(str(path))
+        for change in apply_optimizer_flags(optimizer, scheduler, args, state.get("optimizer_flags", {})):
+            logger.info("seed %d: resume applies the changed flag %s", seed, change)
+        progress.update(state["step"])
+        logger.info("seed %d: resumed from %s", seed, path)
+    loop = Loop(
+        loss_fn=lambda batch: _batch_loss(model, batch),
+        weight_fn=lambda batch: 1,  # the models' losses are batch means
+        total_steps=total_steps,
+        steps_per_epoch=max(1, len(train_loader) // args.gradient_accumulation_steps),
+        metrics=MetricsLogger(
+            accelerator, seed_dir / "metrics.jsonl", state["step"] if state else 0, {"seed": seed}
+        ),
+        progress=progress,
+        checkpoint_dir=checkpoints,
+    )
+    train(accelerator, model, optimizer, scheduler, train_loader, seed_args, loop, state)
 
     progress.set_postfix(seed=seed, status="evaluating")
     metrics = evaluate_model(model, eval_loader, accelerator, data)
     if accelerator.is_main_process:
-        (seed_dir / "eval_results.json").write_text(
-            json.dumps({"seed": seed, "step": step, "split": data.eval_split, **metrics}, indent=2),
-            encoding="utf-8",
+        write_json_atomically(
+            seed_dir / "eval_results.json",
+            {"seed": seed, "step": total_steps, "split": data.eval_split, **metrics},
         )
         if args.save_model:
             accelerator.unwrap_model(model).save_pretrained(seed_dir / "model")
@@ -981,41 +915,31 @@ def _finished_seed(seed_dir: Path, total_steps: int) -> dict[str, Any] | None:
     return {key: value for key, value in results.items() if key not in ("seed", "step", "split")}
 
 
-def _write_json_atomically(path: Path, content: Any) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=2), encoding="utf-8")
-    os.replace(partial, path)
-
-
-def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
+def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     """Train and score one model per seed; write and return the ``results.json`` content."""
-    from accelerate import Accelerator
-    from transformers import AutoTokenizer
-
     config = check_structbert(args.model)
     if args.max_seq_length > config.max_position_embeddings:
-        raise ValueError(
+        raise InputError(
             f"--max-seq-length {args.max_seq_length} exceeds the model's max_position_embeddings "
             f"({config.max_position_embeddings}) in {args.model}"
         )
     tokenizer_path = args.tokenizer or args.model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
+        raise InputError(
             f"--tokenizer {tokenizer_path}: a fast tokenizer (tokenizer.json) is needed for word alignment"
         )
     if len(tokenizer) > config.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"--tokenizer {tokenizer_path} has {len(tokenizer)} tokens but {args.model} has vocab_size {config.vocab_size}"
         )
 
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
-    )
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args)
+    setup_logging(accelerator)
     if accelerator.is_main_process:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        _write_json_atomically(args.output_dir / "training_args.json", options)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(output_dir / "training_args.json", args.to_dict())
 
     with accelerator.main_process_first():
         if args.task.startswith("scirex"):
@@ -1034,8 +958,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
         feature["feature_index"] = index
 
     batches_per_epoch = math.ceil(len(data.train) / (args.per_device_batch_size * accelerator.num_processes))
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * steps_per_epoch))
+    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    total_steps = args.max_steps or max(1, math.ceil(args.num_train_epochs * steps_per_epoch))
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info(
         "finetune %s: model %s, %d train / %d eval features (%s), split sizes %s, %d steps x %d seeds, "
@@ -1053,7 +977,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     )
     with progress:
         for seed in args.seeds:
-            finished = _finished_seed(args.output_dir / f"seed-{seed}", total_steps) if args.resume else None
+            resuming = args.resume_from_checkpoint is not None
+            finished = _finished_seed(output_dir / f"seed-{seed}", total_steps) if resuming else None
             if finished is not None:
                 progress.update(total_steps)
                 per_seed.append(finished)
@@ -1077,8 +1002,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
         "per_seed": [{"seed": seed, **metrics} for seed, metrics in zip(args.seeds, per_seed)],
     }
     if accelerator.is_main_process:
-        _write_json_atomically(args.output_dir / "results.json", results)
-        plot_results(results, args.output_dir / "results.png")
+        write_json_atomically(output_dir / "results.json", results)
+        plot_results(results, output_dir / "results.png")
         f1 = results["metrics"]["f1"]
         logger.info(
             "%s: f1 %.4f ± %.4f over %d seeds; wrote %s",
@@ -1086,17 +1011,16 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
             f1["mean"],
             f1["std"],
             len(args.seeds),
-            args.output_dir / "results.json",
+            output_dir / "results.json",
         )
     accelerator.wait_for_everyone()
     return results
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """CLI entry point; returns the ``results.json`` content."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    return run_finetune(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    run_finetune(parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The training core shared by pretrain and finetune (trainers/core.py): arguments, checkpoints, optimizer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from structformer.errors import InputError
+from structformer.trainers import core
+
+
+@dataclass(kw_only=True)
+class _Args(core.TrainingArguments):
+    names: list[str] = field(default_factory=lambda: ["a"], metadata={"help": "a list"})
+    flag: bool = field(default=True, metadata={"help": "a switch"})
+
+
+def test_arguments_parse_validate_and_round_trip_through_argv(tmp_path: Path) -> None:
+    args = core.parse_arguments(
+        _Args,
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--learning-rate",
+            "3e-4",
+            "--names",
+            "x",
+            "y",
+            "--no-flag",
+            "--lr-scheduler",
+            "cosine",
+        ],
+        prog="t",
+        description="d",
+    )
+    assert (args.learning_rate, args.names, args.flag, args.lr_scheduler_type) == (
+        3e-4,
+        ["x", "y"],
+        False,
+        "cosine",
+    )
+    assert core.parse_arguments(_Args, args.to_argv(), prog="t", description="d") == args
+    assert args.to_argv() == [
+        "--output-dir", str(tmp_path), "--learning-rate", "0.0003", "--lr-scheduler-type", "cosine",
+        "--names", "x", "y", "--no-flag",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):  # validation failures are usage errors, exit 2
+        core.parse_arguments(
+            _Args, ["--output-dir", "o", "--save-total-limit", "0"], prog="t", description="d"
+        )
+    with pytest.raises(InputError, match="--warmup-ratio must be in"):
+        _Args(output_dir="o", warmup_ratio=1.5)
+    assert _Args(output_dir="o", warmup_ratio=0.1).warmup(95) == 10
+    assert _Args(output_dir="o", warmup_ratio=0.1, warmup_steps=3).warmup(95) == 3
+
+
+def test_epoch_shuffle_is_a_function_of_seed_and_epoch() -> None:
+    sampler = core.EpochShuffleSampler(50, seed=7)
+    first = list(sampler)
+    assert sorted(first) == list(range(50)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first == list(core.EpochShuffleSampler(50, seed=7))
+
+
+def test_weight_decay_skips_biases_and_one_dimensional_weights() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    optimizer = core.build_optimizer(model, _Args(output_dir="o", weight_decay=0.1))
+    decayed, plain = optimizer.param_groups
+    assert [p.shape for p in decayed["params"]] == [torch.Size([4, 3])] and decayed["weight_decay"] == 0.1
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0
+
+
+def _tiny_run(tmp_path: Path, **overrides):
+    args = _Args(output_dir=str(tmp_path), learning_rate=1e-3, warmup_steps=2, **overrides)
+    accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = core.build_optimizer(model, args)
+    scheduler = core.build_scheduler(optimizer, args, total_steps=10)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return args, accelerator, model, optimizer, scheduler
+
+
+def test_checkpoints_are_verified_and_latest_skips_broken_ones(tmp_path: Path, caplog) -> None:
+    args, accelerator, model, optimizer, scheduler = _tiny_run(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        core.save_checkpoint(accelerator, checkpoints, step, {"healthy": True}, keep=None)
+    (checkpoints / ".tmp-checkpoint-8").mkdir()  # killed mid-save: never a candidate
+    assert [s for s, _ in core.list_checkpoints(checkpoints)] == [2, 4, 6]
+    path, state = core.resolve_checkpoint("latest", checkpoints)
+    assert path.name == "checkpoint-6" and state["step"] == 6 and "model.safetensors" in state["files"]
+
+    weights = checkpoints / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated
+    flipped = bytearray((checkpoints / "checkpoint-4" / "optimizer.bin").read_bytes())
+    flipped[-20] ^= 0xFF  # same size, corrupted
+    (checkpoints / "checkpoint-4" / "optimizer.bin").write_bytes(bytes(flipped))
+    with caplog.at_level(logging.WARNING):
+        path, state = core.resolve_checkpoint("latest", checkpoints)
+    assert path.name == "checkpoint-2" and state["step"] == 2
+    assert "skipping checkpoint checkpoint-6" in caplog.text and "were written" in caplog.text
+    assert "skipping checkpoint checkpoint-4" in caplog.text and "checksum" in caplog.text
+    with pytest.raises(InputError, match=r"--resume-from-checkpoint: .*checkpoint-6: model.safetensors has"):
+        core.resolve_checkpoint(str(checkpoints / "checkpoint-6"), checkpoints)
+    (checkpoints / "checkpoint-2" / "trainer_state.json").write_text("{oops")
+    assert core.resolve_checkpoint("latest", checkpoints) is None
+    with pytest.raises(InputError, match="not a checkpoint"):
+        core.resolve_checkpoint(str(tmp_path / "nowhere"), checkpoints)
+    assert core.resolve_checkpoint(None, checkpoints) is None
+
+
+def test_save_total_limit_rotates_old_checkpoints(tmp_path: Path) -> None:
+    _, accelerator, *_ = _tiny_run(tmp_path)
+    for step in (1, 2, 3):
+        core.save_checkpoint(
+            accelerator, tmp_path / "c", step, {}, keep=2, save_extra=lambda d: (d / "x").write_text("x")
+        )
+    assert [p.name for _, p in core.list_checkpoints(tmp_path / "c")] == ["checkpoint-2", "checkpoint-3"]
+    assert (
+        "x" in core.read_checkpoint_state(tmp_path / "c" / "checkpoint-3")["files"]
+    )  # extras are in the manifest
+
+
+def test_healthy_checkpoint_is_the_newest_marked_healthy(tmp_path: Path) -> None:
+    _, accelerator, *_ = _tiny_run(tmp_path)
+    for step, healthy in ((1, True), (2, True), (3, False)):
+        core.save_checkpoint(accelerator, tmp_path / "c", step, {"healthy": healthy}, keep=None)
+    assert core.healthy_checkpoint(tmp_path / "c").name == "checkpoint-2"
+    assert core.healthy_checkpoint(tmp_path / "none") is None
+
+
+def test_changed_optimizer_flags_are_applied_after_load_state(tmp_path: Path) -> None:
+    args, accelerator, model, optimizer, scheduler = _tiny_run(tmp_path)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    saved = {name: getattr(args, name) for name in core.OPTIMIZER_FLAGS}
+    new = _Args(
+        output_dir=str(tmp_path), learning_rate=4e-3, warmup_steps=2, weight_decay=0.2, adam_beta2=0.9
+    )
+    changes = core.apply_optimizer_flags(optimizer, scheduler, new, saved)
+    assert changes == [
+        "--learning-rate 0.001 -> 0.004",
+        "--weight-decay 0.01 -> 0.2",
+        "--adam-beta2 0.98 -> 0.9",
+    ]
+    # Step 3 of a linear schedule with 2 warm-up steps over 10: 4e-3 * (10 - 3) / (10 - 2).
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(4e-3 * 7 / 8)] * 2
+    assert (
+        optimizer.param_groups[0]["weight_decay"] == 0.2 and optimizer.param_groups[1]["weight_decay"] == 0.0
+    )
+    assert all(g["betas"] == (0.9, 0.9) for g in optimizer.param_groups)
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(4e-3 * 6 / 8)
+
+
+def test_metrics_logger_drops_records_after_the_resume_step(tmp_path: Path) -> None:
+    accelerator = Accelerator(cpu=True)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)))
+    logger = core.MetricsLogger(accelerator, path, resume_step=2, extra={"seed": 5})
+    logger.log({"step": 3, "loss": 0.5})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1, "loss": 1.0},
+        {"step": 2, "loss": 1.0},
+        {"seed": 5, "step": 3, "loss": 0.5},
+    ]
