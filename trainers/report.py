@@ -250,6 +250,127 @@ def is_smoke_test(results: dict, build_report: dict) -> bool:
     return settings.get("max_steps", 0) < SMOKE_MAX_STEPS or records < SMOKE_MAX_DOCS
 
 
+def _intro(results: dict, build_report: dict) -> list[str]:
+    settings = results["settings"]
+    if is_smoke_test(results, build_report):
+        lines = [
+            f"> **This run is a smoke test, not evidence.** It pre-trained for {settings.get('max_steps')} steps "
+            f"on {build_report.get('records', '?')} documents. Differences between the two models at this "
+            "scale are noise; they show that the pipeline works end to end, nothing about whether structure "
+            "helps. Scale it up with `--sources`, `--preset`, `--init-from`, `--max-steps` and `--scirex`.",
+            "",
+        ]
+    else:
+        lines = [
+            "> Read the numbers with their spread: differences smaller than the std over seeds are not "
+            "differences, and the pre-training bits are from one seed.",
+            "",
+        ]
+    return lines + [
+        "Two models were pre-trained with the same tokenizer, seed, steps and data order. They see the same "
+        "tokens; the **structured** model's title and heading tokens attend globally (`arxiv_structured`), "
+        "the **plain** model's do not (`arxiv_plain`).",
+        "",
+    ]
+
+
+def _corpus_section(build_report: dict) -> list[str]:
+    splits = build_report.get("splits", {})
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(build_report.get("reasons", {}).items())) or "none"
+    row = [build_report.get(k) for k in ("inputs", "records", "rejects")]
+    row += [splits.get("train"), splits.get("validation"), reasons]
+    header = ["inputs", "records", "rejects", "train", "validation", "reject reasons"]
+    return ["## Corpus", "", *_table(header, [row])]
+
+
+def _pretrain_section(results: dict, output_dir: Path, model_dirs: dict[str, Path] | None) -> list[str]:
+    rows = []
+    for variant, model in results["models"].items():
+        scores = model["pretrain"]
+        keys = ("eval_bits_per_masked_token", "eval_perplexity", "eval_loss", "step")
+        rows.append([variant, *[scores.get(k) for k in keys], f"`{model['checkpoint']}`"])
+    lines = ["", "## Pre-training", ""]
+    lines += _table(["model", "bits per masked token", "perplexity", "eval loss", "step", "checkpoint"], rows)
+    lines += ["", "Bits per masked token are measured on the validation split (lower is better).", ""]
+    if model_dirs and (figure := pretrain_figure(model_dirs, output_dir / "figures" / "pretrain_loss.png")):
+        lines += [f"![training loss]({figure.relative_to(output_dir)})", ""]
+    return lines
+
+
+def _attention_section(results: dict) -> list[str]:
+    attention = results["attention"]
+    probe = attention.get("probe", {})
+    lines = [
+        "## Attention patterns",
+        "",
+        f"Probe: {probe.get('documents', '?')} validation documents, {probe.get('tokens', '?')} tokens "
+        f"(at most {probe.get('max_length', '?')} per document), {probe.get('heading_tokens', '?')} heading "
+        f"tokens, {probe.get('keyword_tokens', '?')} keyword tokens; keywords: {probe.get('keywords', '?')}. "
+        "Each model is probed with its structure mask and without it. Values are means over all layers "
+        "and heads; the figures show every layer and head.",
+        "",
+    ]
+    measures = ["heading_share", "keyword_attention", "entropy", "distance"]
+    columns = [(v, m) for v in results["models"] for m in MODE_TITLES]
+    lines += _table(
+        ["measure", *[f"{v}, {MODE_TITLES[m]}" for v, m in columns]],
+        [
+            [MEASURE_TITLES[name], *[attention["summary"].get(f"{v}/{m}/{name}") for v, m in columns]]
+            for name in measures
+        ],
+    )
+    lines += [
+        "",
+        "Dashed lines and right-hand panels: the same model run without its structure mask. The last row of "
+        "each heatmap figure is the structured model minus the plain one.",
+        "",
+    ]
+    return lines + [f"![{Path(f).stem}]({f})" for f in attention.get("figures", [])] + [""]
+
+
+def _scirex_section(results: dict, output_dir: Path, scirex_runs: dict[str, dict] | None) -> list[str]:
+    variants = list(results["models"])
+    lines = ["## SciREX", ""]
+    tasks = sorted({t for v in variants for t in results["models"][v]["downstream"]})
+    if not tasks:
+        return lines + ["Not run: pass `--scirex PATH/train.jsonl` to fine-tune both models on SciREX.", ""]
+    rows = []
+    for task in tasks:
+        for metric in ("f1", "precision", "recall"):
+            row = [task, metric]
+            for v in variants:
+                score = results["models"][v]["downstream"].get(task, {}).get(metric)
+                row.append(
+                    f"{score['mean']:.4f} ± {score['std']:.4f} (n={len(score['values'])})" if score else "n/a"
+                )
+            rows.append(row)
+    lines += _table(["task", "metric", *variants], rows)
+    lines += [
+        "",
+        f"Mean ± std over seeds {results['settings'].get('seeds')}, on the held-out part of SciREX's deterministic "
+        "doc_id split (documents per split below).",
+        "",
+    ]
+    if scirex_runs:
+        header = ["model", "task", "documents (train / dev / test)", "scored split", "steps per seed"]
+        rows = [
+            [
+                variant,
+                task,
+                " / ".join(str((run.get("split_sizes") or {}).get(k, "?")) for k in ("train", "dev", "test")),
+                run.get("eval_split"),
+                run.get("steps_per_seed"),
+                "yes" if run.get("use_structure") else "no",
+            ]
+            for variant, tasks_run in scirex_runs.items()
+            for task, run in tasks_run.items()
+        ]
+        lines += [*_table([*header, "headings global"], rows), ""]
+    if figure := downstream_figure(results, output_dir / "figures" / "scirex_f1.png"):
+        lines += [f"![SciREX F1]({figure.relative_to(output_dir)})", ""]
+    return lines
+
+
 def write_report(
     results: dict,
     output_dir: Path,
@@ -266,156 +387,22 @@ def write_report(
     ``steps_per_seed`` and ``use_structure`` (as ``finetune`` reports them).
     """
     output_dir = Path(output_dir)
-    figures_dir = output_dir / "figures"
-    figures_dir.mkdir(exist_ok=True)
-    settings = results["settings"]
-    variants = list(results["models"])
+    (output_dir / "figures").mkdir(exist_ok=True)
     lines = ["# StructFormer experiment: structured versus plain pre-training", ""]
-    if is_smoke_test(results, build_report):
-        lines += [
-            f"> **This run is a smoke test, not evidence.** It pre-trained for {settings.get('max_steps')} steps "
-            f"on {build_report.get('records', '?')} documents. Differences between the two models at this "
-            "scale are noise; they show that the pipeline works end to end, nothing about whether structure "
-            "helps. Scale it up with `--sources`, `--preset`, `--init-from`, `--max-steps` and `--scirex`.",
-            "",
-        ]
-    else:
-        lines += [
-            "> Read the numbers with their spread: differences smaller than the std over seeds are not "
-            "differences, and the pre-training bits are from one seed.",
-            "",
-        ]
-    lines += [
-        "Two models were pre-trained with the same tokenizer, seed, steps and data order. They see the same "
-        "tokens; the **structured** model's title and heading tokens attend globally (`arxiv_structured`), "
-        "the **plain** model's do not (`arxiv_plain`).",
-        "",
-        "## Corpus",
-        "",
-    ]
-    splits = build_report.get("splits", {})
-    lines += _table(
-        ["inputs", "records", "rejects", "train", "validation", "reject reasons"],
-        [
-            [
-                build_report.get("inputs"),
-                build_report.get("records"),
-                build_report.get("rejects"),
-                splits.get("train"),
-                splits.get("validation"),
-                ", ".join(f"{k}: {v}" for k, v in sorted(build_report.get("reasons", {}).items())) or "none",
-            ]
-        ],
-    )
-    lines += ["", "## Pre-training", ""]
-    lines += _table(
-        ["model", "bits per masked token", "perplexity", "eval loss", "step", "checkpoint"],
-        [
-            [
-                v,
-                results["models"][v]["pretrain"].get("eval_bits_per_masked_token"),
-                results["models"][v]["pretrain"].get("eval_perplexity"),
-                results["models"][v]["pretrain"].get("eval_loss"),
-                results["models"][v]["pretrain"].get("step"),
-                f"`{results['models'][v]['checkpoint']}`",
-            ]
-            for v in variants
-        ],
-    )
-    lines += ["", "Bits per masked token are measured on the validation split (lower is better).", ""]
-    if model_dirs and (figure := pretrain_figure(model_dirs, figures_dir / "pretrain_loss.png")):
-        lines += [f"![training loss]({figure.relative_to(output_dir)})", ""]
-
-    attention = results["attention"]
-    probe = attention.get("probe", {})
-    lines += [
-        "## Attention patterns",
-        "",
-        f"Probe: {probe.get('documents', '?')} validation documents, {probe.get('tokens', '?')} tokens "
-        f"(at most {probe.get('max_length', '?')} per document), {probe.get('heading_tokens', '?')} heading "
-        f"tokens, {probe.get('keyword_tokens', '?')} keyword tokens; keywords: {probe.get('keywords', '?')}. "
-        "Each model is probed with its structure mask and without it. Values are means over all layers "
-        "and heads; the figures show every layer and head.",
-        "",
-    ]
-    measures = ["heading_share", "keyword_attention", "entropy", "distance"]
-    columns = [(v, m) for v in variants for m in MODE_TITLES]
-    lines += _table(
-        ["measure", *[f"{v}, {MODE_TITLES[m]}" for v, m in columns]],
-        [
-            [MEASURE_TITLES[name], *[attention["summary"].get(f"{v}/{m}/{name}") for v, m in columns]]
-            for name in measures
-        ],
-    )
-    lines += [""]
-    lines += [
-        "Dashed lines and right-hand panels: the same model run without its structure mask. The last row of "
-        "each heatmap figure is the structured model minus the plain one.",
-        "",
-    ]
-    lines += [f"![{Path(f).stem}]({f})" for f in attention.get("figures", [])]
-    lines += [""]
-
-    lines += ["## SciREX", ""]
-    tasks = sorted({t for v in variants for t in results["models"][v]["downstream"]})
-    if not tasks:
-        lines += ["Not run: pass `--scirex PATH/train.jsonl` to fine-tune both models on SciREX.", ""]
-    else:
-        rows = []
-        for task in tasks:
-            for metric in ("f1", "precision", "recall"):
-                row = [task, metric]
-                for v in variants:
-                    score = results["models"][v]["downstream"].get(task, {}).get(metric)
-                    row.append(
-                        f"{score['mean']:.4f} ± {score['std']:.4f} (n={len(score['values'])})"
-                        if score
-                        else "n/a"
-                    )
-                rows.append(row)
-        lines += _table(["task", "metric", *variants], rows)
-        lines += [
-            "",
-            f"Mean ± std over seeds {settings.get('seeds')}, on the held-out part of SciREX's deterministic "
-            "doc_id split (documents per split below).",
-            "",
-        ]
-        if scirex_runs:
-            lines += _table(
-                [
-                    "model",
-                    "task",
-                    "documents (train / dev / test)",
-                    "scored split",
-                    "steps per seed",
-                    "headings global",
-                ],
-                [
-                    [
-                        variant,
-                        task,
-                        " / ".join(
-                            str((run.get("split_sizes") or {}).get(k, "?")) for k in ("train", "dev", "test")
-                        ),
-                        run.get("eval_split"),
-                        run.get("steps_per_seed"),
-                        "yes" if run.get("use_structure") else "no",
-                    ]
-                    for variant, tasks_run in scirex_runs.items()
-                    for task, run in tasks_run.items()
-                ],
-            )
-            lines += [""]
-        if figure := downstream_figure(results, figures_dir / "scirex_f1.png"):
-            lines += [f"![SciREX F1]({figure.relative_to(output_dir)})", ""]
-
+    lines += _intro(results, build_report)
+    lines += _corpus_section(build_report)
+    lines += _pretrain_section(results, output_dir, model_dirs)
+    lines += _attention_section(results)
+    lines += _scirex_section(results, output_dir, scirex_runs)
     lines += ["## Run", ""]
     lines += _table(["step", "seconds"], [[name, round(seconds, 1)] for name, seconds in timings.items()])
     lines += ["", f"Total: {sum(timings.values()):.1f} s.", ""]
     if model_cards:
         lines += [f"Model cards: {', '.join(f'`models/{v}/README.md`' for v in model_cards)}.", ""]
     lines += ["## Settings", ""]
-    lines += _table(["option", "value"], [[f"`{k}`", f"`{v}`"] for k, v in sorted(settings.items())])
+    lines += _table(
+        ["option", "value"], [[f"`{k}`", f"`{v}`"] for k, v in sorted(results["settings"].items())]
+    )
     lines += ["", "All numbers are also in `results.json`.", ""]
     path = output_dir / "report.md"
     path.write_text("\n".join(lines))
