@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -49,6 +51,22 @@ def tiny_mlm(tiny_config) -> StructBertForMaskedLM:
     """A seeded tiny masked-LM model in eval mode."""
     torch.manual_seed(0)
     return StructBertForMaskedLM(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def save_tiny_checkpoint() -> Callable[..., Path]:
+    """Factory: ``save_tiny_checkpoint(directory, tokenizer, **config_overrides)`` saves a seeded tiny
+    StructBERT masked-LM and the tokenizer there (the house tiny size, vocabulary sized to the tokenizer
+    unless overridden) and returns the folder: a checkpoint as ``pretrain`` writes it."""
+
+    def save(directory: Path, tokenizer: Any, **overrides: Any) -> Path:
+        torch.manual_seed(0)
+        config = StructBertConfig(**{**TINY_CONFIG_KWARGS, "vocab_size": len(tokenizer), **overrides})
+        StructBertForMaskedLM(config).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        return Path(directory)
+
+    return save
 
 
 @pytest.fixture

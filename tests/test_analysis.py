@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from structformer.modeling import StructBertConfig, StructBertForMaskedLM, StructBertModel
+from structformer.modeling import StructBertConfig, StructBertModel
 from structformer.trainers import analyze_attention as aa
 
 WINDOW = 4  # a token attends to +-2
@@ -157,7 +157,7 @@ def test_corpus_keywords_are_frequent_section_words() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory):
+def tiny_setup(tmp_path_factory, save_tiny_checkpoint):
     """Two tiny saved checkpoints, a tokenizer, and a probe corpus folder."""
     from structformer.trainers.tokenizer import train_wordpiece
 
@@ -183,23 +183,10 @@ def tiny_setup(tmp_path_factory):
         pa.Table.from_pylist(rows), corpus / "data" / "arxiv_structured" / "validation-00000-of-00001.parquet"
     )
     tokenizer = train_wordpiece([r["text"] for r in rows] * 5, 99, root / "tok", min_frequency=1)
-    checkpoints = []
-    for name, types in (("structured", ["cls", "title", "section"]), ("plain", ["cls"])):
-        torch.manual_seed(0)
-        config = StructBertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            attention_window=8,
-            global_attention_types=types,
-            max_position_embeddings=128,
-        )
-        path = root / name
-        StructBertForMaskedLM(config).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        checkpoints.append(path)
+    checkpoints = [
+        save_tiny_checkpoint(root / name, tokenizer, attention_window=8, global_attention_types=types)
+        for name, types in (("structured", ["cls", "title", "section"]), ("plain", ["cls"]))
+    ]
     return root, corpus, checkpoints
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
-from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.trainers.finetune import (
     DataFormatError,
     StructBertForMentionClassification,
@@ -60,21 +59,11 @@ KINDS = {"network": "Method", "segmentation": "Task", "accuracy": "Metric", "cit
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, save_tiny_checkpoint) -> Path:
     """A random StructBERT masked-LM (hidden 32, 2 layers) with a WordPiece vocab of the test's words."""
     directory = tmp_path_factory.mktemp("tiny-structbert")
     tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(SPECIALS + PIECES)})
-    config = StructBertConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        attention_window=8,
-        max_position_embeddings=128,
-    )
-    StructBertForMaskedLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    save_tiny_checkpoint(directory, tokenizer, vocab_size=99, attention_window=8, max_position_embeddings=128)
     return directory
 
 
@@ -382,6 +371,7 @@ def test_resume_after_a_kill_is_exact(tiny_model: Path, scirex_file: Path, tmp_p
     assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
         assert torch.allclose(tensor, actual[name], atol=1e-6), name
+
     def untimed(lines: list[str]) -> list[dict]:
         return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_second"} for line in lines]
 

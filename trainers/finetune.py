@@ -75,6 +75,7 @@ from structformer.trainers.core import (
 from structformer.trainers.scirex import (
     NER_LABELS,
     bio_labels,
+    json_lines,
     load_scirex,
     make_windows,
     salient_mentions,
@@ -243,15 +244,7 @@ def read_records(path: Path) -> list[dict]:
                     raise DataFormatError(f"{path}: item {index} is not a JSON object")
             return content
     rows = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(
-                f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})"
-            ) from None
+    for line_number, row in json_lines(text.splitlines(), path, DataFormatError):
         if not isinstance(row, dict):
             raise DataFormatError(f"{path}:{line_number}: expected a JSON object per line")
         rows.append(row)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from structformer.errors import InputError
 
 ENTITY_TYPES: tuple[str, ...] = ("Method", "Task", "Metric", "Material")
 NER_LABELS: list[str] = ["O"] + [f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I")]
@@ -50,7 +52,7 @@ MAX_UNMARKED_TITLE_WORDS = 40
 SPLIT_NAMES: tuple[str, ...] = ("train", "dev", "test")
 
 
-class ScirexFormatError(ValueError):
+class ScirexFormatError(InputError):
     """A SciREX file that cannot be read; the message names the file and line."""
 
 
@@ -119,6 +121,17 @@ def _validate(doc: Any) -> None:
             _check_span(span, n, f"coref[{name!r}] span")
 
 
+def json_lines(lines: Iterable[str], path: Path, error: type[ValueError]) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` for each non-blank line; ``error`` names the file and line of a bad one."""
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{path}:{line_number}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
 def load_scirex(path: str | Path) -> list[dict]:
     """Read a SciREX JSON-lines file (the upstream ``train.jsonl``/``dev.jsonl``/``test.jsonl``).
 
@@ -137,15 +150,7 @@ def load_scirex(path: str | Path) -> list[dict]:
     docs: list[dict] = []
     seen: dict[str, int] = {}
     with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ScirexFormatError(
-                    f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})"
-                ) from None
+        for line_number, doc in json_lines(handle, path, ScirexFormatError):
             try:
                 _validate(doc)
             except ValueError as error:
