@@ -24,9 +24,18 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import huggingface_hub
+import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
+import structformer.modeling
+from structformer.errors import USER_ERRORS, InputError, run_command
 from structformer.hub_cards import cards
+from structformer.modeling import StructBertForMaskedLM
 from structformer.modeling.modeling_structbert import AUTO_MAP
 
 # Marks a folder this command created, so that a re-run may clear it; never uploaded.
@@ -64,7 +73,7 @@ def prepare_staging_dir(staging_dir: str | Path | None, kind: str) -> Path:
         path = Path(staging_dir).resolve()
         if path.exists() and any(path.iterdir()):
             if not (path / STAGING_MARKER).is_file():
-                raise PublishError(
+                raise InputError(
                     f"staging folder {path} is not empty and was not made by publish; choose another"
                 )
             shutil.rmtree(path)
@@ -93,9 +102,29 @@ def _modeling_source(model_dir: Path) -> Path:
     """Where the remote-code files come from: the model folder if it has them, else the installed package."""
     if all((model_dir / name).is_file() for name in MODELING_FILES):
         return model_dir
-    import structformer.modeling
-
     return Path(structformer.modeling.__file__).parent
+
+
+def check_model_dir(model_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The weights and tokenizer files of ``model_dir``; InputError when something a Hub model needs is absent."""
+    if not (model_dir / "config.json").is_file():
+        raise InputError(
+            f"{model_dir}: no config.json, so not a saved model folder; "
+            "give the folder written by `structformer pretrain --output-dir` or save_pretrained"
+        )
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights:
+        raise InputError(
+            f"{model_dir}: no *.safetensors weights; save the model with save_pretrained "
+            "(pickled .bin weights are not published)"
+        )
+    tokenizer = [model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+    if not any(p.name in ("tokenizer.json", "vocab.txt", "vocab.json") for p in tokenizer):
+        raise InputError(
+            f"no tokenizer in {model_dir} (tokenizer.json, vocab.txt or vocab.json); "
+            "save the model's tokenizer there with tokenizer.save_pretrained"
+        )
+    return weights, tokenizer
 
 
 def stage_model(
@@ -111,18 +140,9 @@ def stage_model(
     model_key: str | None = None,
 ) -> list[Path]:
     """Copy what a model repository needs into ``staging`` and write its card; returns the staged files."""
+    weights, tokenizer = check_model_dir(model_dir)
     config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise PublishError(f"{model_dir}: no config.json; is it a folder written by save_pretrained?")
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if not weights:
-        raise PublishError(f"{model_dir}: no *.safetensors weights (pickled .bin weights are not published)")
     index = model_dir / "model.safetensors.index.json"
-    tokenizer = [model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
-    if not any(p.name in ("tokenizer.json", "vocab.txt", "vocab.json") for p in tokenizer):
-        raise PublishError(
-            f"{model_dir}: no tokenizer (tokenizer.json or vocab.txt); save the tokenizer with the model"
-        )
 
     modeling = _modeling_source(model_dir)
     pairs = [(p, staging / p.name) for p in weights + tokenizer]
@@ -158,7 +178,9 @@ def stage_dataset(
     """Copy the Parquet shards and ``build_report.json`` into ``staging`` and write the dataset card."""
     shards = cards.find_shards(corpus_dir)  # raises when there are no arxiv_structured shards
     if cards.PLAIN not in shards:
-        raise PublishError(f"{corpus_dir}: no Parquet shards under data/{cards.PLAIN}/")
+        raise InputError(
+            f"{corpus_dir}: no Parquet shards under data/{cards.PLAIN}/; rebuild it with structformer build-corpus"
+        )
     pairs = [
         (path, staging / path.relative_to(corpus_dir))
         for splits in shards.values()
@@ -285,8 +307,6 @@ def _run_check(script: str, spec: dict, cache_root: Path, what: str, timeout: fl
 
 def validation_inputs(config: dict, length: int = 48, seed: int = 0) -> dict:
     """A fixed batch exercising padding, global tokens and sections: two rows, the second padded."""
-    import torch
-
     length = min(length, int(config.get("max_position_embeddings", length)))
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, int(config["vocab_size"]), (2, length), generator=generator)
@@ -309,11 +329,6 @@ def validation_inputs(config: dict, length: int = 48, seed: int = 0) -> dict:
 
 def model_reference(model_dir: Path) -> dict:
     """Load ``model_dir`` with this package's classes; its logits and tokens on fixed inputs are the reference."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from structformer.modeling import StructBertForMaskedLM
-
     try:
         model = StructBertForMaskedLM.from_pretrained(model_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -329,9 +344,6 @@ def validate_model(
     model_dir: Path, staging: Path, *, reference: dict | None = None, timeout: float = 900.0
 ) -> dict:
     """Check that ``staging`` loads without structformer and gives the same logits and tokens as ``model_dir``."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     reference = reference or model_reference(model_dir)
     inputs, expected, expected_ids = reference["inputs"], reference["logits"], reference["token_ids"]
     with tempfile.TemporaryDirectory(prefix="structformer-validate-") as tmp:
@@ -418,15 +430,14 @@ def upload(
     token: str | None = None,
 ) -> str:
     """Create the repository (and branch) if needed and upload ``staging``; returns the commit URL."""
-    from huggingface_hub import HfApi, get_token
-
-    token = token or get_token()
+    # Looked up on the module at call time, so that tests can stand in for the Hub.
+    token = token or huggingface_hub.get_token()
     if not token:
         raise PublishError(
             "no Hugging Face token: set HF_TOKEN, pass --token, or run `hf auth login`. "
             f"Nothing was sent; the validated staging folder is {staging}"
         )
-    api = HfApi(token=token)
+    api = huggingface_hub.HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         if revision and revision != "main":
@@ -490,16 +501,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dataset.add_argument(
         "--tokenizer", type=Path, default=None, help="a tokenizer folder, for token counts in the card"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what would fail later (or on the Hub), before anything is loaded or staged, dry run or not."""
     if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
-        parser.error(f"--repo-id must look like ORG/NAME, got {args.repo_id!r}")
+        raise InputError(f"--repo-id {args.repo_id!r}: give the Hub repository as ORG/NAME")
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as err:
+        raise InputError(f"--repo-id {args.repo_id!r} is not a valid Hub repository id: {err}") from err
     if not args.dir.is_dir():
-        parser.error(f"{args.dir} is not a folder")
-    return args
+        raise InputError(f"{args.dir}: no such folder; give the {args.kind} folder to publish")
+    if args.kind == "model":
+        check_model_dir(args.dir)
 
 
 def publish(args: argparse.Namespace) -> Path:
-    """Run the three steps; returns the staging folder. Raises PublishError when a step fails."""
+    """Run the three steps; returns the staging folder.
+
+    Raises InputError (or an OSError of :data:`USER_ERRORS`) for bad input and PublishError when a step fails.
+    """
+    check_arguments(args)
     source = args.dir.resolve()
     # The model must load here first: a folder that does not load gives no reference to compare with.
     reference = model_reference(source) if args.kind == "model" else None
@@ -519,6 +543,8 @@ def publish(args: argparse.Namespace) -> Path:
             )
         else:
             files = stage_dataset(source, staging, repo_id=args.repo_id, tokenizer=args.tokenizer)
+    except USER_ERRORS:
+        raise  # bad input is reported as such (status 2), not as a failed step
     except (OSError, ValueError) as err:
         raise PublishError(f"staging {source} failed: {err}") from err
     print(f"staged {args.kind} {source} in {staging}")
@@ -569,4 +595,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("publish", main))

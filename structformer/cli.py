@@ -2,13 +2,17 @@
 
 Each sub-command lives in its own module as ``main(argv: list[str] | None) -> int | None``
 with its own ``parse_args``; this file only dispatches, so ``structformer pretrain --help``
-shows the trainer's own options and importing the CLI stays cheap.
+shows the trainer's own options and ``structformer --help`` imports no sub-command (nor torch). Bad input
+raised by a sub-command (:data:`structformer.errors.USER_ERRORS`) ends with one line on stderr and status 2.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from structformer import __version__
+from structformer.errors import run_command
 
 # sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,17 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from structformer import __version__
-
         print(f"structformer {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"structformer: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"structformer: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result = module.main(rest)
-    return result if isinstance(result, int) else 0
+    return run_command(name, module.main, rest)
 
 
 if __name__ == "__main__":

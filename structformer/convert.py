@@ -17,6 +17,12 @@ The conversion is exact, not approximate:
   neither BERT nor ``LongformerForMaskedLM`` gives position 0 global attention on its own, so a
   converted model computes what its source computed for the same ``global_attention_mask``.
   Pass ``global_attention_types`` (``--global-attention-types``) to choose otherwise.
+
+The output folder must be new or empty, and neither inside the source folder nor containing it: these are
+checked before anything is written, so a mistyped ``--to`` never touches the source. A folder that holds a
+previous conversion is refused too, rather than overwritten: its files cannot be told apart from a trained
+StructBERT checkpoint saved with ``save_pretrained``, which a re-run must not destroy. Delete it to redo a
+conversion.
 """
 
 from __future__ import annotations
@@ -26,10 +32,16 @@ import json
 import logging
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+from structformer.errors import InputError, run_command
+from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +71,46 @@ _ROBERTA_HEAD_NAMES = {
     "decoder.": "decoder.",
     "bias": "bias",
 }
+# Source config fields the conversion cannot do without.
+_REQUIRED_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
 # Parameters with no StructBERT counterpart: BERT's NSP head and the encoders' poolers
 # (masked-LM training does not use them).
 _DROPPED_PREFIXES = ("cls.seq_relationship.", "pooler.")
 
 
-class ConversionError(ValueError):
-    """A source checkpoint that cannot be converted; the message names the offending file."""
+class ConversionError(InputError):
+    """A source checkpoint that cannot be converted, or an unusable output folder; the message names it."""
+
+
+def _check_folders(src: Path, dst: Path) -> None:
+    """Refuse an output folder that would overwrite the source or anything else, before a byte is written."""
+    if not src.is_dir():
+        raise FileNotFoundError(
+            f"{src}: no such folder; give the checkpoint folder to convert (config.json and weights)"
+        )
+    source, output = src.resolve(), dst.resolve()
+    if output == source:
+        raise ConversionError(
+            f"output folder {dst} is the source folder {src}; choose a new folder for the output"
+        )
+    if output.is_relative_to(source):
+        raise ConversionError(f"output folder {dst} is inside the source folder {src}; choose one outside it")
+    if source.is_relative_to(output):
+        raise ConversionError(
+            f"output folder {dst} contains the source folder {src}; choose one that does not contain it"
+        )
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"output folder {dst} is a file; choose a new or empty folder")
+    if dst.is_dir() and any(dst.iterdir()):
+        raise ConversionError(
+            f"output folder {dst} is not empty; choose a new or empty folder (delete it to redo a conversion)"
+        )
 
 
 def _read_config(src: Path) -> dict:
@@ -81,16 +126,22 @@ def _read_config(src: Path) -> dict:
         raise ConversionError(
             f"{path}: model_type {model_type!r} cannot be converted; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    missing = [name for name in _REQUIRED_FIELDS if name not in config]
+    if missing:
+        raise ConversionError(
+            f"{path}: no {', '.join(missing)}; is it the config of a complete {model_type} model?"
+        )
     return config
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    # weights_only refuses arbitrary pickled objects: a checkpoint must not run code when read.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        # weights_only refuses arbitrary pickled objects: a checkpoint must not run code when read.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt or foreign files fail in many types; all mean a bad source
+        raise ConversionError(f"{path}: not readable weights ({type(err).__name__}: {err})") from err
 
 
 def _read_state_dict(src: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -102,7 +153,12 @@ def _read_state_dict(src: Path) -> tuple[dict[str, torch.Tensor], Path]:
         if (src / single).is_file():
             return _load_file(src / single), src / single
         if (src / index).is_file():
-            weight_map = json.loads((src / index).read_text(encoding="utf-8")).get("weight_map", {})
+            try:
+                weight_map = json.loads((src / index).read_text(encoding="utf-8")).get("weight_map", {})
+            except json.JSONDecodeError as error:
+                raise ConversionError(
+                    f"{src / index}, line {error.lineno}: invalid JSON ({error.msg})"
+                ) from error
             state_dict: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
                 if not (src / shard).is_file():
@@ -151,7 +207,7 @@ def _position_table(
         raise ConversionError(f"the position table has {table.shape[0]} rows, none after the first {offset}")
     n = learned.shape[0] if max_position_embeddings is None else max_position_embeddings
     if n < 1:
-        raise ValueError(f"max_position_embeddings must be positive, got {n}")
+        raise ConversionError(f"max_position_embeddings must be positive, got {n}")
     repeats = math.ceil(n / learned.shape[0])
     return learned.repeat(repeats, 1)[:n].clone(), n
 
@@ -182,7 +238,7 @@ def convert_checkpoint(
             and its weights (``model.safetensors``, ``pytorch_model.bin``, or a sharded index of either),
             from a masked-LM model or a bare encoder. A bare encoder gets a newly initialised MLM
             transform (the decoder is tied to the word embeddings).
-        dst: output folder; created if needed.
+        dst: output folder: a new or empty one, not inside ``src`` nor containing it; created if needed.
         max_position_embeddings: positions of the result. ``None`` keeps the source's usable positions
             (512 for BERT and RoBERTa, 4096 for Longformer); more are filled by tiling the learned rows.
         attention_window: window of the result, an even int or one per layer. ``None`` keeps
@@ -190,9 +246,8 @@ def convert_checkpoint(
         global_attention_types: StructBERT's ``global_attention_types``; defaults to the heading levels
             without ``"cls"``, so position 0 is global only when ``global_attention_mask`` says so.
     """
-    from structformer.modeling import StructBertConfig, StructBertForMaskedLM
-
     src, dst = Path(src), Path(dst)
+    _check_folders(src, dst)
     source = _read_config(src)
     model_type = source["model_type"]
     state_dict, weights_file = _read_state_dict(src)
@@ -279,7 +334,10 @@ def convert_checkpoint(
             f"{src / 'config.json'}: hidden_act {fields['hidden_act']!r} with a {model_type} LM head "
             "(which always uses gelu) cannot be converted exactly"
         )
-    config = StructBertConfig(**fields)
+    try:
+        config = StructBertConfig(**fields)
+    except ValueError as err:  # the config checks its values; here they come from the source or the options
+        raise ConversionError(f"{src}: the converted config would be invalid: {err}") from err
     model = StructBertForMaskedLM(config)
     dtype = renamed["structbert.embeddings.word_embeddings.weight"].dtype
     if dtype.is_floating_point and dtype != torch.float32:
@@ -335,8 +393,6 @@ def _copy_tokenizer(src: Path, dst: Path, model_type: str, n_positions: int) -> 
     tokenizer_config["model_max_length"] = n_positions
     # Without tokenizer_class, AutoTokenizer would look up model_type "structbert", which has no tokenizer.
     if "tokenizer_class" not in tokenizer_config:
-        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
-
         tokenizer_class = TOKENIZER_MAPPING_NAMES.get(model_type)
         if isinstance(tokenizer_class, tuple):
             tokenizer_class = next((name for name in tokenizer_class if name), None)
@@ -393,3 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(dst)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command("convert", main))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -207,6 +208,7 @@ def test_position_extension_tiles_learned_rows(longformer_mlm, tmp_path):
 def test_cli_writes_loadable_folder_with_tokenizer(bert_mlm, tmp_path):
     src, _ = bert_mlm
     dst = tmp_path / "cli"
+    dst.mkdir()  # an existing empty folder is a valid output
     argv = ["convert", "--from", str(src), "--to", str(dst), "--max-position-embeddings", "64"]
     assert cli_main([*argv, "--attention-window", "8,10", "--global-attention-types", "cls", "section"]) == 0
     config = json.loads((dst / "config.json").read_text())
@@ -255,20 +257,79 @@ def test_fresh_process_loads_with_trust_remote_code(bert_mlm, bert_converted, tm
     assert float(difference) <= 1e-4
 
 
-def test_errors_name_the_file(tmp_path):
+def test_errors_name_the_file(bert_mlm, tmp_path):
     gpt = tmp_path / "gpt"
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ConversionError, match=r"config\.json.*'gpt2'"):
         convert_checkpoint(gpt, tmp_path / "out")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 99}))
+    with pytest.raises(ConversionError, match=r"config\.json: no hidden_size, num_hidden_layers"):
+        convert_checkpoint(partial, tmp_path / "out")
     weightless = tmp_path / "weightless"
     BertConfig(**TINY).save_pretrained(weightless)
     with pytest.raises(FileNotFoundError, match="no weights found"):
         convert_checkpoint(weightless, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    (weightless / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ConversionError, match=r"model\.safetensors: not readable weights"):
+        convert_checkpoint(weightless, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         convert_checkpoint(tmp_path / "missing", tmp_path / "out")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"model_type": "bert",\n  oops}')
     with pytest.raises(ConversionError, match=r"line 2"):
         convert_checkpoint(broken, tmp_path / "out")
+    src, _ = bert_mlm
+    with pytest.raises(ConversionError, match="max_position_embeddings must be positive"):
+        convert_checkpoint(src, tmp_path / "out", max_position_embeddings=0)
+    with pytest.raises(ConversionError, match="converted config would be invalid.*attention_window"):
+        convert_checkpoint(src, tmp_path / "out", attention_window=7)
+    assert not (tmp_path / "out").exists()
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a folder or a link)."""
+    return {
+        str(path.relative_to(root)): None if path.is_dir() or path.is_symlink() else path.read_bytes()
+        for path in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("same", "is the source folder"),
+        ("same-through-a-link", "is the source folder"),
+        ("inside", "is inside the source folder"),
+        ("contains", "contains the source folder"),
+        ("not-empty", "is not empty; choose a new or empty folder"),
+        ("file", "is a file"),
+    ],
+)
+def test_output_that_overlaps_the_source_or_holds_files_is_refused(bert_mlm, tmp_path, capsys, case, message):
+    src = tmp_path / "outer" / "src" if case == "contains" else tmp_path / "src"
+    shutil.copytree(bert_mlm[0], src)
+    dst = {
+        "same": src,
+        "same-through-a-link": tmp_path / "link",
+        "inside": src / "converted",
+        "contains": tmp_path / "outer",
+        "not-empty": tmp_path / "out",
+        "file": tmp_path / "out",
+    }[case]
+    if case == "same-through-a-link":
+        dst.symlink_to(src, target_is_directory=True)
+    elif case == "not-empty":
+        dst.mkdir()
+        (dst / "notes.txt").write_text("a previous run's notes")
+    elif case == "file":
+        dst.write_text("not a folder")
+    before = _snapshot(tmp_path)
+    assert cli_main(["convert", "--from", str(src), "--to", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"structformer convert: error: output folder {dst} ") and err.count("\n") == 1
+    assert message in err
+    assert _snapshot(tmp_path) == before

@@ -101,6 +101,7 @@ def finished(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_results_json_follows_the_contract(finished: Path) -> None:
     results = json.loads((finished / "results.json").read_text())
     assert set(results) == {"settings", "models", "attention"}
@@ -126,6 +127,7 @@ def test_results_json_follows_the_contract(finished: Path) -> None:
     assert summary["structured/structure/entropy"] > 0
 
 
+@pytest.mark.slow
 def test_report_matches_results_and_figures_exist(finished: Path) -> None:
     results = json.loads((finished / "results.json").read_text())
     report = (finished / "report.md").read_text()
@@ -147,6 +149,7 @@ def test_report_matches_results_and_figures_exist(finished: Path) -> None:
     assert not list(finished.parent.glob(".experiment.*")), "temporary folders left behind"
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite_and_survives_a_failed_run(finished: Path, monkeypatch) -> None:
     before = _files(finished)
     with pytest.raises(FileExistsError, match="--overwrite"):

@@ -135,6 +135,7 @@ def test_smoke_run_writes_every_output_and_reloads(reference, tmp_path):
     assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(setup, reference, tmp_path):
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -177,6 +178,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_with_accumulation_matches_one_process(setup, reference, tmp_path):
     ddp = tmp_path / "ddp"
 

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_hub_cards import build_results, build_tiny_corpus, build_tiny_model
 
+from structformer.cli import main as cli_main
+from structformer.errors import InputError
 from structformer.hub_cards import publish
 
 
@@ -111,7 +113,7 @@ def test_model_dry_run_stages_validates_and_sends_nothing(
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("x")
-    with pytest.raises(publish.PublishError, match="not empty"):
+    with pytest.raises(InputError, match="not empty"):
         publish.prepare_staging_dir(foreign, "model")
 
 
@@ -279,13 +281,52 @@ def test_dataset_whose_configs_disagree_is_not_sent(
     assert RecordingApi.calls == []
 
 
-def test_bad_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_staging_folder_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # The fresh process runs elsewhere, so a relative staging folder must become absolute.
     assert publish.prepare_staging_dir("relative", "model") == tmp_path / "relative"
-    with pytest.raises(SystemExit):
-        publish.parse_args(["model", str(tmp_path), "--repo-id", "no-slash"])
-    with pytest.raises(SystemExit):
-        publish.parse_args(["dataset", str(tmp_path / "missing"), "--repo-id", "org/x"])
-    with pytest.raises(publish.PublishError, match="no config.json"):
-        publish.stage_model(tmp_path, tmp_path / "s")
+
+
+def _publish_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one line ``structformer publish ARGV`` prints for bad input (status 2)."""
+    assert cli_main(["publish", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("structformer publish: error: "), captured.err
+    return lines[0]
+
+
+def test_model_without_tokenizer_says_so(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Not transformers' advice to install sentencepiece, which would not help."""
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    for name in publish.TOKENIZER_FILES:
+        (bare / name).unlink(missing_ok=True)
+    error = _publish_error(["model", str(bare), "--repo-id", "org/m", "--dry-run"], capsys)
+    assert f"no tokenizer in {bare}" in error and "tokenizer.save_pretrained" in error
+
+
+def test_model_without_config(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "weights-only"
+    shutil.copytree(model_dir, folder)
+    (folder / "config.json").unlink()
+    error = _publish_error(["model", str(folder), "--repo-id", "org/m", "--dry-run"], capsys)
+    assert f"{folder}: no config.json" in error and "save_pretrained" in error
+
+
+@pytest.mark.parametrize(
+    "repo_id", ["no-slash", "org/", "a/b/c", "org/bad..name", "org/-name", "org/name.git"]
+)
+def test_invalid_repo_id_fails_even_in_a_dry_run(
+    model_dir: Path, repo_id: str, capsys: pytest.CaptureFixture
+) -> None:
+    error = _publish_error(["model", str(model_dir), "--repo-id", repo_id, "--dry-run"], capsys)
+    assert f"--repo-id {repo_id!r}" in error
+
+
+def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "missing"
+    error = _publish_error(["dataset", str(missing), "--repo-id", "org/x", "--dry-run"], capsys)
+    assert f"{missing}: no such folder" in error

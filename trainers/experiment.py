@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from structformer.dataset_scripts.build import BuildOptions, build_corpus
 from structformer.dataset_scripts.sample import pack_sample_archive
+from structformer.errors import run_command
 from structformer.hub_cards.cards import write_model_card
 from structformer.trainers import pretrain
 from structformer.trainers.analyze_attention import analyze
@@ -492,4 +493,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command("experiment", main))

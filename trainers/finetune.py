@@ -55,7 +55,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 import structformer.modeling  # noqa: F401  (registers StructBERT with the Auto classes)
-from structformer.errors import InputError
+from structformer.errors import InputError, run_command
 from structformer.trainers.core import (
     EpochShuffleSampler,
     Loop,
@@ -521,7 +521,7 @@ def scirex_task_data(
     train_docs = _limit(splits["train"], args.max_train_samples)
     eval_docs = _limit(splits[args.eval_split], args.max_eval_samples)
     if not train_docs or not eval_docs:
-        raise ValueError(
+        raise InputError(
             f"{args.scirex}: the split leaves {len(train_docs)} train and {len(eval_docs)} {args.eval_split} "
             "documents; use more documents (--max-docs)"
         )
@@ -588,7 +588,7 @@ def sequence_task_data(args: FinetuneArguments, tokenizer: Any) -> TaskData:
             raise DataFormatError(f"{files[name]}: no rows")
     text_columns = _text_columns(args, rows["train"], args.train_file)
     if len(text_columns) > 2:
-        raise ValueError(f"--text-columns takes one or two columns, got {text_columns}")
+        raise InputError(f"--text-columns takes one or two columns, got {text_columns}")
     raw_labels = {
         name: _column(split_rows, args.label_column, files[name]) for name, split_rows in rows.items()
     }
@@ -942,7 +942,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         else:
             data = token_task_data(args, tokenizer)
     if not data.train or not data.eval:
-        raise ValueError(
+        raise InputError(
             f"nothing to train on ({len(data.train)} features) or to score ({len(data.eval)} features)"
         )
     for index, feature in enumerate(data.train):
@@ -1016,4 +1016,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("finetune", main))

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from structformer.errors import InputError
+from structformer.modeling import StructBertConfig
+
 PRESETS: dict[str, dict[str, Any]] = {
     # For CPU smoke tests and the bundled sample: trains in seconds.
     "tiny": {
@@ -37,36 +40,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def get_model_config(name_or_path: str | Path, **overrides: Any):
+def get_model_config(name_or_path: str | Path, **overrides: Any) -> StructBertConfig:
     """Build a ``StructBertConfig`` from a preset name (``tiny``, ``small``, ``base``) or a JSON file.
 
     The JSON file holds config fields (a ``config.json`` written by ``save_pretrained`` works too);
     a ``"preset"`` key in it starts from that preset. ``overrides`` win over both, so callers set
     ``vocab_size`` and ``pad_token_id`` from their tokenizer here.
     """
-    from structformer.modeling import StructBertConfig
-
     name = str(name_or_path)
     if name in PRESETS:
         fields = dict(PRESETS[name])
     else:
         path = Path(name)
         if not path.is_file():
-            raise ValueError(
+            raise InputError(
                 f"unknown model config {name!r}: not a preset ({', '.join(PRESETS)}) nor a JSON file"
             )
         try:
             fields = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+            raise InputError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
         if not isinstance(fields, dict):
-            raise ValueError(f"{path}: expected a JSON object of config fields")
+            raise InputError(f"{path}: expected a JSON object of config fields")
         preset = fields.pop("preset", None)
         if preset is not None:
             if preset not in PRESETS:
-                raise ValueError(f"{path}: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+                raise InputError(f"{path}: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
             fields = {**PRESETS[preset], **fields}
         for key in ("model_type", "architectures", "auto_map", "transformers_version"):
             fields.pop(key, None)
     fields.update(overrides)
-    return StructBertConfig(**fields)
+    try:
+        return StructBertConfig(**fields)
+    except (TypeError, ValueError) as err:  # an unknown field or a value the config rejects
+        raise InputError(f"model config {name}: {err}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+import structformer.modeling  # noqa: F401  (registers structbert: AutoTokenizer reads a checkpoint's config.json)
+from structformer.errors import InputError, run_command
+from structformer.trainers.data import load_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ def train_wordpiece(
     encodings are wrapped as ``[CLS] A [SEP]``. The folder loads with ``AutoTokenizer.from_pretrained``.
     """
     if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(
+        raise InputError(
             f"vocab_size must be larger than the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}"
         )
     tokenizer = Tokenizer(WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
@@ -76,7 +81,6 @@ def train_wordpiece(
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Load a local tokenizer folder, requiring what the data pipeline needs (offsets, [MASK], [PAD])."""
-    import structformer  # noqa: F401  (registers structbert: AutoTokenizer reads a checkpoint folder's config.json)
 
     path = Path(path)
     if not path.is_dir():
@@ -84,12 +88,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a loadable tokenizer folder ({err})") from err
+        raise InputError(f"{path}: not a loadable tokenizer folder ({err})") from err
     if not tokenizer.is_fast:
-        raise ValueError(f"{path}: a fast tokenizer is required (character offsets map headings onto tokens)")
+        raise InputError(f"{path}: a fast tokenizer is required (character offsets map headings onto tokens)")
     for name in ("mask_token", "pad_token", "cls_token", "sep_token"):
         if getattr(tokenizer, name) is None:
-            raise ValueError(f"{path}: the tokenizer has no {name}; masked-LM pre-training needs one")
+            raise InputError(f"{path}: the tokenizer has no {name}; masked-LM pre-training needs one")
     return tokenizer
 
 
@@ -124,13 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from structformer.trainers.data import load_corpus
 
     dataset = load_corpus(
         args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=[args.text_column]
     )
     if args.split not in dataset:
-        raise ValueError(f"{args.dataset}: no split {args.split!r}; available: {sorted(dataset)}")
+        raise InputError(f"{args.dataset}: no split {args.split!r}; available: {sorted(dataset)}")
     split = dataset[args.split]
     if args.max_documents is not None:
         split = split.select(range(min(args.max_documents, len(split))))
@@ -151,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command("train-tokenizer", main))
