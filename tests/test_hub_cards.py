@@ -7,75 +7,15 @@ import re
 from pathlib import Path
 
 import huggingface_hub
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from factories import CARD_MODEL_CONFIG as TINY
+from factories import build_results, build_tiny_corpus, build_tiny_model, make_row
 from huggingface_hub import DatasetCard
 
 from structformer.hub_cards import cards
 
 CC_BY = "http://creativecommons.org/licenses/by/4.0/"
 ARXIV = "http://arxiv.org/licenses/nonexclusive-distrib/1.0/"
-
-
-def make_row(i: int, license: str | None = None) -> dict:
-    """One ``arxiv_structured`` row whose ``headers`` spans really point at its headings."""
-    title, abstract = f"Paper number {i}", f"We study problem {i} in depth."
-    sections = [
-        {"level": "section", "title": "Introduction", "paragraphs": [f"Intro text {i}. " * (i + 1), "More."]},
-        {"level": "subsection", "title": "Background", "paragraphs": ["Some background words here."]},
-    ]
-    text = f"{title}\n\n{abstract}"
-    headers = [{"start": 0, "end": len(title), "level": "title"}]
-    for section in sections:
-        text += "\n\n"
-        headers.append(
-            {"start": len(text), "end": len(text) + len(section["title"]), "level": section["level"]}
-        )
-        text += section["title"] + "\n" + "\n\n".join(section["paragraphs"])
-    return {
-        "id": f"2401.{i:05d}",
-        "title": title,
-        "abstract": abstract,
-        "sections": sections,
-        "text": text,
-        "headers": headers,
-        "categories": "cs.CL cs.LG" if i % 2 else "math.PR",
-        "license": license,
-        "version": "v1",
-    }
-
-
-def build_tiny_corpus(
-    root: Path, n_train: int = 5, n_val: int = 2, licenses: list[str] | None = None
-) -> Path:
-    """A built corpus folder laid out as in docs/ARCHITECTURE.md, without the builder."""
-    rows = [make_row(i, licenses[i % len(licenses)] if licenses else None) for i in range(n_train + n_val)]
-    splits = {"train": rows[:n_train], "validation": rows[n_train:]}
-    for split, split_rows in splits.items():
-        for config in cards.CONFIG_NAMES:
-            folder = root / "data" / config
-            folder.mkdir(parents=True, exist_ok=True)
-            data = (
-                split_rows
-                if config == cards.STRUCTURED
-                else [{"id": r["id"], "text": r["text"]} for r in split_rows]
-            )
-            pq.write_table(pa.Table.from_pylist(data), folder / f"{split}-00000-of-00001.parquet")
-    report = {
-        "inputs": len(rows) + 3,
-        "records": len(rows),
-        "rejects": 3,
-        "reasons": {"pdf_only": 2, "no_main_file": 1},
-        "rejected": [
-            {"id": f"x{i}", "source": "a.tar", "reason": "pdf_only", "detail": ""} for i in range(3)
-        ],
-        "splits": {split: len(split_rows) for split, split_rows in splits.items()},
-        "stats": {"seconds": 1.5},
-        "options": {"min_chars": 10, "footnotes": "inline"},
-    }
-    (root / "build_report.json").write_text(json.dumps(report), encoding="utf-8")
-    return root
 
 
 def placeholder_strings() -> list[str]:
@@ -197,99 +137,6 @@ def test_dataset_card_bad_inputs(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- model card
-
-TINY = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "max_position_embeddings": 128,
-    "attention_window": 8,
-}
-WORDS = [
-    "structure",
-    "attention",
-    "global",
-    "heading",
-    "headings",
-    "model",
-    "data",
-    "gives",
-    "the",
-    "of",
-    "and",
-]
-
-
-def build_tiny_model(root: Path, **config_overrides) -> Path:
-    """A saved tiny StructBERT MLM with its tokenizer and the run records pretrain writes next to it."""
-    import string
-
-    import torch
-    from transformers import BertTokenizer
-
-    from structformer.modeling import StructBertConfig, StructBertForMaskedLM
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, "-", ".", *WORDS]
-    tokens += [f"##{c}" for c in string.ascii_lowercase]
-    tokens += [f"w{i}" for i in range(TINY["vocab_size"] - len(tokens))]
-    BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=128).save_pretrained(root)
-    torch.manual_seed(0)
-    model = StructBertForMaskedLM(StructBertConfig(**{**TINY, **config_overrides}))
-    model.save_pretrained(root)
-    args = {"learning_rate": 5e-4, "seed": 0, "max_steps": 3, "dataset": "/data/corpus", "use_headers": True}
-    (root / "training_args.json").write_text(json.dumps(args), encoding="utf-8")
-    (root / "metrics.jsonl").write_text(
-        '{"step": 1, "loss": 4.61}\n{"step": 3, "loss": 4.52}\n', encoding="utf-8"
-    )
-    eval_results = {
-        "eval_loss": 4.5,
-        "eval_bits_per_masked_token": 6.4921,
-        "eval_perplexity": 90.02,
-        "step": 3,
-    }
-    (root / "eval_results.json").write_text(json.dumps(eval_results), encoding="utf-8")
-    return root
-
-
-def build_results(exp: Path) -> Path:
-    """An experiment folder's results.json (docs/ARCHITECTURE.md) and its attention figure."""
-    (exp / "attention").mkdir(parents=True, exist_ok=True)
-    (exp / "attention" / "attention_heatmap_structured.png").write_bytes(b"\x89PNG\r\n\x1a\n tiny")
-
-    def model(variant: str, offset: float) -> dict:
-        def metric(mean: float) -> dict:
-            return {"mean": mean, "std": 0.0125, "values": [mean - 0.0125, mean + 0.0125]}
-
-        return {
-            "checkpoint": str(exp / "models" / variant),
-            "pretrain": {"eval_bits_per_masked_token": 6.123 + offset, "eval_perplexity": 69.7 + offset},
-            "downstream": {
-                "scirex_ner": {
-                    "f1": metric(0.4213 + offset),
-                    "precision": metric(0.5),
-                    "recall": metric(0.35),
-                },
-                "scirex_salient": {
-                    "f1": metric(0.3109 + offset),
-                    "precision": metric(0.25),
-                    "recall": metric(0.4),
-                },
-            },
-        }
-
-    results = {
-        "settings": {"seed": 0},
-        "models": {"structured": model("structured", 0.0), "plain": model("plain", 0.5)},
-        "attention": {
-            "summary": {"structured/with_structure/global_share": 0.25, "plain/x": float("nan")},
-            "figures": ["attention/attention_heatmap_structured.png"],
-        },
-    }
-    path = exp / "results.json"
-    path.write_text(json.dumps(results), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import huggingface_hub
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_hub_cards import build_results, build_tiny_corpus, build_tiny_model
+from factories import build_results, build_tiny_corpus, build_tiny_model
 
 from structformer.cli import main as cli_main
 from structformer.errors import InputError
