@@ -1,6 +1,5 @@
 """StructBERT configuration: BERT's fields plus the structure-driven local/global attention pattern."""
 
-from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 LOCAL_ATTENTION_SCOPES = ("window", "section")
@@ -8,9 +7,9 @@ GLOBAL_ATTENTION_TYPES = ("cls", "title", "chapter", "section", "subsection", "s
 DEFAULT_GLOBAL_ATTENTION_TYPES = ["cls", "title", "section", "subsection", "subsubsection"]
 
 
-# `strict` is what transformers' own configs use (it ships with transformers' `huggingface_hub` dependency):
-# it makes the class a dataclass whose annotated fields are type-checked.
-@strict
+# transformers makes every PreTrainedConfig subclass a keyword-only dataclass of its annotated fields. Its own
+# configs add huggingface_hub's `@strict` (type checks on assignment); remote code imports only torch and
+# transformers, so the values are checked here, by `validate_structure`.
 class StructBertConfig(PreTrainedConfig):
     r"""
     Configuration of a StructBERT model: a BERT encoder whose self-attention is local (a sliding window) for
@@ -83,8 +82,12 @@ class StructBertConfig(PreTrainedConfig):
         if self.global_attention_types is None:
             self.global_attention_types = list(DEFAULT_GLOBAL_ATTENTION_TYPES)
         super().__post_init__(**kwargs)
-        # Checked here (not only in a `validate_*` hook) so that a bad value raises a plain ValueError at
-        # construction time; `validate_structure` repeats the check when the config is saved.
+        self.validate_structure()
+
+    def validate(self) -> None:
+        """transformers' checks, then StructBERT's; `save_pretrained` calls this, so a field changed after
+        construction is checked before it is written."""
+        super().validate()
         self.validate_structure()
 
     def validate_structure(self) -> None:

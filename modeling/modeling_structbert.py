@@ -11,9 +11,11 @@ Notation used in the shape comments:
 
 Attention definition: query i may attend to key j iff j is not padding and (i is global, or j is global, or
 |i - j| <= W / 2 and (scope is "window" or section_ids[i] == section_ids[j])). A row with no allowed key
-(e.g. a padding query far from any real token) outputs zeros.
+(e.g. a padding query far from any real token) outputs zeros. `structure_mask_function` writes this rule
+once; every mask (dense, FlexAttention's mask_mod, the blocked path's band bias) is derived from it.
 
-Attention implementations, chosen with ``attn_implementation=`` in ``from_pretrained``/``from_config``:
+Attention implementations, chosen with ``attn_implementation=`` in ``from_pretrained``/``from_config`` and
+looked up in `ALL_ATTENTION_FUNCTIONS` (a `StructBertAttentionInterface`; register your own path there):
     "eager"           dense reference: softmax over the allowed keys of a dense (B, H, L, L) score matrix.
                       It *is* the definition; every other path is tested against it.
     "sdpa"            torch's scaled_dot_product_attention with a dense boolean (B, 1, L, L) mask.
@@ -32,15 +34,18 @@ of each row and are exactly 0 elsewhere.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from transformers import PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.integrations.flex_attention import flex_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -48,11 +53,11 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
 
 from .configuration_structbert import StructBertConfig
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "blocked", "auto")
+MaskFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class StructBertEmbeddings(nn.Module):
@@ -94,16 +99,37 @@ class StructBertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(embeddings))
 
 
+def structure_mask_function(
+    window: int, key_ok: torch.Tensor, is_global: torch.Tensor, section_ids: torch.Tensor | None
+) -> MaskFunction:
+    """The attention definition, written once: `may_attend(b, q_idx, kv_idx)` is True where query q_idx of row
+    b may attend key kv_idx. The three index tensors broadcast against each other, so one call gives a whole
+    mask; FlexAttention calls it with scalars. key_ok, is_global: (B, L) bool; section_ids: (B, L) or None for
+    the "window" scope (locality is then position distance alone)."""
+    half = window // 2
+
+    def may_attend(b: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        # |q_idx - kv_idx| <= half as two comparisons: no integer tensor of the mask's size.
+        local = (kv_idx >= q_idx - half) & (kv_idx <= q_idx + half)
+        if section_ids is not None:
+            local = local & (section_ids[b, q_idx] == section_ids[b, kv_idx])
+        return key_ok[b, kv_idx] & (is_global[b, q_idx] | is_global[b, kv_idx] | local)
+
+    return may_attend
+
+
 @dataclass
 class AttentionPattern:
     """The structure mask of one window, in the form its attention path needs. Built once per forward."""
 
-    implementation: str  # "eager", "sdpa", "flex_attention" or "blocked"
+    implementation: str  # a key of ALL_ATTENTION_FUNCTIONS
     window: int
     key_ok: torch.Tensor  # (B, L) bool: the key is not padding
     is_global: torch.Tensor  # (B, L) bool
     global_index: torch.Tensor  # (B, G) long: positions of the global tokens, in order; L marks an empty slot
-    # eager: (B, 1, L, L) bool, query i may attend key j; sdpa: the same with key-less rows opened.
+    may_attend: MaskFunction  # the rule (`structure_mask_function`), for paths that build their own mask
+    # eager and registered paths: (B, 1, L, L) bool, query i may attend key j; sdpa: the same with key-less rows
+    # opened.
     allowed: torch.Tensor | None = None
     row_has_key: torch.Tensor | None = None  # sdpa: (B, L, 1, 1) bool, the row has an allowed key
     block_mask: object | None = None  # flex_attention: the BlockMask
@@ -121,61 +147,48 @@ def build_attention_pattern(
     is_global: torch.Tensor,
     section_ids: torch.Tensor | None,
 ) -> AttentionPattern:
-    """Turn padding, global and section information into the mask of one attention path.
+    """Turn padding, global and section information into the mask of one attention path: FlexAttention's
+    BlockMask, the blocked path's band bias, and for every other path the dense mask.
 
     `section_ids` is None for the "window" scope; then locality is position distance alone.
     """
     batch_size, length = key_ok.shape
     device = key_ok.device
-    half = window // 2
     counts = is_global.sum(dim=1)  # (B,)
     num_global = int(counts.max()) if length > 0 else 0
     # A stable sort on "not global" puts the global positions first, in document order.
     order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :num_global]  # (B, G)
     slot_used = torch.arange(num_global, device=device)[None, :] < counts[:, None]  # (B, G)
     global_index = torch.where(slot_used, order, length)  # (B, G)
-    pattern = AttentionPattern(implementation, window, key_ok, is_global, global_index)
+    may_attend = structure_mask_function(window, key_ok, is_global, section_ids)
+    pattern = AttentionPattern(implementation, window, key_ok, is_global, global_index, may_attend)
 
-    if implementation in ("eager", "sdpa"):
-        positions = torch.arange(length, device=device)
-        local = ((positions[:, None] - positions[None, :]).abs() <= half)[None]  # (1, L, L)
-        if section_ids is not None:
-            local = local & (section_ids[:, :, None] == section_ids[:, None, :])  # (B, L, L)
-        allowed = key_ok[:, None, :] & (is_global[:, :, None] | is_global[:, None, :] | local)  # (B, L, L)
-        pattern.allowed = allowed[:, None]  # (B, 1, L, L)
-        if implementation == "sdpa":
-            pattern.row_has_key = allowed.any(dim=-1)[:, :, None, None]  # (B, L, 1, 1)
-            # SDPA returns NaN for a row without any allowed key: open such rows, then zero their output.
-            pattern.allowed = pattern.allowed | ~pattern.row_has_key.transpose(1, 2)
-    elif implementation == "flex_attention":
+    if implementation == "flex_attention":
+        # Imported here: FlexAttention is a prototype API that older torch builds lack, and only this path needs it.
         from torch.nn.attention.flex_attention import create_block_mask
 
         def mask_mod(b, h, q_idx, kv_idx):
-            near = (q_idx - kv_idx).abs() <= half
-            if section_ids is not None:
-                near = near & (section_ids[b, q_idx] == section_ids[b, kv_idx])
-            return key_ok[b, kv_idx] & (is_global[b, q_idx] | is_global[b, kv_idx] | near)
+            return may_attend(b, q_idx, kv_idx)
 
         pattern.block_mask = create_block_mask(mask_mod, batch_size, None, length, length, device=device)
     elif implementation == "blocked":
-        block = half
+        block = window // 2
         num_blocks = math.ceil(length / block)
-        q_pos = torch.arange(num_blocks * block, device=device).view(num_blocks, block)  # (N, C)
+        batch = torch.arange(batch_size, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+        # Query rows past L (padding of the last block) repeat row L - 1; the path drops their output.
+        q_idx = torch.arange(num_blocks * block, device=device).clamp(max=length - 1)
+        q_idx = q_idx.view(1, num_blocks, block, 1)  # (1, N, C, 1)
         # Query block n sees key blocks n - 1, n and n + 1.
         k_pos = (torch.arange(num_blocks, device=device)[:, None] - 1) * block
         k_pos = k_pos + torch.arange(3 * block, device=device)  # (N, 3C)
-        k_idx = k_pos.clamp(0, length - 1)
-        near = (q_pos[:, :, None] - k_pos[:, None, :]).abs() <= half  # (N, C, 3C)
+        k_idx = k_pos.clamp(0, length - 1)[None, :, None, :]  # (1, N, 1, 3C)
         # Global keys are left out of the band: they come once, through the global columns.
-        band_key = (key_ok & ~is_global)[:, k_idx] & ((k_pos >= 0) & (k_pos < length))  # (B, N, 3C)
-        band = near[None] & band_key[:, :, None, :]  # (B, N, C, 3C)
-        if section_ids is not None:
-            q_section = nn.functional.pad(section_ids, (0, num_blocks * block - length), value=-1)
-            q_section = q_section.view(batch_size, num_blocks, block)  # (B, N, C)
-            band = band & (q_section[:, :, :, None] == section_ids[:, k_idx][:, :, None, :])
-        global_key = key_ok.gather(1, global_index.clamp(max=length - 1)) & slot_used  # (B, G)
-        global_key = global_key[:, None, None, :].expand(-1, num_blocks, block, -1)  # (B, N, C, G)
-        band = torch.cat([band, global_key], dim=-1)  # (B, N, C, 3C + G)
+        in_range = ((k_pos >= 0) & (k_pos < length))[None, :, None, :]  # (1, N, 1, 3C)
+        band_key = in_range & ~is_global[batch, k_idx]  # (B, N, 1, 3C)
+        band = may_attend(batch, q_idx, k_idx) & band_key  # (B, N, C, 3C)
+        global_key = global_index.clamp(max=length - 1)[:, None, None, :]  # (B, 1, 1, G)
+        global_columns = may_attend(batch, q_idx, global_key) & slot_used[:, None, None, :]  # (B, N, C, G)
+        band = torch.cat([band, global_columns], dim=-1)  # (B, N, C, 3C + G)
         row_empty = ~band.any(dim=-1, keepdim=True)  # (B, N, C, 1)
         # Softmax over a row of -inf is NaN: open key-less rows, then zero their output. -inf (not finfo.min)
         # is exact in every float dtype the scores may have, and every row keeps at least one finite entry.
@@ -183,9 +196,14 @@ def build_attention_pattern(
         pattern.band_bias = torch.zeros(band.shape, device=device).masked_fill_(~band, -math.inf)
         pattern.band_row_empty = row_empty[:, :, None]  # (B, N, 1, C, 1)
     else:
-        raise ValueError(
-            f"unknown attention implementation {implementation!r}; use one of {ATTN_IMPLEMENTATIONS}"
-        )
+        batch = torch.arange(batch_size, device=device)[:, None, None]  # (B, 1, 1)
+        positions = torch.arange(length, device=device)
+        allowed = may_attend(batch, positions[None, :, None], positions[None, None, :])  # (B, L, L)
+        pattern.allowed = allowed[:, None]  # (B, 1, L, L)
+        if implementation == "sdpa":
+            pattern.row_has_key = allowed.any(dim=-1)[:, :, None, None]  # (B, L, 1, 1)
+            # SDPA returns NaN for a row without any allowed key: open such rows, then zero their output.
+            pattern.allowed = pattern.allowed | ~pattern.row_has_key.transpose(1, 2)
     return pattern
 
 
@@ -225,11 +243,28 @@ class StructBertDropout(nn.Dropout):
         return fast_dropout(x, self.p if self.training else 0.0)
 
 
-def eager_structure_attention(q, k, v, pattern, scaling, dropout, global_qkv=None):
-    """The reference. q, k, v: (B, H, L, D). Returns the output (B, L, H, D) and probabilities (B, H, L, L)."""
-    probs = masked_softmax(q @ k.transpose(-1, -2) * scaling, pattern.allowed)  # (B, H, L, L)
+# Every attention path has this signature, the transformers one with the structure pattern as the mask:
+#     path(module, query, key, value, pattern, scaling=..., dropout=..., global_qkv=...) -> (output, probs)
+# query, key, value: (B, H, L, D); pattern: the `AttentionPattern` of the layer's window, built for this path;
+# dropout: the attention dropout probability (0 in eval mode); global_qkv: None, or the (query, key, value) of
+# the separate global projections, for the rows of the global tokens. output: (B, L, H, D), right for every row;
+# probs: (B, H, L, L) or None.
+
+
+def eager_structure_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pattern: AttentionPattern,
+    scaling: float,
+    dropout: float = 0.0,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: a dense masked softmax. Returns the output and the probabilities."""
+    probs = masked_softmax(query @ key.transpose(-1, -2) * scaling, pattern.allowed)  # (B, H, L, L)
     if global_qkv is None:
-        out = fast_dropout(probs, dropout) @ v  # (B, H, L, D)
+        out = fast_dropout(probs, dropout) @ value  # (B, H, L, D)
         return out.transpose(1, 2), probs
     q_global, k_global, v_global = global_qkv
     # A global row may attend every non-padding key, which is exactly what `allowed` says for that row.
@@ -237,32 +272,56 @@ def eager_structure_attention(q, k, v, pattern, scaling, dropout, global_qkv=Non
     rows = pattern.is_global[:, None, :, None]  # (B, 1, L, 1)
     probs = torch.where(rows, probs_global, probs)  # (B, H, L, L)
     dropped = fast_dropout(probs, dropout)
-    out = torch.where(rows, dropped @ v_global, dropped @ v)  # (B, H, L, D)
+    out = torch.where(rows, dropped @ v_global, dropped @ value)  # (B, H, L, D)
     return out.transpose(1, 2), probs
 
 
-def sdpa_structure_attention(module, q, k, v, pattern, scaling, dropout):
-    """Dense SDPA with a boolean mask. Returns (B, L, H, D)."""
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface("sdpa", None)
-    out, _ = attention(module, q, k, v, pattern.allowed, dropout=dropout, scaling=scaling, is_causal=False)
-    return out * pattern.row_has_key  # (B, L, H, D)
+def sdpa_structure_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pattern: AttentionPattern,
+    scaling: float,
+    dropout: float = 0.0,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, None]:
+    """Dense SDPA (transformers' wrapper) with a boolean mask."""
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, pattern.allowed, dropout=dropout, scaling=scaling, is_causal=False
+    )
+    out = out * pattern.row_has_key  # (B, L, H, D)
+    if global_qkv is not None:
+        out = with_global_rows(out, global_qkv, pattern, scaling, dropout)
+    return out, None
 
 
-def flex_structure_attention(module, q, k, v, pattern, scaling, dropout):
-    """FlexAttention with the BlockMask. Returns (B, L, H, D); rows with no allowed key give 0."""
+def flex_structure_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pattern: AttentionPattern,
+    scaling: float,
+    dropout: float = 0.0,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, None]:
+    """FlexAttention with the BlockMask; rows with no allowed key give 0."""
     if dropout > 0:
         raise ValueError(
             "flex_attention has no attention dropout; use model.eval() or attention_probs_dropout_prob=0"
         )
-    if q.device.type == "cpu":
+    if query.device.type == "cpu":
         # transformers' wrapper compiles flex_attention, which on CPU needs a C++ toolchain and minutes of
         # compilation; the uncompiled function is torch's reference implementation (no backward on CPU).
         from torch.nn.attention.flex_attention import flex_attention
 
-        return flex_attention(q, k, v, block_mask=pattern.block_mask, scale=scaling).transpose(1, 2)
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface("flex_attention", None)
-    out, _ = attention(module, q, k, v, pattern.block_mask, scaling=scaling)
-    return out  # (B, L, H, D)
+        out = flex_attention(query, key, value, block_mask=pattern.block_mask, scale=scaling).transpose(1, 2)
+    else:
+        out, _ = flex_attention_forward(module, query, key, value, pattern.block_mask, scaling=scaling)
+    if global_qkv is not None:
+        out = with_global_rows(out, global_qkv, pattern, scaling, dropout)
+    return out, None  # (B, L, H, D)
 
 
 def blocks_of(x: torch.Tensor, block: int, num_blocks: int, margin: int) -> torch.Tensor:
@@ -306,19 +365,36 @@ def fold_keys(grad: torch.Tensor, index: torch.Tensor, block: int, length: int) 
     return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))  # (B, H, L, D)
 
 
+def private_aten_op(name: str, overload: str) -> Callable | None:
+    """`torch.ops.aten.<name>.<overload>`, or None where this torch lacks it (private ops may change)."""
+    try:
+        return getattr(getattr(torch.ops.aten, name), overload)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# Private aten ops: softmax and its backward in place (CPU), and softmax's backward as a function (torch has no
+# public one). Where they are missing, `softmax_` and `softmax_backward_` compute the same with public calls.
+SOFTMAX_OUT = private_aten_op("_softmax", "out")
+SOFTMAX_BACKWARD = private_aten_op("_softmax_backward_data", "default")
+SOFTMAX_BACKWARD_OUT = private_aten_op("_softmax_backward_data", "out")
+
+
 def softmax_(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, in place on CPU (tested there against the functional form, which other
     devices use)."""
-    if scores.device.type != "cpu":
+    if scores.device.type != "cpu" or SOFTMAX_OUT is None:
         return torch.softmax(scores, dim=-1)
-    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+    return SOFTMAX_OUT(scores, -1, False, out=scores)
 
 
 def softmax_backward_(grad: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """The gradient of the scores given that of `probs = softmax(scores)`, in place of `grad` on CPU."""
-    if grad.device.type != "cpu":
-        return torch.ops.aten._softmax_backward_data(grad, probs, -1, probs.dtype)
-    return torch.ops.aten._softmax_backward_data.out(grad, probs, -1, probs.dtype, grad_input=grad)
+    if grad.device.type == "cpu" and SOFTMAX_BACKWARD_OUT is not None:
+        return SOFTMAX_BACKWARD_OUT(grad, probs, -1, probs.dtype, grad_input=grad)
+    if SOFTMAX_BACKWARD is not None:
+        return SOFTMAX_BACKWARD(grad, probs, -1, probs.dtype)
+    return grad.sub_((grad * probs).sum(dim=-1, keepdim=True)).mul_(probs)  # probs * (grad - <grad, probs>)
 
 
 def graph_is_kept() -> bool:
@@ -391,7 +467,7 @@ class BandAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None, None, None, None
 
 
-def blocked_structure_attention(q, k, v, pattern, scaling, dropout_p):
+def band_attention(q, k, v, pattern, scaling, dropout_p):
     """Local blocks plus global columns, for the rows of local tokens. Returns (B, L, H, D).
 
     Each block of C queries attends to its own and the two neighbouring key blocks plus the global keys
@@ -467,6 +543,56 @@ def replace_rows(out: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> 
     return padded.scatter(1, index, rows)[:, :length]  # (B, L, H, D)
 
 
+def with_global_rows(
+    out: torch.Tensor,
+    qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    pattern: AttentionPattern,
+    scaling: float,
+    dropout: float,
+) -> torch.Tensor:
+    """`out` (B, L, H, D) with the rows of the global tokens recomputed from `qkv`, each over every key."""
+    rows = global_rows_attention(*qkv, pattern, scaling, dropout)  # (B, G, H, D)
+    return replace_rows(out, rows, pattern.global_index)
+
+
+def blocked_structure_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    pattern: AttentionPattern,
+    scaling: float,
+    dropout: float = 0.0,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, None]:
+    """Linear cost: the band for the rows of local tokens, then the rows of global tokens over all keys."""
+    out = band_attention(query, key, value, pattern, scaling, dropout)  # (B, L, H, D)
+    rows_qkv = global_qkv if global_qkv is not None else (query, key, value)
+    out = with_global_rows(out, rows_qkv, pattern, scaling, dropout)
+    return out, None
+
+
+class StructBertAttentionInterface(AttentionInterface):
+    """StructBERT's attention paths by name: transformers' `AttentionInterface`, with a mapping of its own because
+    every path here takes the structure pattern (see the signature above `eager_structure_attention`) rather
+    than transformers' attention mask. Add a path with `StructBertAttentionInterface.register("name", path)`,
+    then load or set the model with `attn_implementation="name"`; it gets the dense mask, as eager does
+    (`pattern.allowed`), and the rule itself (`pattern.may_attend`).
+    """
+
+    _global_mapping = {
+        "eager": eager_structure_attention,
+        "sdpa": sdpa_structure_attention,
+        "flex_attention": flex_structure_attention,
+        "blocked": blocked_structure_attention,
+    }
+
+
+# Named as in transformers: `set_attn_implementation` only works for models whose source shows
+# `ALL_ATTENTION_FUNCTIONS.get_interface(` (the sign that attention is looked up by name).
+ALL_ATTENTION_FUNCTIONS = StructBertAttentionInterface()
+
+
 class StructBertSelfAttention(nn.Module):
     """Multi-head self-attention restricted to the structure pattern (see the module docstring)."""
 
@@ -497,28 +623,24 @@ class StructBertSelfAttention(nn.Module):
         q = split_heads(self.query(hidden_states))
         k = split_heads(self.key(hidden_states))
         v = split_heads(self.value(hidden_states))
-        # Global rows use their own projections when separate (Longformer); else the ordinary ones.
-        q_global, k_global, v_global = q, k, v
+        global_qkv = None
         if self.separate_global_projections:
-            q_global = split_heads(self.query_global(hidden_states))
-            k_global = split_heads(self.key_global(hidden_states))
-            v_global = split_heads(self.value_global(hidden_states))
-        dropout = self.dropout.p if self.training else 0.0
-        probs = None
-        if pattern.implementation == "eager":
-            global_qkv = (q_global, k_global, v_global) if self.separate_global_projections else None
-            out, probs = eager_structure_attention(q, k, v, pattern, self.scaling, dropout, global_qkv)
-        else:
-            if pattern.implementation == "sdpa":
-                out = sdpa_structure_attention(self, q, k, v, pattern, self.scaling, dropout)
-            elif pattern.implementation == "flex_attention":
-                out = flex_structure_attention(self, q, k, v, pattern, self.scaling, dropout)
-            else:
-                out = blocked_structure_attention(q, k, v, pattern, self.scaling, dropout)
-            # The dense paths already got the global rows right unless they use separate projections.
-            if pattern.implementation == "blocked" or self.separate_global_projections:
-                rows = global_rows_attention(q_global, k_global, v_global, pattern, self.scaling, dropout)
-                out = replace_rows(out, rows, pattern.global_index)
+            # Global rows use their own projections (Longformer).
+            global_qkv = tuple(
+                split_heads(projection(hidden_states))
+                for projection in (self.query_global, self.key_global, self.value_global)
+            )
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(pattern.implementation, eager_structure_attention)
+        out, probs = attention(
+            self,
+            q,
+            k,
+            v,
+            pattern,
+            scaling=self.scaling,
+            dropout=self.dropout.p if self.training else 0.0,
+            global_qkv=global_qkv,
+        )
         return out.reshape(batch_size, length, hidden_size), probs  # (B, L, E)
 
 
@@ -666,16 +788,18 @@ class StructBertPreTrainedModel(PreTrainedModel):
     def get_correct_attn_implementation(
         self, requested_attention: str | None, is_init_check: bool = False
     ) -> str:
-        """Accept StructBERT's own implementations; with none requested, use "auto" (see the module docstring)."""
+        """Accept "auto" and every path in `ALL_ATTENTION_FUNCTIONS`; with none requested, use "auto"."""
         if requested_attention is None:
             return "auto"
-        if requested_attention in ("blocked", "auto"):
-            return requested_attention
-        if requested_attention not in ATTN_IMPLEMENTATIONS:
+        if requested_attention != "auto" and requested_attention not in ALL_ATTENTION_FUNCTIONS:
             raise ValueError(
-                f"StructBERT supports attn_implementation in {ATTN_IMPLEMENTATIONS}, got {requested_attention!r}"
+                f"StructBERT supports attn_implementation in {[*ALL_ATTENTION_FUNCTIONS, 'auto']}, "
+                f"got {requested_attention!r}"
             )
-        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+        if requested_attention in ("eager", "sdpa", "flex_attention"):
+            # transformers checks that torch and the device support them (it raises for FlexAttention without torch's).
+            return super().get_correct_attn_implementation(requested_attention, is_init_check)
+        return requested_attention
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers writes only the saved class's own `auto_map` entry; listing every head lets any Auto
@@ -729,6 +853,10 @@ class StructBertModel(StructBertPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected (B, L)")
+        if inputs_embeds is not None and inputs_embeds.dim() != 3:
+            raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}, expected (B, L, E)")
         embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
         patterns = self._attention_patterns(
@@ -747,10 +875,37 @@ class StructBertModel(StructBertPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
     def _attention_patterns(
-        self, shape, device, attention_mask, global_attention_mask, section_ids, output_attentions
+        self,
+        shape: tuple[int, int],
+        device: torch.device,
+        attention_mask: torch.Tensor | None,
+        global_attention_mask: torch.Tensor | None,
+        section_ids: torch.Tensor | None,
+        output_attentions: bool,
     ) -> list[AttentionPattern]:
         """Build the masks once per distinct window, for all layers, from padding, structure and sections."""
         batch_size, length = shape
+        # Every path sees the same checked (B, L) inputs: a (1, L) mask would broadcast in the dense paths only.
+        inputs = {
+            "attention_mask": attention_mask,
+            "global_attention_mask": global_attention_mask,
+            "section_ids": section_ids,
+        }
+        for name, tensor in inputs.items():
+            if tensor is not None and tuple(tensor.shape) != (batch_size, length):
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)}, expected (B, L) = ({batch_size}, {length}), "
+                    "the batch size and length of input_ids (or inputs_embeds)"
+                )
+        if self.config.local_attention_scope == "section":
+            if section_ids is None:
+                raise ValueError(
+                    'config.local_attention_scope="section" needs section_ids, shape (B, L) '
+                    f"= ({batch_size}, {length}): tokens with the same id are in the same section"
+                )
+            section_ids = section_ids.to(device)
+        else:
+            section_ids = None
         key_ok = (
             attention_mask.to(device=device, dtype=torch.bool)
             if attention_mask is not None
@@ -764,12 +919,6 @@ class StructBertModel(StructBertPreTrainedModel):
         if "cls" in self.config.global_attention_types:
             is_global = is_global.clone()
             is_global[:, 0] = True
-        if self.config.local_attention_scope == "section":
-            if section_ids is None:
-                raise ValueError('local_attention_scope="section" needs section_ids (same id = same section)')
-            section_ids = section_ids.to(device)
-        else:
-            section_ids = None
 
         implementation = "eager" if output_attentions else (self.config._attn_implementation or "auto")
         patterns: dict[int, AttentionPattern] = {}
@@ -783,7 +932,46 @@ class StructBertModel(StructBertPreTrainedModel):
         return [patterns[self.config.layer_window(i)] for i in range(self.config.num_hidden_layers)]
 
 
-class StructBertForMaskedLM(StructBertPreTrainedModel):
+class StructBertTaskModel(StructBertPreTrainedModel):
+    """The forward the task heads share: the encoder, then the head's `task_output` (its logits and its loss).
+    The signature names every input, so the Trainer keeps every input column of a dataset."""
+
+    structbert: StructBertModel
+    task_output: Callable[[BaseModelOutputWithPooling, torch.Tensor | None], ModelOutput]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        section_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | ModelOutput:
+        r"""Inputs as in `StructBertModel.forward`; `labels` as in the head's `task_output`."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.structbert(
+            input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            section_ids=section_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        output = self.task_output(outputs, labels)
+        return output if return_dict else output.to_tuple()
+
+
+class StructBertForMaskedLM(StructBertTaskModel):
     _tied_weights_keys = {
         "cls.predictions.decoder.weight": "structbert.embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
@@ -802,45 +990,18 @@ class StructBertForMaskedLM(StructBertPreTrainedModel):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        global_attention_mask: torch.Tensor | None = None,
-        section_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> tuple | MaskedLMOutput:
+    def task_output(self, outputs: BaseModelOutputWithPooling, labels: torch.Tensor | None) -> MaskedLMOutput:
         r"""labels (`(B, L)` long): token ids to predict; -100 (padding, unmasked tokens) is ignored."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.structbert(
-            input_ids,
-            attention_mask=attention_mask,
-            global_attention_mask=global_attention_mask,
-            section_ids=section_ids,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
         logits = self.cls(outputs.last_hidden_state)  # (B, L, vocab)
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
-        output = MaskedLMOutput(
+        return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
-class StructBertForSequenceClassification(StructBertPreTrainedModel):
+class StructBertForSequenceClassification(StructBertTaskModel):
     """Pooled [CLS] -> dropout -> linear. [CLS] is global under the default `global_attention_types`."""
 
     def __init__(self, config: StructBertConfig):
@@ -854,34 +1015,10 @@ class StructBertForSequenceClassification(StructBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        global_attention_mask: torch.Tensor | None = None,
-        section_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> tuple | SequenceClassifierOutput:
+    def task_output(
+        self, outputs: BaseModelOutputWithPooling, labels: torch.Tensor | None
+    ) -> SequenceClassifierOutput:
         r"""labels (`(B,)`): class ids, regression targets (num_labels == 1) or multi-hot floats."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.structbert(
-            input_ids,
-            attention_mask=attention_mask,
-            global_attention_mask=global_attention_mask,
-            section_ids=section_ids,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -899,13 +1036,12 @@ class StructBertForSequenceClassification(StructBertPreTrainedModel):
                 loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
             else:
                 loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
-        output = SequenceClassifierOutput(
+        return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
-class StructBertForTokenClassification(StructBertPreTrainedModel):
+class StructBertForTokenClassification(StructBertTaskModel):
     """Per-token dropout -> linear (e.g. NER tags)."""
 
     def __init__(self, config: StructBertConfig):
@@ -919,42 +1055,17 @@ class StructBertForTokenClassification(StructBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        global_attention_mask: torch.Tensor | None = None,
-        section_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> tuple | TokenClassifierOutput:
+    def task_output(
+        self, outputs: BaseModelOutputWithPooling, labels: torch.Tensor | None
+    ) -> TokenClassifierOutput:
         r"""labels (`(B, L)` long): tag ids; -100 (padding, sub-word continuations) is ignored."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.structbert(
-            input_ids,
-            attention_mask=attention_mask,
-            global_attention_mask=global_attention_mask,
-            section_ids=section_ids,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
-        output = TokenClassifierOutput(
+        return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 AUTO_MAP = {
@@ -973,6 +1084,7 @@ StructBertForSequenceClassification.register_for_auto_class("AutoModelForSequenc
 StructBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
 __all__ = [
+    "StructBertAttentionInterface",
     "StructBertForMaskedLM",
     "StructBertForSequenceClassification",
     "StructBertForTokenClassification",

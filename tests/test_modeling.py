@@ -18,6 +18,7 @@ from structformer import (
     StructBertForTokenClassification,
     StructBertModel,
 )
+from structformer.modeling import modeling_structbert as msb
 
 FAST_PATHS = ["sdpa", "blocked", "auto"]
 # (name, config overrides): the pattern variants every path must reproduce.
@@ -110,6 +111,75 @@ def test_default_rule_picks_blocked_only_for_long_inputs(make_tiny_config):
         "eager",
         "eager",
     ]  # output_attentions needs the dense math
+
+
+def band_as_dense(pattern: msb.AttentionPattern) -> torch.Tensor:
+    """The keys the blocked path's band bias lets each query attend, as a dense (B, L, L) bool mask."""
+    size, length = pattern.key_ok.shape
+    num_blocks, block = pattern.band_row_empty.shape[1], pattern.band_row_empty.shape[3]
+    allowed = (pattern.band_bias == 0).view(size, num_blocks, block, -1)  # (B, N, C, 3C + G)
+    allowed = allowed & ~pattern.band_row_empty.view(size, num_blocks, block, 1)  # opened rows have no key
+    k_pos = (torch.arange(num_blocks)[:, None] - 1) * block + torch.arange(3 * block)  # (N, 3C)
+    k_pos = torch.where((k_pos >= 0) & (k_pos < length), k_pos, length)  # column L: outside the sequence
+    columns = torch.cat(
+        [k_pos[None].expand(size, -1, -1), pattern.global_index[:, None, :].expand(-1, num_blocks, -1)],
+        dim=-1,
+    )  # (B, N, 3C + G)
+    columns = columns[:, :, None, :].expand(-1, -1, block, -1).reshape(size, num_blocks * block, -1)
+    counts = torch.zeros(size, num_blocks * block, length + 1, dtype=torch.long)
+    counts.scatter_add_(2, columns, allowed.reshape(size, num_blocks * block, -1).long())
+    return counts[:, :length, :length] > 0
+
+
+@pytest.mark.parametrize("variant", ["window", "section", "per_layer_no_cls"])
+def test_masks_are_the_definition(make_tiny_config, structured_batch, variant):
+    """The dense mask, and the blocked path's band bias on the rows of local tokens (the path replaces the rows
+    of global tokens), are the attention definition written out element by element."""
+    config = make_tiny_config(**VARIANTS[variant])
+    model = StructBertModel(config)
+    batch = structured_batch
+    masks = (batch["attention_mask"], batch["global_attention_mask"], batch["section_ids"])
+    for implementation in ("eager", "blocked"):
+        model.set_attn_implementation(implementation)
+        patterns = model._attention_patterns((4, 24), torch.device("cpu"), *masks, False)
+        for layer_idx, pattern in enumerate(patterns):
+            expected = expected_allowed(config, batch, config.layer_window(layer_idx))
+            if implementation == "eager":
+                assert torch.equal(pattern.allowed[:, 0], expected)
+            else:
+                local_rows = ~pattern.is_global
+                assert torch.equal(band_as_dense(pattern)[local_rows], expected[local_rows]), layer_idx
+
+
+def test_attention_interface_dispatches_a_registered_path(make_tiny_config, structured_batch, monkeypatch):
+    """A path registered by name is accepted by `set_attn_implementation` and runs in every layer, with the
+    dense mask of the definition."""
+    interface = msb.StructBertAttentionInterface
+    monkeypatch.setattr(interface, "_global_mapping", dict(interface._global_mapping))  # undo the register
+    calls = []
+
+    def recording(module, query, key, value, pattern, scaling, dropout=0.0, global_qkv=None):
+        calls.append(pattern)
+        return msb.eager_structure_attention(module, query, key, value, pattern, scaling, dropout, global_qkv)
+
+    interface.register("recording", recording)
+    assert "recording" in msb.ALL_ATTENTION_FUNCTIONS
+    config = make_tiny_config(**VARIANTS["section_separate_no_cls"])
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(config).eval()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        reference = model(**structured_batch).logits
+        model.set_attn_implementation("recording")
+        assert model.config._attn_implementation == "recording"
+        logits = model(**structured_batch).logits
+    torch.testing.assert_close(logits, reference, atol=1e-6, rtol=0)
+    assert [p.implementation for p in calls] == ["recording", "recording"]
+    for layer_idx, pattern in enumerate(calls):
+        expected = expected_allowed(config, structured_batch, config.layer_window(layer_idx))
+        assert torch.equal(pattern.allowed[:, 0], expected)
+    with pytest.raises(ValueError, match="blocked.*'no_such_path'"):
+        model.set_attn_implementation("no_such_path")
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa", "blocked", "flex_attention"])
@@ -310,6 +380,15 @@ def test_parameter_names_and_tied_decoder(make_tiny_config):
 def test_config_validation(tiny_config_kwargs, overrides, message):
     with pytest.raises(ValueError, match=message):
         StructBertConfig(**{**tiny_config_kwargs, **overrides})
+
+
+def test_config_is_checked_again_when_saved(make_tiny_config, tmp_path):
+    """A field changed after construction is checked before the config is written."""
+    config = make_tiny_config()
+    config.attention_window = 5
+    with pytest.raises(ValueError, match="even"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_config_defaults_and_round_trip(tiny_config_kwargs):
