@@ -8,7 +8,12 @@ extracted to disk. Sources come from strangers, so:
 - tar members with absolute paths, ``..``, links or device nodes are skipped with a warning;
 - decompressed bytes are capped per paper and per kept file (gzip and tar bombs become
   ``too_large``), and so is the number of members of a paper's tar;
-- folder inputs never follow a symlink that leaves the paper's folder.
+- folder inputs never follow a symlink that leaves the paper's folder, and only regular files are
+  read: a dangling link, a link loop, a FIFO (which would block the build forever), a socket or a
+  device is an ``unreadable`` reject, or a skipped file with a warning inside a paper's folder.
+
+Each input carries a ``stamp`` (sizes and modification times of its files) so that a resumed build
+parses again the papers edited since the interrupted run.
 
 Only files whose extension is in ``ArchiveLimits.text_extensions`` (or that have no extension,
 for ``\\input{name}`` of an extension-less file) are kept; images and other binaries are
@@ -17,14 +22,17 @@ streamed past without being stored.
 
 from __future__ import annotations
 
+import errno
 import gzip
+import hashlib
 import io
 import logging
 import os
 import re
+import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -65,7 +73,7 @@ class PaperInput:
     """One input paper: its files, or the reason it cannot be parsed.
 
     ``key`` is unique over a build and stable between runs (source path plus member or
-    folder name); it is what the resume journal records.
+    folder name); it is what the resume journal records, with ``stamp`` (see :func:`entry_stamp`).
     """
 
     key: str
@@ -76,6 +84,7 @@ class PaperInput:
     reason: str | None = None
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
+    stamp: str = ""
 
 
 class _Reject(Exception):
@@ -234,9 +243,11 @@ def _paper_from_bytes(name: str, data: bytes, limits: ArchiveLimits, label: str)
     return {PurePosixPath(name).name if _keep(name, limits) else "main.tex": data}, []
 
 
-def _make(key: str, source: str, name: str, build: Callable[[], tuple[dict, list[str]]]) -> PaperInput:
+def _make(
+    key: str, source: str, name: str, build: Callable[[], tuple[dict, list[str]]], stamp: str
+) -> PaperInput:
     paper_id, version = parse_paper_id(name)
-    paper = PaperInput(key=key, source=source, paper_id=paper_id, version=version)
+    paper = PaperInput(key=key, source=source, paper_id=paper_id, version=version, stamp=stamp)
     try:
         paper.files, paper.warnings = build()
     except _Reject as reject:
@@ -245,15 +256,17 @@ def _make(key: str, source: str, name: str, build: Callable[[], tuple[dict, list
 
 
 def iter_bulk_archive(
-    path: Path, limits: ArchiveLimits, skip: frozenset[str] = frozenset()
+    path: Path, limits: ArchiveLimits, skip: Mapping[str, str] | None = None
 ) -> Iterator[PaperInput]:
     """Papers of an ``arXiv_src_YYMM_NNN.tar``, streamed member by member.
 
-    Members whose key is in ``skip`` (already done in an interrupted run) are not decompressed.
-    An archive that is unreadable or truncated yields one ``decode_error`` input for the
-    unreadable rest, so the build reports it instead of stopping.
+    Members that ``skip`` maps to the archive's current stamp (done in an interrupted run) are not
+    decompressed. An archive that is unreadable or truncated yields one ``decode_error`` input for
+    the unreadable rest, so the build reports it instead of stopping.
     """
+    skip = skip or {}
     source = str(path)
+    stamp = entry_stamp(path)
     last = "<start>"
     try:
         with tarfile.open(path, mode="r|*") as tar:
@@ -262,73 +275,136 @@ def iter_bulk_archive(
                 if member.isdir():
                     continue
                 key = f"{source}::{member.name}"
-                if key not in skip:
-                    yield _bulk_member(tar, member, key, f"{path.name}:{member.name}", limits)
+                if skip.get(key) != stamp:
+                    yield _bulk_member(tar, member, key, f"{path.name}:{member.name}", limits, stamp)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         key = f"{source}::<unreadable after {last}>"
-        if key not in skip:
+        if skip.get(key) != stamp:
             logger.warning("%s: unreadable after member %s (%s)", path, last, error)
             yield PaperInput(
                 key, path.name, path.name, None, reason="decode_error",
-                detail=f"{path.name}: the archive is unreadable after member {last} ({error})",
+                detail=f"{path.name}: the archive is unreadable after member {last} ({error})", stamp=stamp,
             )  # fmt: skip
 
 
 def _bulk_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, key: str, label: str, limits: ArchiveLimits
+    tar: tarfile.TarFile, member: tarfile.TarInfo, key: str, label: str, limits: ArchiveLimits, stamp: str
 ) -> PaperInput:
     name = safe_member_name(member.name)
     if name is None or not member.isfile():
         logger.warning("%s: skipped unsafe member", label)
         paper_id, version = parse_paper_id(member.name)
         detail = f"{label}: absolute path, '..', link or special file"
-        return PaperInput(key, label, paper_id, version, reason="unsafe_archive", detail=detail)
+        return PaperInput(key, label, paper_id, version, reason="unsafe_archive", detail=detail, stamp=stamp)
     if member.size > limits.max_paper_bytes:
-        return _make(key, label, name, lambda: _too_large(member.size, limits, label))
+        return _make(key, label, name, lambda: _too_large(member.size, limits, label), stamp)
     handle = tar.extractfile(member)
     data = handle.read() if handle is not None else b""
     if len(data) != member.size:
         raise tarfile.ReadError(f"{member.name} is cut short ({len(data)} of {member.size} bytes)")
-    return _make(key, label, name, lambda: _paper_from_bytes(name, data, limits, label))
+    return _make(key, label, name, lambda: _paper_from_bytes(name, data, limits, label), stamp)
 
 
 def _too_large(size: int, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
     raise _Reject("too_large", f"{label}: {size} bytes compressed, the cap is {limits.max_paper_bytes}")
 
 
+def entry_stamp(path: Path) -> str:
+    """Size and modification time (ns) of a file, or a digest of those of every file under a folder.
+
+    A resumed build parses an input again when its stamp changed: an edited paper is never taken
+    from the journal of an interrupted run. Empty when ``path`` cannot be stat'ed (it is then
+    reported as ``unreadable`` when read).
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        return ""
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{info.st_size}:{info.st_mtime_ns}"
+    digest = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            file = Path(dirpath) / filename
+            try:
+                info = file.stat()
+                seen = f"{info.st_size}:{info.st_mtime_ns}"
+            except OSError:
+                seen = "unreadable"
+            digest.update(f"{file.relative_to(path).as_posix()}\0{seen}\n".encode())
+    return digest.hexdigest()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, every link followed, stays inside ``folder`` (``realpath`` never raises on loops)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _os_problem(path: Path, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if error.errno == errno.ENOENT and path.is_symlink():
+        return "a dangling symbolic link"
+    return error.strerror or str(error)
+
+
+def _read_regular(path: Path, cap: int, label: str) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes.
+
+    A FIFO would block the build forever and opening a device can act on it, so neither is opened;
+    the open (which does not block) is checked again, for a file swapped for one after the first check.
+    """
+    special = _Reject("unreadable", f"{label}: not a regular file (a FIFO, socket or device)")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise special
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise special
+            if info.st_size > cap:
+                raise _Reject("too_large", f"{label}: {info.st_size} bytes, the cap is {cap}")
+            return _read_capped(handle, cap, label)
+    except OSError as error:
+        raise _Reject("unreadable", f"{label}: {_os_problem(path, error)}") from error
+
+
 def _files_from_folder(root: Path, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
-    """Text files under a paper folder, never following a link out of it."""
+    """Text files under a paper folder, never following a link out of it.
+
+    Like a tar member that is a link or a special file, a file that cannot be read (a dangling link,
+    a link loop, a FIFO) is skipped with a warning: the rest of the paper may still parse.
+    """
     files: dict[str, bytes] = {}
     warnings: list[str] = []
-    real_root = root.resolve()
     total = pdfs = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             relative = path.relative_to(root).as_posix()
-            real = path.resolve()
-            if not real.is_relative_to(real_root) or not real.is_file():
-                warnings.append(f"skipped {relative!r} (link out of the paper folder or special file)")
-                logger.warning("%s: skipped %r (link out of the paper folder)", label, relative)
+            if not _inside(path, root):
+                warnings.append(f"skipped {relative!r} (a link out of the paper folder)")
+                logger.warning("%s: skipped %r (a link out of the paper folder)", label, relative)
                 continue
             if not _keep(relative, limits):
                 pdfs += relative.lower().endswith(".pdf")
                 continue
-            size = real.stat().st_size
-            total += size
-            if size > limits.max_file_bytes or total > limits.max_paper_bytes:
+            try:
+                data = _read_regular(path, limits.max_file_bytes, f"{label}: {relative}")
+            except _Reject as reject:
+                if reject.reason != "unreadable":
+                    raise
+                warnings.append(f"skipped {reject.detail}")
+                logger.warning("skipped %s", reject.detail)
+                continue
+            total += len(data)
+            if total > limits.max_paper_bytes:
                 raise _Reject("too_large", f"{label}: {relative} takes the paper over the size cap")
-            files[relative] = real.read_bytes()
+            files[relative] = data
     _check_not_pdf_only(files, pdfs, label)
     return files, warnings
-
-
-def _read_file_capped(path: Path, limits: ArchiveLimits, label: str) -> bytes:
-    size = path.stat().st_size
-    if size > limits.max_paper_bytes:
-        raise _Reject("too_large", f"{label}: {size} bytes, the cap is {limits.max_paper_bytes}")
-    return path.read_bytes()
 
 
 def _is_paper_folder(folder: Path, limits: ArchiveLimits) -> bool:
@@ -338,64 +414,64 @@ def _is_paper_folder(folder: Path, limits: ArchiveLimits) -> bool:
     are loose single-file papers. Without any, top-level TeX and no sub-folders still make a
     (broken) paper, so that it is reported rather than skipped.
     """
-    real = folder.resolve()
     children = sorted(folder.iterdir())
     tex = [
         child
         for child in children
-        if child.suffix.lower() in _TEX_SUFFIXES and child.is_file() and child.resolve().is_relative_to(real)
+        if child.suffix.lower() in _TEX_SUFFIXES and child.is_file() and _inside(child, folder)
     ]
     mains = 0
     for child in tex:
-        with child.open("rb") as handle:
-            mains += b"\\begin{document}" in handle.read(limits.max_file_bytes)
+        try:
+            mains += b"\\begin{document}" in _read_regular(child, limits.max_file_bytes, str(child))
+        except _Reject:
+            continue  # reported when the file is read as a paper
     if mains:
         return mains == 1
     return bool(tex) and not any(child.is_dir() for child in children)
 
 
+def _entry_files(entry: Path, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
+    """Files of a paper folder or a single paper file; only a folder or a regular file inside its
+    parent folder is read."""
+    if not _inside(entry, entry.parent):
+        raise _Reject("unsafe_archive", f"{label}: a link out of its folder")
+    try:
+        mode = entry.stat().st_mode
+    except OSError as error:
+        raise _Reject("unreadable", f"{label}: {_os_problem(entry, error)}") from error
+    if stat.S_ISDIR(mode):
+        return _files_from_folder(entry, limits, label)
+    data = _read_regular(entry, limits.max_paper_bytes, label)
+    return _paper_from_bytes(entry.name, data, limits, label)
+
+
 def _iter_folder_entry(
-    child: Path, limits: ArchiveLimits, skip: frozenset[str], label: str
+    entry: Path, limits: ArchiveLimits, skip: Mapping[str, str], label: str
 ) -> Iterator[PaperInput]:
     """One paper folder or file. ``label`` names it in the report without the local path above it."""
-    key = str(child)
-    if key in skip:
-        return
-    if child.is_symlink() and not child.resolve().is_relative_to(child.parent.resolve()):
-        logger.warning("%s: skipped (a link out of its folder)", label)
-        paper_id, version = parse_paper_id(child.name)
-        yield PaperInput(
-            key,
-            label,
-            paper_id,
-            version,
-            reason="unsafe_archive",
-            detail=f"{label}: a link out of its folder",
-        )
-    elif child.is_dir():
-        yield _make(key, label, child.name, lambda: _files_from_folder(child, limits, label))
-    else:
-        yield _make(
-            key,
-            label,
-            child.name,
-            lambda: _paper_from_bytes(child.name, _read_file_capped(child, limits, label), limits, label),
-        )
+    key = str(entry)
+    # Not stamped when it leaves its folder: a link to / would have the whole disk walked.
+    stamp = entry_stamp(entry) if _inside(entry, entry.parent) else ""
+    if skip.get(key) != stamp:
+        yield _make(key, label, entry.name, lambda: _entry_files(entry, limits, label), stamp)
 
 
 def iter_papers(
     sources: Iterable[str | os.PathLike],
     limits: ArchiveLimits | None = None,
-    skip: frozenset[str] = frozenset(),
+    skip: Mapping[str, str] | None = None,
 ) -> Iterator[PaperInput]:
     """Every paper of every source, in a deterministic order.
 
     A source is an arXiv bulk ``.tar``, a paper folder (exactly one of its top-level
     ``.tex`` files has ``\\begin{document}``), a folder of papers (sub-folders, ``.tex``, ``.gz``, ``.tar.gz`` and ``.pdf`` files,
     and bulk ``.tar`` archives, in name order), or a single paper file of those kinds.
-    Inputs whose key is in ``skip`` are not read again.
+    Inputs that ``skip`` maps to their current stamp (``{key: stamp}`` of a resumed build) are not
+    read again.
     """
     limits = limits or ArchiveLimits()
+    skip = skip or {}
     for source in sources:
         path = Path(source)
         if not path.exists():
@@ -410,11 +486,11 @@ def iter_papers(
                 ):
                     logger.info("%s: not a paper (no paper folder or file), skipped", child)
                     continue
-                if child.is_file() and child.name.lower().endswith(".tar"):
+                if child.name.lower().endswith(".tar") and _inside(child, path) and child.is_file():
                     yield from iter_bulk_archive(child, limits, skip)
                 else:
                     yield from _iter_folder_entry(child, limits, skip, f"{path.name}/{child.name}")
-        elif path.name.lower().endswith(".tar"):
+        elif path.name.lower().endswith(".tar") and path.is_file():
             yield from iter_bulk_archive(path, limits, skip)
         else:
             yield from _iter_folder_entry(path, limits, skip, path.name)

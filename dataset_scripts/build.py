@@ -6,24 +6,34 @@ The build runs in three stages, each with its side effects at the edge:
    pool of worker processes. Each worker parses one paper at a time; a worker that passes the
    per-paper time limit is killed and replaced, so a pathological paper costs ``timeout``
    seconds and never the build. Every outcome (a record or a reject) is appended to a JSON
-   lines journal in a work folder next to the output, which is what makes the build resumable:
-   a rerun after an interruption skips every paper the journal already holds.
+   lines journal in the output's work folder, which is what makes the build resumable: a rerun
+   after an interruption skips every paper the journal holds, unless its files changed since.
 2. **Select.** The journal is indexed (ids, versions, lengths, byte offsets; not the texts),
    duplicates are resolved to the latest version, length filters applied, metadata joined and
    the validation split drawn by a stable hash of the id.
 3. **Write.** Records are read back by offset in id order and written as Parquet shards with
-   fixed writer settings, then ``build_report.json`` and the dataset card. The finished folder
-   is staged next to the destination and moved into place, so a reader never sees half a corpus.
+   fixed writer settings (a split without records gets no shard: an empty one cannot be loaded),
+   then ``build_report.json`` and the dataset card. Everything is staged in the work folder and
+   renamed into place: each config's shard folder and each file is replaced atomically.
+
+The output folder OUT (layout in :mod:`.schema`) is locked for the whole build: a second build
+into it fails at once. The work folder is ``OUT/.build-corpus/``. A build replaces only its own
+files: ``data/arxiv_structured/``, ``data/arxiv_plain/``, ``README.md`` and ``build_report.json``;
+anything else in OUT (``.git``, notes, source papers) is left untouched. It refuses to start when
+one of those paths holds something a build did not write.
 
 Nothing depends on time, order of completion or the number of workers: the same inputs and
 options give the same bytes. Workers talk to the parent in JSON over pipes; there is no pickle
-of untrusted data anywhere.
+of untrusted data anywhere. Workers die with the build process, however it dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +42,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,47 +54,29 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
 from structformer.dataset_scripts import latex, records
 from structformer.dataset_scripts.archive import ArchiveLimits, PaperInput, iter_papers
+from structformer.dataset_scripts.schema import (
+    CARD_FILE,
+    CONFIG_NAMES,
+    DATA_DIR,
+    FEATURES,
+    LOCK_FILE,
+    PLAIN,
+    REPORT_FILE,
+    SHARD_NAME,
+    SPLITS,
+    STRUCTURED,
+    WORK_DIR,
+    shard_dir,
+    shard_name,
+)
+from structformer.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-STRUCTURED = "arxiv_structured"
-PLAIN = "arxiv_plain"
-SPLITS = ("train", "validation")
-REJECT_REASONS = (
-    "no_main_file",
-    "pdf_only",
-    "decode_error",
-    "timeout",
-    "empty",
-    "too_short",
-    "too_long",
-    "duplicate",
-    "parse_error",
-    "unsafe_archive",
-    "too_large",
-)
-
-STRUCTURED_FEATURES = Features(
-    {
-        "id": Value("string"),
-        "title": Value("string"),
-        "abstract": Value("string"),
-        "sections": List(
-            {"level": Value("string"), "title": Value("string"), "paragraphs": List(Value("string"))}
-        ),
-        "text": Value("string"),
-        "headers": List({"start": Value("int64"), "end": Value("int64"), "level": Value("string")}),
-        "categories": Value("string"),
-        "license": Value("string"),
-        "version": Value("string"),
-    }
-)
-PLAIN_FEATURES = Features({"id": Value("string"), "text": Value("string")})
 # Fixed writer settings: part of what makes two builds byte-identical. Statistics only for
 # ``id``: min/max of whole papers would copy two documents into every row group's footer.
 _PARQUET_SETTINGS = {
@@ -92,7 +86,11 @@ _PARQUET_SETTINGS = {
     "use_dictionary": False,
     "write_statistics": ["id"],
 }
-_JOURNAL_FORMAT = 1
+# 2: every line carries the input's stamp, so that a resume parses edited papers again.
+_JOURNAL_FORMAT = 2
+# Seconds between two checks of a worker whose OS cannot kill it when the build dies.
+_PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _RUN_ONLY = ("num_proc", "progress", "resume", "max_tasks_per_worker")
 
 
@@ -141,15 +139,15 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if self.num_proc < 1:
-            raise ValueError(f"num_proc must be at least 1, got {self.num_proc}")
+            raise InputError(f"num_proc must be at least 1, got {self.num_proc}")
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+            raise InputError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1, got {self.shard_size}")
+            raise InputError(f"shard_size must be at least 1, got {self.shard_size}")
         if self.max_tasks_per_worker < 1:
-            raise ValueError(f"max_tasks_per_worker must be at least 1, got {self.max_tasks_per_worker}")
+            raise InputError(f"max_tasks_per_worker must be at least 1, got {self.max_tasks_per_worker}")
         if self.timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
+            raise InputError(f"timeout must be positive, got {self.timeout}")
 
     @property
     def limits(self) -> ArchiveLimits:
@@ -203,7 +201,38 @@ def _decode_task(payload: bytes) -> tuple[str, dict[str, bytes]]:
     return header["id"], files
 
 
-def _worker_main(conn: Connection, options: latex.LatexOptions) -> None:
+def _set_parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; False where the OS has no such call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Make this worker end when the build process ``parent`` dies, however it dies.
+
+    A killed parent runs no cleanup, and a worker's pipe stays open in its forked siblings, so the
+    worker would wait for its next paper forever (holding the output's lock, too). Linux kills it
+    (PR_SET_PDEATHSIG); elsewhere a thread notices that the worker was handed to another parent.
+    """
+    if not _set_parent_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _worker_main(conn: Connection, options: latex.LatexOptions, parent: int) -> None:
+    _exit_with_parent(parent)
     # Ctrl-C goes to the whole process group: the parent decides, the worker just parses.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -220,7 +249,7 @@ def _worker_main(conn: Connection, options: latex.LatexOptions) -> None:
 class _Worker:
     def __init__(self, context: multiprocessing.context.BaseContext, options: latex.LatexOptions) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, options), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, options, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.tasks = 0
@@ -338,8 +367,8 @@ def _fingerprint(sources: Sequence[Path], options: BuildOptions) -> dict[str, An
     return json.loads(json.dumps(fingerprint, default=str))
 
 
-def _open_journal(work: Path, fingerprint: dict[str, Any], resume: bool) -> set[str]:
-    """Prepare the work folder and return the keys an interrupted run already finished."""
+def _open_journal(work: Path, fingerprint: dict[str, Any], resume: bool) -> dict[str, str]:
+    """Prepare the work folder and return ``{key: stamp}`` of the inputs an interrupted run finished."""
     manifest = work / "manifest.json"
     journal = work / "journal.jsonl"
     if resume and manifest.is_file() and journal.is_file():
@@ -350,7 +379,10 @@ def _open_journal(work: Path, fingerprint: dict[str, Any], resume: bool) -> set[
             if keep < len(data):
                 with journal.open("r+b") as handle:
                     handle.truncate(keep)
-            done = {json.loads(line)["key"] for line in data[:keep].splitlines() if line}
+            done = {}
+            for line in data[:keep].splitlines():
+                item = json.loads(line)
+                done[item["key"]] = item["stamp"]
             logger.info("resuming: %d papers already done in %s", len(done), journal)
             return done
         logger.warning("%s belongs to a build with other sources or options: starting afresh", work)
@@ -359,7 +391,7 @@ def _open_journal(work: Path, fingerprint: dict[str, Any], resume: bool) -> set[
     work.mkdir(parents=True)
     manifest.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
     journal.touch()
-    return set()
+    return {}
 
 
 @dataclass
@@ -455,7 +487,7 @@ def load_metadata(path: str | os.PathLike, ids: set[str]) -> dict[str, dict[str,
                 item = json.loads(line)
                 paper_id = item["id"]
             except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: not an arXiv metadata line ({error})") from error
+                raise InputError(f"{path}:{number}: not an arXiv metadata line ({error})") from error
             if paper_id not in ids:
                 continue
             versions = item.get("versions") or []
@@ -505,13 +537,13 @@ def _write_shards(
     metadata: dict[str, dict],
     options: BuildOptions,
 ) -> None:
-    for config in (STRUCTURED, PLAIN):
-        (staging / "data" / config).mkdir(parents=True)
-    structured_schema, plain_schema = STRUCTURED_FEATURES.arrow_schema, PLAIN_FEATURES.arrow_schema
+    for config in CONFIG_NAMES:
+        shard_dir(staging, config).mkdir(parents=True)
     with journal.open("rb") as handle:
         for split, entries in splits.items():
-            # Every split gets at least one (maybe empty) shard so that the card's configs resolve.
-            count = max(1, math.ceil(len(entries) / options.shard_size))
+            # No shard for an empty split: datasets cannot load a Parquet file without rows, and the
+            # card lists only the splits that have shards.
+            count = math.ceil(len(entries) / options.shard_size)
             for index in range(count):
                 rows = []
                 for entry in entries[index * options.shard_size : (index + 1) * options.shard_size]:
@@ -522,11 +554,11 @@ def _write_shards(
                     row["license"] = known.get("license") or row.get("license")
                     row["version"] = entry.version or known.get("version") or row.get("version")
                     rows.append(row)
-                name = f"{split}-{index:05d}-of-{count:05d}.parquet"
-                structured = pa.Table.from_pylist(rows, schema=structured_schema)
-                plain = pa.Table.from_pylist([records.to_plain(row) for row in rows], schema=plain_schema)
-                pq.write_table(structured, staging / "data" / STRUCTURED / name, **_PARQUET_SETTINGS)
-                pq.write_table(plain, staging / "data" / PLAIN / name, **_PARQUET_SETTINGS)
+                name = shard_name(split, index, count)
+                tables = {STRUCTURED: rows, PLAIN: [records.to_plain(row) for row in rows]}
+                for config, config_rows in tables.items():
+                    table = pa.Table.from_pylist(config_rows, schema=FEATURES[config].arrow_schema)
+                    pq.write_table(table, shard_dir(staging, config) / name, **_PARQUET_SETTINGS)
 
 
 def _stats(kept: list[_Entry]) -> dict[str, Any]:
@@ -545,26 +577,114 @@ def _stats(kept: list[_Entry]) -> dict[str, Any]:
     }
 
 
-def _move_into_place(staging: Path, output_dir: Path) -> None:
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(output_dir, old)
-        os.replace(staging, output_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, output_dir)
+# ----------------------------------------------------------------------------- the output folder
 
 
-def _check_destination(output_dir: Path) -> None:
-    if output_dir.exists() and (
-        not output_dir.is_dir()
-        or (any(output_dir.iterdir()) and not (output_dir / "build_report.json").exists())
-    ):
-        raise FileExistsError(
-            f"{output_dir}: exists and is not a corpus built before; refusing to replace it"
+def _check_sources(sources: Iterable[str | os.PathLike]) -> list[Path]:
+    checked = [Path(source).absolute() for source in sources]
+    if not checked:
+        raise InputError("no sources given: name LaTeX archives, folders of papers or .tex files")
+    for source in checked:
+        if not source.exists():
+            raise InputError(f"{source}: no such file or folder")
+    return checked
+
+
+def _check_overlap(sources: list[Path], output_dir: Path) -> None:
+    """Refuse sources that the build would overwrite or read back as papers."""
+    out = Path(os.path.realpath(output_dir))
+    owned = [Path(os.path.realpath(shard_dir(output_dir, config))) for config in CONFIG_NAMES]
+    for source in sources:
+        real = Path(os.path.realpath(source))
+        if real.is_dir() and out.is_relative_to(real):
+            raise InputError(
+                f"--output {output_dir} is inside the source folder {source}: a rebuild would read the corpus "
+                "as a paper; choose an output folder outside the sources"
+            )
+        if any(real.is_relative_to(folder) for folder in owned):
+            raise InputError(f"{source}: a source inside {out / DATA_DIR}, which the build replaces; move it")
+
+
+def _lock_output(output_dir: Path) -> int:
+    """Create OUT if needed and hold its lock file; a second build into OUT fails here, at once.
+
+    The lock file is removed when the build ends (:func:`_unlock_output`); a build that locked a file
+    removed meanwhile tries again on the new one, so two builds never both hold OUT.
+    """
+    path = output_dir / LOCK_FILE
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise InputError(
+                    f"{output_dir}: another build-corpus is writing this folder (it holds {LOCK_FILE}); "
+                    "wait for it to end or choose another --output"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            os.close(fd)
+    except OSError as error:
+        raise InputError(
+            f"{output_dir}: cannot write the corpus there ({error.strerror or error})"
+        ) from error
+
+
+def _unlock_output(output_dir: Path, fd: int) -> None:
+    # Unlinked before it is unlocked: a build that opened this file meanwhile sees it is gone and retries.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(output_dir / LOCK_FILE)
+    # LOCK_UN, not just close: a forked worker may still hold a copy of the descriptor.
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _check_output(output_dir: Path) -> None:
+    """Refuse an OUT where a path the build replaces holds something that no build wrote.
+
+    The build's own paths are its shard folders (only shard files in them), ``build_report.json``,
+    and ``README.md`` once a report is beside it (a first build never replaces a README it did not write).
+    """
+    report, card = output_dir / REPORT_FILE, output_dir / CARD_FILE
+    if report.exists() and (report.is_symlink() or not report.is_file()):
+        raise InputError(f"{report}: not a build report; move it away or choose another --output")
+    if card.exists() and not report.exists():
+        raise InputError(
+            f"{card}: not the card of an earlier build (no {REPORT_FILE} beside it); "
+            "move it away or choose another --output"
         )
+    data = output_dir / DATA_DIR
+    for folder in (data, *(shard_dir(output_dir, config) for config in CONFIG_NAMES)):
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise InputError(
+                f"{folder}: not a folder of this corpus; move it away or choose another --output"
+            )
+    for config in CONFIG_NAMES:
+        folder = shard_dir(output_dir, config)
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if SHARD_NAME.match(entry.name) is None or entry.is_symlink() or not entry.is_file():
+                raise InputError(
+                    f"{entry}: not a shard of an earlier build, and {folder} is replaced as a whole; "
+                    "move it away or choose another --output"
+                )
+
+
+def _install(staging: Path, output_dir: Path, replaced: Path) -> None:
+    """Rename the staged files into OUT; what they replace goes to ``replaced``, removed with the work folder."""
+    replaced.mkdir()
+    (output_dir / DATA_DIR).mkdir(exist_ok=True)
+    for config in CONFIG_NAMES:
+        target = shard_dir(output_dir, config)
+        if target.exists():
+            os.replace(target, replaced / config)
+        os.replace(shard_dir(staging, config), target)
+    # The report before the card: a report is what marks README.md as the build's own on a rerun.
+    for name in (REPORT_FILE, CARD_FILE):
+        os.replace(staging / name, output_dir / name)
 
 
 def build_corpus(
@@ -572,24 +692,43 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Build the corpus folder from LaTeX sources and return its ``build_report.json``.
 
-    ``output_dir`` is replaced as a whole at the end. While the build runs, its journal lives
-    in ``.<name>.work/`` next to it; that folder is removed when the build completes.
+    ``output_dir`` is locked while the build runs, and only the build's own files in it are replaced
+    (see the module docstring). The journal lives in ``output_dir/.build-corpus/`` until the build
+    completes, and a rerun after an interruption resumes from it. Raises ``InputError`` for bad
+    sources, an output folder that is busy, unwritable or holds files of its own where the build
+    writes, and a build in which no input became a record (nothing is written then).
     """
     options = options or BuildOptions()
-    sources = [Path(source).absolute() for source in sources]
-    if not sources:
-        raise ValueError("no sources given")
-    for source in sources:
-        if not source.exists():
-            raise FileNotFoundError(f"{source}: no such file or folder")
+    sources = _check_sources(sources)
     output_dir = Path(output_dir).absolute()
-    _check_destination(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = output_dir.with_name(f".{output_dir.name}.work")
-    journal = work / "journal.jsonl"
-    done = _open_journal(work, _fingerprint(sources, options), options.resume)
+    _check_overlap(sources, output_dir)
+    if options.metadata and not Path(options.metadata).is_file():
+        raise InputError(f"--metadata {options.metadata}: no such file")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir}: exists and is not a folder; choose another --output")
+    created = not output_dir.exists()
+    lock = _lock_output(output_dir)
+    try:
+        _check_output(output_dir)
+        return _build(sources, output_dir, options)
+    finally:
+        _unlock_output(output_dir, lock)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: a journal to resume from is kept
+                output_dir.rmdir()
 
-    papers = iter_papers(sources, options.limits, skip=frozenset(done))
+
+def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict[str, Any]:
+    work = output_dir / WORK_DIR
+    journal = work / "journal.jsonl"
+    try:
+        done = _open_journal(work, _fingerprint(sources, options), options.resume)
+    except OSError as error:
+        raise InputError(
+            f"{work}: cannot write the build's journal there ({error.strerror or error})"
+        ) from error
+
+    papers = iter_papers(sources, options.limits, skip=done)
     with (
         journal.open("ab") as sink,
         tqdm(desc="Parsing papers", unit=" papers", disable=not options.progress) as bar,
@@ -597,7 +736,13 @@ def build_corpus(
         bar.update(len(done))
 
         def emit(paper: PaperInput, outcome: dict[str, Any]) -> None:
-            line = {"key": paper.key, "source": paper.source, "id": paper.paper_id, "version": paper.version}
+            line = {
+                "key": paper.key,
+                "stamp": paper.stamp,
+                "source": paper.source,
+                "id": paper.paper_id,
+                "version": paper.version,
+            }
             line.update(outcome)
             if paper.warnings:
                 line["warnings"] = paper.warnings
@@ -613,19 +758,27 @@ def build_corpus(
     _filter_length(entries, options)
     kept = [entry for entry in entries if entry.reason is None]
     rejected = [entry for entry in entries if entry.reason is not None]
+    reasons = dict(sorted(Counter(entry.reason for entry in rejected).items()))
+    if not kept:
+        raise InputError(
+            f"no input became a record ({len(entries)} inputs; rejects: {reasons or 'none'}), so nothing was "
+            f"written to {output_dir}; the journal in {work} is kept, so a rerun with other length "
+            "options does not parse again"
+        )
     metadata = load_metadata(options.metadata, {entry.id for entry in kept}) if options.metadata else {}
     by_id = {entry.id: entry for entry in kept}
     splits = {name: [by_id[i] for i in ids] for name, ids in _assign_splits(sorted(by_id), options).items()}
 
-    staging = work / "staging"
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging, replaced = work / "staging", work / "replaced"
+    for leftover in (staging, replaced):  # of a run killed while it wrote
+        if leftover.exists():
+            shutil.rmtree(leftover)
     _write_shards(staging, journal, splits, metadata, options)
     report = {
         "inputs": len(entries),
         "records": len(kept),
         "rejects": len(rejected),
-        "reasons": dict(sorted(Counter(entry.reason for entry in rejected).items())),
+        "reasons": reasons,
         "rejected": [
             {"id": entry.id, "source": entry.source, "reason": entry.reason, "detail": entry.detail}
             for entry in rejected
@@ -640,11 +793,11 @@ def build_corpus(
         raise AssertionError(
             f"inputs {report['inputs']} != records {report['records']} + rejects {report['rejects']}"
         )
-    (staging / "build_report.json").write_text(
+    (staging / REPORT_FILE).write_text(
         json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     _write_card(staging)
-    _move_into_place(staging, output_dir)
+    _install(staging, output_dir, replaced)
     shutil.rmtree(work)
     logger.info("built %s: %d records, %d rejects", output_dir, report["records"], report["rejects"])
     return report
@@ -676,7 +829,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="arXiv bulk archives (arXiv_src_YYMM_NNN.tar), folders of papers, paper folders or .tex/.gz files",
     )
     parser.add_argument(
-        "--output", "-o", required=True, help="the corpus folder to write (replaced as a whole)"
+        "--output",
+        "-o",
+        required=True,
+        help="the corpus folder to write; a rebuild replaces only the build's own files in it",
     )
     parser.add_argument("--metadata", help="arXiv metadata snapshot (JSON lines) to join by id")
     parser.add_argument(
@@ -731,12 +887,15 @@ def _latex_options(pairs: list[str]) -> latex.LatexOptions:
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or name not in names:
-            raise SystemExit(f"--latex-option {pair!r}: expected NAME=VALUE with NAME in {sorted(names)}")
+            raise InputError(f"--latex-option {pair!r}: expected NAME=VALUE with NAME in {sorted(names)}")
         try:
             values[name] = json.loads(raw)
         except json.JSONDecodeError:
             values[name] = raw
-    return latex.LatexOptions(**values)
+    try:
+        return latex.LatexOptions(**values)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"--latex-option: {error}") from error
 
 
 def main(argv: list[str] | None = None) -> int:

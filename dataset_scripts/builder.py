@@ -27,15 +27,9 @@ import datasets
 import pyarrow.parquet as pq
 from datasets.builder import Key
 
-from structformer.dataset_scripts.build import (
-    PLAIN,
-    PLAIN_FEATURES,
-    SPLITS,
-    STRUCTURED,
-    STRUCTURED_FEATURES,
-    BuildOptions,
-    build_corpus,
-)
+from structformer.dataset_scripts.build import BuildOptions, build_corpus
+from structformer.dataset_scripts.schema import FEATURES, PLAIN, REPORT_FILE, STRUCTURED, find_shards
+from structformer.errors import InputError
 
 
 @dataclass
@@ -66,33 +60,31 @@ class ArxivStructured(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = STRUCTURED
 
     def _info(self) -> datasets.DatasetInfo:
-        features = STRUCTURED_FEATURES if self.config.name == STRUCTURED else PLAIN_FEATURES
         return datasets.DatasetInfo(
             description="arXiv LaTeX sources turned into structured and plain long documents (StructFormer).",
-            features=features,
+            features=FEATURES[self.config.name],
         )
 
     def _corpus_dir(self) -> Path:
         given = self.config.sources or ([self.config.data_dir] if self.config.data_dir else [])
         sources = [str(Path(source).absolute()) for source in given]
         if not sources:
-            raise ValueError("ArxivStructured needs LaTeX sources: pass data_dir=... or sources=[...]")
+            raise InputError("ArxivStructured needs LaTeX sources: pass data_dir=... or sources=[...]")
         options = self.config.build_options
         digest = hashlib.sha1(json.dumps([sources, options.to_dict()], sort_keys=True).encode()).hexdigest()[
             :16
         ]
         corpus = Path(self._cache_dir_root) / "structformer_corpus" / digest
-        if not (corpus / "build_report.json").is_file():
+        if not (corpus / REPORT_FILE).is_file():
             build_corpus(sources, corpus, options)
         return corpus
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
-        data = self._corpus_dir() / "data" / self.config.name
+        # Only the splits that have records: a build writes no shard for an empty one.
+        shards = find_shards(self._corpus_dir())[self.config.name]
         return [
-            datasets.SplitGenerator(
-                name=split, gen_kwargs={"files": sorted(map(str, data.glob(f"{split}-*.parquet")))}
-            )
-            for split in SPLITS
+            datasets.SplitGenerator(name=split, gen_kwargs={"files": list(map(str, paths))})
+            for split, paths in shards.items()
         ]
 
     def _generate_examples(self, files: list[str]) -> Iterator[tuple[Key, dict[str, Any]]]:

@@ -22,6 +22,8 @@ from pylatexenc.latex2text import (
     get_default_latex_context_db,
 )
 
+from structformer.errors import InputError
+
 from .latex_source import mask_verbatim, read_group
 
 
@@ -55,13 +57,13 @@ class LatexOptions:
 
     def __post_init__(self) -> None:
         if self.footnotes not in ("inline", "drop"):
-            raise ValueError(f"footnotes must be 'inline' or 'drop', got {self.footnotes!r}")
+            raise InputError(f"footnotes must be 'inline' or 'drop', got {self.footnotes!r}")
         for name in ("max_linear_math_chars", "max_macro_depth", "max_include_depth"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_file_bytes", "max_paper_chars"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -74,8 +76,9 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
 
 
-# Heading commands and the level they map to (``\part`` and KOMA's ``\addchap`` act as chapters).
-HEADING_LEVELS = {
+# Heading commands and the section level (schema.SECTION_LEVELS) they map to (``\part`` and KOMA's
+# ``\addchap`` act as chapters).
+HEADING_COMMANDS = {
     "part": "chapter",
     "chapter": "chapter",
     "addchap": "chapter",
@@ -377,7 +380,7 @@ class _QuickSpecialsDb(macrospec.LatexContextDb):
 @lru_cache(maxsize=8)
 def _walker_context() -> macrospec.LatexContextDb:
     db = latexwalker.get_default_latex_context_db()
-    macros = [macrospec.std_macro(name, "*[{") for name in HEADING_LEVELS]
+    macros = [macrospec.std_macro(name, "*[{") for name in HEADING_COMMANDS]
     macros += [macrospec.std_macro(name, "*[[{") for name in CITE_MACROS]
     macros += [macrospec.std_macro(name, "*{") for name in REF_MACROS]
     macros += [
@@ -395,7 +398,7 @@ def _walker_context() -> macrospec.LatexContextDb:
         for name, spec in _ENVIRONMENT_ARGS.items()
     ]
     # \begin{section}{Title} ... \end{section} is legal LaTeX: \begin{x} runs \x.
-    environments += [macrospec.std_environment(name, "[{") for name in HEADING_LEVELS]
+    environments += [macrospec.std_environment(name, "[{") for name in HEADING_COMMANDS]
     environments += [
         macrospec.std_environment(name, "", is_math_mode=True)
         for name in MATH_ENVIRONMENTS
@@ -578,6 +581,17 @@ def _parse_or_chunks(latex: str, warnings: list[str]) -> list:
     return nodes
 
 
+def _heading_parts(node) -> tuple[bool, list]:
+    """Whether ``node`` is a heading itself, and else the nodes a heading could hide in."""
+    if node.isNodeType(latexwalker.LatexEnvironmentNode) and node.environmentname in HEADING_COMMANDS:
+        return True, []
+    if node.isNodeType(latexwalker.LatexMacroNode):
+        if node.macroname in HEADING_COMMANDS:
+            return True, []
+        return False, list(node.nodeargd.argnlist) if node.nodeargd and node.nodeargd.argnlist else []
+    return False, list(getattr(node, "nodelist", None) or [])
+
+
 class _BlockWalker:
     """Reads nodes at block level: headings open sections, blank lines end paragraphs, lists give
     a paragraph per item, floats are dropped, and everything else is inline text."""
@@ -591,24 +605,24 @@ class _BlockWalker:
         self.buffer: list = []
         self._heading_memo: dict[int, bool] = {}
 
-    def has_heading(self, node) -> bool:
-        key = id(node)
-        if key not in self._heading_memo:
-            self._heading_memo[key] = self._search_heading(node)
-        return self._heading_memo[key]
-
-    def _search_heading(self, node) -> bool:
-        if node is None:
-            return False
-        if node.isNodeType(latexwalker.LatexEnvironmentNode) and node.environmentname in HEADING_LEVELS:
-            return True
-        if node.isNodeType(latexwalker.LatexMacroNode):
-            if node.macroname in HEADING_LEVELS:
-                return True
-            args = node.nodeargd.argnlist if node.nodeargd and node.nodeargd.argnlist else []
-            return any(self.has_heading(a) for a in args)
-        children = getattr(node, "nodelist", None)
-        return bool(children) and any(self.has_heading(c) for c in children)
+    def has_heading(self, root) -> bool:
+        # Iterative, children before parents: a recursive search overflows the stack on groups
+        # nested a few hundred levels deep, which pylatexenc itself still parses.
+        memo = self._heading_memo
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node is None or id(node) in memo:
+                continue
+            own, children = _heading_parts(node)
+            if own:
+                memo[id(node)] = True
+            elif expanded:
+                memo[id(node)] = any(memo.get(id(child), False) for child in children)
+            else:
+                stack.append((node, True))
+                stack.extend((child, False) for child in children)
+        return root is not None and memo[id(root)]
 
     def flush(self) -> None:
         if not self.buffer:
@@ -653,8 +667,8 @@ class _BlockWalker:
 
     def _macro(self, node) -> None:
         name = node.macroname
-        if name in HEADING_LEVELS:
-            self.heading(node, HEADING_LEVELS[name])
+        if name in HEADING_COMMANDS:
+            self.heading(node, HEADING_COMMANDS[name])
         elif name == "par":
             self.flush()
         elif name == "maketitle":
@@ -671,8 +685,8 @@ class _BlockWalker:
 
     def _environment(self, node) -> None:
         name = node.environmentname
-        if name in HEADING_LEVELS:
-            self.heading(node, HEADING_LEVELS[name])
+        if name in HEADING_COMMANDS:
+            self.heading(node, HEADING_COMMANDS[name])
             self.walk(node.nodelist)
         elif self.has_heading(node):
             self.flush()
@@ -706,7 +720,7 @@ def _split_items(nodes: list) -> list[list]:
     return [item for item in items if item]
 
 
-_HEADING_COMMAND = re.compile(r"\\(" + "|".join(HEADING_LEVELS) + r")(?![A-Za-z@])")
+_HEADING_COMMAND = re.compile(r"\\(" + "|".join(HEADING_COMMANDS) + r")(?![A-Za-z@])")
 
 
 def drop_environments(latex: str, names: frozenset[str] = DROPPED_ENVIRONMENTS) -> str:

@@ -13,19 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .latex_text import Section
-
-SEPARATOR = "\n\n"
-STRUCTURED_FIELDS = (
-    "id",
-    "title",
-    "abstract",
-    "sections",
-    "text",
-    "headers",
-    "categories",
-    "license",
-    "version",
-)
+from .schema import PARAGRAPH_SEPARATOR
 
 
 def _latest_version(metadata: Mapping[str, Any]) -> str | None:
@@ -56,8 +44,8 @@ def linearize(title: str, abstract: str, sections: list[Section]) -> tuple[str, 
     offset = 0
     for index, (block, level) in enumerate(blocks):
         if index:
-            pieces.append(SEPARATOR)
-            offset += len(SEPARATOR)
+            pieces.append(PARAGRAPH_SEPARATOR)
+            offset += len(PARAGRAPH_SEPARATOR)
         if level is not None:
             headers.append({"start": offset, "end": offset + len(block), "level": level})
         pieces.append(block)
@@ -79,7 +67,9 @@ def to_record(parsed: Any, paper_id: str, metadata: Mapping[str, Any] | None = N
         for s in parsed.sections
     ]
     title = " ".join(parsed.title.split())
-    abstract = SEPARATOR.join(" ".join(p.split()) for p in parsed.abstract.split(SEPARATOR) if p.strip())
+    abstract = PARAGRAPH_SEPARATOR.join(
+        " ".join(p.split()) for p in parsed.abstract.split(PARAGRAPH_SEPARATOR) if p.strip()
+    )
     text, headers = linearize(title, abstract, sections)
     categories = metadata.get("categories")
     license_ = metadata.get("license")

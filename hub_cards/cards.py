@@ -25,14 +25,21 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 from tqdm.auto import tqdm
 
-STRUCTURED = "arxiv_structured"
-PLAIN = "arxiv_plain"
-CONFIG_NAMES = (STRUCTURED, PLAIN)
-TEMPLATES_DIR = Path(__file__).parent / "templates"
+# CONFIG_NAMES, PLAIN and find_shards are also read through this module (publish, tests).
+from structformer.dataset_scripts.schema import (
+    CARD_FILE,
+    DEFAULT_CONFIG,
+    REPORT_FILE,
+    SECTION_LEVELS,
+    STRUCTURED,
+    shard_glob,
+    split_sort_key,
+)
+from structformer.dataset_scripts.schema import CONFIG_NAMES as CONFIG_NAMES
+from structformer.dataset_scripts.schema import PLAIN as PLAIN
+from structformer.dataset_scripts.schema import find_shards as find_shards
 
-# train-00000-of-00003.parquet: the split is what precedes the shard counter.
-_SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.parquet$")
-_SPLIT_ORDER = ("train", "validation", "test")
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 STRUCTFORMER_BIBTEX = """@article{ponkshe2024structformer,
   title         = {StructFormer: Document Structure-based Masked Attention and its Impact on Language Model Pre-Training},
@@ -104,27 +111,6 @@ def _read_json(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- dataset card
-
-
-def find_shards(corpus_dir: Path) -> dict[str, dict[str, list[Path]]]:
-    """``{config: {split: [shard, ...]}}`` for the Parquet shards under ``corpus_dir/data``."""
-    found: dict[str, dict[str, list[Path]]] = {}
-    for config in CONFIG_NAMES:
-        splits: dict[str, list[Path]] = {}
-        for path in sorted((corpus_dir / "data" / config).glob("*.parquet")):
-            match = _SHARD_RE.match(path.name)
-            if match is None:
-                raise ValueError(f"{path}: not a shard name of the form SPLIT-NNNNN-of-NNNNN.parquet")
-            splits.setdefault(match["split"], []).append(path)
-        if splits:
-            found[config] = dict(sorted(splits.items(), key=lambda kv: _split_key(kv[0])))
-    if STRUCTURED not in found:
-        raise FileNotFoundError(f"{corpus_dir}: no Parquet shards under data/{STRUCTURED}/")
-    return found
-
-
-def _split_key(split: str) -> tuple[int, str]:
-    return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)
 
 
 def _size_category(n: int) -> str:
@@ -246,7 +232,7 @@ def dataset_card_data(
     """The card's YAML metadata and the values its body is rendered from."""
     corpus_dir = Path(corpus_dir)
     shards = find_shards(corpus_dir)
-    report_path = corpus_dir / "build_report.json"
+    report_path = corpus_dir / REPORT_FILE
     report = _read_json(report_path) if report_path.is_file() else {}
     tokenizer = _load_tokenizer(tokenizer)
     stats = _structured_stats(shards[STRUCTURED], tokenizer)
@@ -254,11 +240,9 @@ def dataset_card_data(
     configs = []
     for config, splits in shards.items():
         entry: dict[str, Any] = {"config_name": config}
-        if config == STRUCTURED:
+        if config == DEFAULT_CONFIG:
             entry["default"] = True
-        entry["data_files"] = [
-            {"split": split, "path": f"data/{config}/{split}-*.parquet"} for split in splits
-        ]
+        entry["data_files"] = [{"split": split, "path": shard_glob(config, split)} for split in splits]
         configs.append(entry)
 
     licenses = stats["licenses"]
@@ -321,7 +305,7 @@ def dataset_card_data(
     split_names = [
         s
         for s, _ in sorted(
-            {s: 0 for c in shards.values() for s in c}.items(), key=lambda kv: _split_key(kv[0])
+            {s: 0 for c in shards.values() for s in c}.items(), key=lambda kv: split_sort_key(kv[0])
         )
     ]
     values = {
@@ -335,7 +319,7 @@ def dataset_card_data(
         "configs": [
             {
                 "name": config,
-                "default": config == STRUCTURED,
+                "default": config == DEFAULT_CONFIG,
                 "rows": {
                     split: sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
                     for split, paths in splits.items()
@@ -387,14 +371,13 @@ def write_dataset_card(
     """
     corpus_dir = Path(corpus_dir)
     card = render_dataset_card(corpus_dir, pretty_name=pretty_name, repo_id=repo_id, tokenizer=tokenizer)
-    path = corpus_dir / "README.md"
+    path = corpus_dir / CARD_FILE
     card.save(path)
     return path
 
 
 # ----------------------------------------------------------------------------- model card
 
-_HEADING_LEVELS = ("title", "chapter", "section", "subsection", "subsubsection", "paragraph")
 # results.json downstream task -> (Hub task type, readable task name)
 DOWNSTREAM_TASKS: dict[str, tuple[str, str]] = {
     "scirex_ner": ("token-classification", "SciREX entity recognition"),
@@ -465,7 +448,7 @@ def _architecture(model_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
         described.append("the first token (`[CLS]`)")
     if "title" in types:
         described.append("every token of the title")
-    levels = [t for t in _HEADING_LEVELS[1:] if t in types]
+    levels = [t for t in SECTION_LEVELS if t in types]
     if levels:
         described.append("every token of each heading of level " + ", ".join(f"`{t}`" for t in levels))
     if not described:

@@ -12,16 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from structformer.dataset_scripts import build, latex
-from structformer.dataset_scripts.build import (
-    REJECT_REASONS,
-    BuildOptions,
-    build_corpus,
-    load_metadata,
-    main,
-    split_of,
-)
+from structformer.dataset_scripts.build import BuildOptions, build_corpus, load_metadata, main, split_of
 from structformer.dataset_scripts.builder import ArxivStructured
 from structformer.dataset_scripts.sample import SAMPLE_RECORDS, SAMPLE_REJECTS, pack_sample_archive
+from structformer.dataset_scripts.schema import REJECT_REASONS, STRUCTURED_FEATURES
+from structformer.errors import InputError
 
 SHARDS = [
     f"data/{config}/{split}-00000-of-00001.parquet"
@@ -86,7 +81,7 @@ def test_load_dataset_gives_both_configs(sample_corpus: Path, tmp_path: Path) ->
     structured = datasets.load_dataset(str(sample_corpus), cache_dir=str(tmp_path))
     plain = datasets.load_dataset(str(sample_corpus), "arxiv_plain", cache_dir=str(tmp_path))
     assert set(structured) == set(plain) == {"train", "validation"}
-    assert structured["train"].column_names == list(build.STRUCTURED_FEATURES)
+    assert structured["train"].column_names == list(STRUCTURED_FEATURES)
     assert plain["train"].column_names == ["id", "text"]
     rows = [row for split in ("train", "validation") for row in structured[split]]
     plain_text = {row["id"]: row["text"] for split in ("train", "validation") for row in plain[split]}
@@ -118,9 +113,10 @@ def test_rebuild_is_byte_identical_and_resumes(
     monkeypatch.setattr(build, "iter_papers", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_corpus([sample_archive], output, _options(num_proc=1))
-    journal = tmp_path / ".again.work" / "journal.jsonl"
+    journal = output / ".build-corpus" / "journal.jsonl"
     done = len(journal.read_bytes().splitlines())
-    assert 0 < done <= 9 and not output.exists()
+    # only the journal is there: no lock left behind, no shard of a half-built corpus
+    assert 0 < done <= 9 and [p.name for p in output.iterdir()] == [".build-corpus"]
 
     monkeypatch.setattr(build, "iter_papers", real_iter)
     sent = []
@@ -233,17 +229,22 @@ def test_dedupe_metadata_filters_and_traversal(tmp_path: Path) -> None:
     assert "TOPSECRET" not in rows["2101.00003"]["text"]
 
 
-def test_bad_metadata_and_destination_fail_clearly(tmp_path: Path) -> None:
+def test_bad_metadata_sources_and_options_fail_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "meta.jsonl"
     bad.write_text('{"id": "1"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"meta\.jsonl:2"):
+    with pytest.raises(InputError, match=r"meta\.jsonl:2"):
         load_metadata(bad, {"1"})
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="precious"):
-        build_corpus([tmp_path / "meta.jsonl"], precious, _options())
-    assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(InputError, match="nowhere: no such file or folder"):
+        build_corpus([tmp_path / "nowhere"], tmp_path / "out", _options())
+    with pytest.raises(InputError, match="no sources given"):
+        build_corpus([], tmp_path / "out", _options())
+    with pytest.raises(InputError, match="missing.jsonl: no such file"):
+        build_corpus([bad], tmp_path / "out", _options(metadata=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(InputError, match="validation_fraction"):
+        _options(validation_fraction=1.0)
+    with pytest.raises(InputError, match="footnotes must be"):
+        main([str(bad), "--output", str(tmp_path / "out"), "--latex-option", 'footnotes="nope"'])
+    assert not (tmp_path / "out").exists()
 
 
 def test_validation_split_is_stable_and_never_empty() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from structformer.dataset_scripts.latex import ParsedPaper, Section, parse_paper
-from structformer.dataset_scripts.records import STRUCTURED_FIELDS, linearize, to_plain, to_record
+from structformer.dataset_scripts.records import linearize, to_plain, to_record
+from structformer.dataset_scripts.schema import STRUCTURED_FIELDS
 
 
 def paper(**overrides) -> ParsedPaper:

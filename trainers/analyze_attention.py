@@ -56,7 +56,6 @@ MODES: dict[str, str] = {
     "structure": "with the structure mask (heading tokens global)",
     "plain": "without the structure mask (no global heading tokens)",
 }
-HEADING_LEVELS = ["title", "chapter", "section", "subsection", "subsubsection", "paragraph"]
 
 # A small closed list keeps the keyword definition reproducible without any download.
 _STOP_WORDS_TEXT = """
@@ -264,11 +263,13 @@ def encode_scirex(
 def _read_corpus_rows(path: Path, split: str) -> tuple[list[dict], Path]:
     import pyarrow.parquet as pq
 
+    from structformer.dataset_scripts.schema import STRUCTURED, CorpusNotFoundError, find_shards, shard_glob
+
     if path.is_dir():
-        files = sorted((path / "data" / "arxiv_structured").glob(f"{split}-*.parquet"))
+        files = find_shards(path)[STRUCTURED].get(split)
         if not files:
-            raise FileNotFoundError(
-                f"{path}: no data/arxiv_structured/{split}-*.parquet (is this a built corpus folder?)"
+            raise CorpusNotFoundError(
+                f"{path}: no {shard_glob(STRUCTURED, split)} (is this a built corpus folder?)"
             )
     else:
         files = [path]
@@ -277,7 +278,7 @@ def _read_corpus_rows(path: Path, split: str) -> tuple[list[dict], Path]:
         table = pq.read_table(file)
         missing = {"id", "text", "headers"} - set(table.column_names)
         if missing:
-            raise ValueError(f"{file}: not arxiv_structured records, missing columns {sorted(missing)}")
+            raise ValueError(f"{file}: not {STRUCTURED} records, missing columns {sorted(missing)}")
         rows += table.select(["id", "text", "headers"]).to_pylist()
     return rows, files[0]
 

@@ -19,16 +19,18 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-HEADING_LEVELS = ("title", "chapter", "section", "subsection", "subsubsection", "paragraph")
+from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR
+
+# load_corpus lived here; it is the corpus contract's loader now, and still importable from this module.
+from structformer.dataset_scripts.schema import load_corpus as load_corpus
+
 DEFAULT_GLOBAL_ATTENTION_TYPES = ("cls", "title", "section", "subsection", "subsubsection")
-PARAGRAPH_SEPARATOR = "\n\n"
 # Columns that pack_document writes and the collator reads.
 SEQUENCE_FIELDS = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
 
@@ -313,39 +315,6 @@ def sequence_features():
             "length": Value("int32"),
         }
     )
-
-
-def load_corpus(
-    dataset: str,
-    config: str | None,
-    *,
-    cache_dir: str | None = None,
-    required_columns: Sequence[str] = ("text",),
-):
-    """Load a corpus folder or Hub id with ``datasets.load_dataset``, with clear errors for what is missing."""
-    import datasets
-
-    is_local = Path(dataset).exists()
-    if not is_local and (dataset.startswith((".", "/", "~")) or dataset.count("/") > 1):
-        raise FileNotFoundError(f"dataset not found: {dataset} (neither a folder nor a Hub id)")
-    if is_local and config is not None:
-        available = datasets.get_dataset_config_names(dataset)
-        if config not in available:
-            raise ValueError(f"{dataset}: no config {config!r}; available: {available}")
-    try:
-        loaded = datasets.load_dataset(dataset, config, cache_dir=cache_dir)
-    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise FileNotFoundError(f"dataset not found: {dataset} ({err})") from err
-    except ValueError as err:
-        raise ValueError(f"{dataset}: cannot load config {config!r} ({err})") from err
-    for split_name, split in loaded.items():
-        missing = [c for c in required_columns if c not in split.column_names]
-        if missing:
-            raise ValueError(
-                f"{dataset} (config {config!r}, split {split_name!r}): missing column(s) {missing}; "
-                f"columns are {split.column_names}"
-            )
-    return loaded
 
 
 class DataCollatorForStructuredMLM:
