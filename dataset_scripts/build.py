@@ -829,8 +829,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="arXiv bulk archives (arXiv_src_YYMM_NNN.tar), folders of papers, paper folders or .tex/.gz files",
     )
     parser.add_argument(
+        "--output-dir",
         "--output",
         "-o",
+        dest="output",
         required=True,
         help="the corpus folder to write; a rebuild replaces only the build's own files in it",
     )

@@ -9,9 +9,9 @@ import pytest
 import torch
 from factories import WORDS, make_corpus, make_record  # noqa: F401
 
+from structformer.trainers.core import EpochShuffleSampler
 from structformer.trainers.data import (
     DataCollatorForStructuredMLM,
-    EpochShuffleSampler,
     load_corpus,
     pack_batch,
     pack_document,

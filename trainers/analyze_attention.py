@@ -502,7 +502,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: each checkpoint's own)")
     parser.add_argument("--split", default="validation", help="corpus split to probe (corpus folders only)")
     parser.add_argument(
+        "--max-seq-length",
         "--max-length",
+        dest="max_length",
         type=int,
         default=512,
         help="tokens kept per document; memory grows as layers x heads x length^2",

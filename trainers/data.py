@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
 from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR
 
@@ -428,29 +427,6 @@ class DataCollatorForStructuredMLM:
             batch["section_ids"][row, :n] = sections
             batch["section_ids"][row, n:] = sections[-1] if n else 0
         return batch
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of ``range(length)`` that depends only on ``(seed, epoch)``.
-
-    Accelerate shards its batches across processes, so every process and every resumed run sees
-    the same global order.
-    """
-
-    def __init__(self, length: int, seed: int) -> None:
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.length, generator=generator).tolist()
 
 
 class IndexedDataset(torch.utils.data.Dataset):

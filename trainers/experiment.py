@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from structformer.dataset_scripts.build import BuildOptions, build_corpus
 from structformer.dataset_scripts.sample import pack_sample_archive
+from structformer.dataset_scripts.schema import PLAIN, STRUCTURED
 from structformer.errors import run_command
 from structformer.hub_cards.cards import write_model_card
 from structformer.trainers import pretrain
@@ -44,7 +45,7 @@ from structformer.trainers.tokenizer import train_wordpiece
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {"structured": "arxiv_structured", "plain": "arxiv_plain"}
+VARIANTS = {"structured": STRUCTURED, "plain": PLAIN}
 SCIREX_TASKS = ("scirex-ner", "scirex-salient")
 
 

@@ -29,9 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from structformer.dataset_scripts.schema import PLAIN, STRUCTURED
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.trainers.core import (
+    EpochShuffleSampler,
     Loop,
     MetricsLogger,
     NonFiniteLossError,
@@ -50,7 +52,6 @@ from structformer.trainers.core import (
 )
 from structformer.trainers.data import (
     DataCollatorForStructuredMLM,
-    EpochShuffleSampler,
     IndexedDataset,
     load_corpus,
     pack_batch,
@@ -277,7 +278,7 @@ def _config_overrides(args: PretrainArguments) -> dict[str, Any]:
 def load_data(args: PretrainArguments, accelerator: Accelerator) -> tuple[dict[str, Any], bool]:
     """The corpus splits (a validation split held out of train when there is none) and whether the
     rows carry headers that make their heading tokens global."""
-    required = [args.text_column] + (["headers"] if args.dataset_config == "arxiv_structured" else [])
+    required = [args.text_column] + (["headers"] if args.dataset_config == STRUCTURED else [])
     with accelerator.main_process_first():  # one process downloads / prepares the Arrow cache
         raw = dict(
             load_corpus(
@@ -286,7 +287,7 @@ def load_data(args: PretrainArguments, accelerator: Accelerator) -> tuple[dict[s
         )
     if "train" not in raw:
         raise InputError(f"--dataset {args.dataset}: no 'train' split; splits are {sorted(raw)}")
-    use_headers = "headers" in raw["train"].column_names and args.dataset_config != "arxiv_plain"
+    use_headers = "headers" in raw["train"].column_names and args.dataset_config != PLAIN
     if "validation" not in raw and args.validation_split > 0 and len(raw["train"]) > 1:
         held_out = raw["train"].train_test_split(test_size=args.validation_split, seed=args.seed)
         raw = {"train": held_out["train"], "validation": held_out["test"]}
