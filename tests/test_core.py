@@ -175,3 +175,71 @@ def test_metrics_logger_drops_records_after_the_resume_step(tmp_path: Path) -> N
         {"step": 2, "loss": 1.0},
         {"seed": 5, "step": 3, "loss": 0.5},
     ]
+
+
+class _Regression(nn.Module):
+    """A linear model whose loss_fn returns summed squared errors over the rows of a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((self.linear(x).squeeze(-1) - y) ** 2).sum()
+
+
+def _loop_setup(tmp_path: Path, accumulation: int, total_steps: int, **overrides):
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    args = _Args(
+        output_dir=str(tmp_path),
+        learning_rate=0.05,
+        gradient_accumulation_steps=accumulation,
+        save_steps=2,
+        **overrides,
+    )
+    accelerator = core.make_accelerator(args)
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    rows = [{"x": x[i], "y": x[i].sum()} for i in range(8)]
+    loader = DataLoader(rows, batch_size=2, sampler=core.EpochShuffleSampler(8, args.seed))
+    model = _Regression()
+    optimizer = core.build_optimizer(model, args)
+    scheduler = core.build_scheduler(optimizer, args, total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    loop = core.Loop(
+        loss_fn=lambda batch: model(**batch),
+        weight_fn=lambda batch: len(batch["y"]),
+        total_steps=total_steps,
+        metrics=core.MetricsLogger(accelerator, tmp_path / "metrics.jsonl", 0),
+        progress=tqdm(disable=True),
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+    return accelerator, model, optimizer, scheduler, loader, args, loop
+
+
+def test_loop_logs_the_mean_loss_of_each_step_and_checkpoints(tmp_path: Path) -> None:
+    accelerator, model, optimizer, scheduler, loader, args, loop = _loop_setup(
+        tmp_path, 2, 4, logging_steps=1
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first_two = [b for _, b in zip(range(2), iter(loader))]
+    with torch.no_grad():
+        expected = sum(float(model(**b)) for b in first_two) / 4  # 4 rows in the first step
+    core.train(accelerator, model, optimizer, scheduler, loader, args, loop)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and [r["epoch"] for r in records] == [0, 0, 1, 1]
+    assert records[0]["loss"] == pytest.approx(expected, rel=1e-6)
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [s for s, _ in core.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert core.read_checkpoint_state(tmp_path / "checkpoints" / "checkpoint-4")["healthy"] is True
+
+
+def test_loop_refuses_more_accumulation_steps_than_an_epoch_has(tmp_path: Path) -> None:
+    accelerator, model, optimizer, scheduler, loader, args, loop = _loop_setup(tmp_path, 5, 2)
+    with pytest.raises(
+        InputError, match="one epoch has 4 batches per process, fewer than --gradient-accumulation-steps 5"
+    ):
+        core.train(accelerator, model, optimizer, scheduler, loader, args, loop)

@@ -462,7 +462,6 @@ class Loop:
     loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     weight_fn: Callable[[dict[str, torch.Tensor]], float]
     total_steps: int
-    steps_per_epoch: int
     metrics: MetricsLogger
     progress: tqdm
     checkpoint_dir: Path | None = None
@@ -484,7 +483,7 @@ def train(
     """Optimizer steps up to ``loop.total_steps``, from the step of ``resumed`` (a checkpoint's
     state) or 0; returns the last evaluation, if any."""
     step = resumed["step"] if resumed else 0
-    epoch, skip = divmod(step, loop.steps_per_epoch)
+    epoch, skip = divmod(step, steps_per_epoch(loader, args))
     skip *= args.gradient_accumulation_steps
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "lr": 0.0, "start": time.perf_counter()}
     health = _Health(best=(resumed or {}).get("best_loss", math.inf))
@@ -536,6 +535,17 @@ def train(
     return eval_results
 
 
+def steps_per_epoch(loader: Any, args: TrainingArguments) -> int:
+    """Optimizer steps in one pass over ``loader`` (a last incomplete accumulation group is dropped)."""
+    steps = len(loader) // args.gradient_accumulation_steps
+    require(
+        steps > 0,
+        f"one epoch has {len(loader)} batches per process, fewer than --gradient-accumulation-steps "
+        f"{args.gradient_accumulation_steps}; lower it or --per-device-batch-size",
+    )
+    return steps
+
+
 def _accumulate(
     accelerator: Accelerator,
     model: nn.Module,
@@ -557,10 +567,17 @@ def _accumulate(
             loss_sum = loop.loss_fn(batch)
             accelerator.backward(loss_sum * scale / weight)
         step_loss += loss_sum.detach().float()
-        window["tokens"] += int(batch["attention_mask"].sum())
+        window["tokens"] += _tokens(batch)
     if not accelerator.sync_gradients:
         raise RuntimeError("gradient accumulation lost step with the data: no sync on the last micro-batch")
     return (accelerator.reduce(step_loss, "sum") / weight).item()
+
+
+def _tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens in a batch, padding excluded, for tokens per second; 0 for inputs without tokens."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return batch["input_ids"].numel() if "input_ids" in batch else 0
 
 
 def _update(

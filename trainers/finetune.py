@@ -835,7 +835,6 @@ def train_one_seed(
         loss_fn=lambda batch: _batch_loss(model, batch),
         weight_fn=lambda batch: 1,  # the models' losses are batch means
         total_steps=total_steps,
-        steps_per_epoch=max(1, len(train_loader) // args.gradient_accumulation_steps),
         metrics=MetricsLogger(
             accelerator, seed_dir / "metrics.jsonl", state["step"] if state else 0, {"seed": seed}
         ),

@@ -47,6 +47,7 @@ from structformer.trainers.core import (
     require,
     resolve_checkpoint,
     setup_logging,
+    steps_per_epoch,
     train,
     write_json_atomically,
 )
@@ -556,7 +557,7 @@ def _summary(
     packed: dict,
     use_headers: bool,
     model,
-    steps_per_epoch: int,
+    epoch_steps: int,
     accelerator: Accelerator,
 ) -> str:
     global_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -572,7 +573,7 @@ def _summary(
         f"{args.max_seq_length} tokens | model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"window {config.attention_window}, global tokens: {globals_} | {accelerator.num_processes} process(es) x "
         f"{args.per_device_batch_size} x {args.gradient_accumulation_steps} accumulation = {global_batch} sequences "
-        f"per step | {args.max_steps} steps ({steps_per_epoch} per epoch), lr {args.learning_rate:g}, warmup "
+        f"per step | {args.max_steps} steps ({epoch_steps} per epoch), lr {args.learning_rate:g}, warmup "
         f"{args.warmup(args.max_steps)}, {args.mixed_precision} precision | -> {args.output_dir}"
     )
 
@@ -605,9 +606,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     )
     objective, optimizer, train_loader, scheduler = prepared[:4]
     eval_loader = prepared[4] if eval_loader else None
-    steps_per_epoch = len(train_loader) // args.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        raise InputError("one epoch has fewer batches than --gradient-accumulation-steps")
+    epoch_steps = steps_per_epoch(train_loader, args)
     if resumed:
         accelerator.load_state(str(resume_dir))
         for change in apply_optimizer_flags(optimizer, scheduler, args, state.get("optimizer_flags", {})):
@@ -633,7 +632,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()
         }
         accelerator.init_trackers("pretrain", config=tracked)
-    logger.info(_summary(args, config, packed, use_headers, objective, steps_per_epoch, accelerator))
+    logger.info(_summary(args, config, packed, use_headers, objective, epoch_steps, accelerator))
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(accelerator, objective, eval_loader, args.max_eval_batches)
@@ -642,7 +641,6 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         loss_fn=lambda batch: objective(**batch)[0].sum(),
         weight_fn=lambda batch: int((batch["labels"] != -100).sum()),
         total_steps=args.max_steps,
-        steps_per_epoch=steps_per_epoch,
         metrics=metrics,
         progress=tqdm(
             total=args.max_steps,
