@@ -144,7 +144,7 @@ def test_report_matches_results_and_figures_exist(finished: Path) -> None:
     assert set(figures) <= set(embedded)
     for figure in embedded:
         assert (finished / figure).read_bytes()[:4] == b"\x89PNG", figure
-    for option in ("max_steps", "preset", "seed", "max_seq_length"):
+    for option in ("max_steps", "model_config", "seed", "max_seq_length"):
         assert f"`{option}`" in report
     assert not list(finished.parent.glob(".experiment.*")), "temporary folders left behind"
 

@@ -16,7 +16,7 @@ place only when every step has succeeded, so a failed run leaves any earlier ``E
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -27,7 +27,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tqdm.auto import tqdm
 
@@ -38,6 +40,7 @@ from structformer.errors import run_command
 from structformer.hub_cards.cards import write_model_card
 from structformer.trainers import pretrain
 from structformer.trainers.analyze_attention import analyze
+from structformer.trainers.core import parse_arguments, require
 from structformer.trainers.finetune import FinetuneArguments, run_finetune
 from structformer.trainers.pretrain import PretrainArguments, run_pretraining
 from structformer.trainers.report import write_report
@@ -49,8 +52,116 @@ VARIANTS = {"structured": STRUCTURED, "plain": PLAIN}
 SCIREX_TASKS = ("scirex-ner", "scirex-salient")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+@dataclass(kw_only=True)
+class ExperimentArguments:
+    """``structformer experiment`` options. With none it is a few-minute smoke test on the bundled sample."""
+
+    output_dir: str = field(default="experiment", metadata={"help": "where the experiment is written"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder on success"})
+    # corpus
+    sources: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "LaTeX inputs for build-corpus: arXiv source .tar files, paper folders or .tex files "
+            "(default: the bundled sample, packed into an arXiv-style tar)"
+        },
+    )
+    corpus_dir: str | None = field(
+        default=None, metadata={"help": "an already built corpus folder (skips the build)"}
+    )
+    metadata: str | None = field(
+        default=None, metadata={"help": "arXiv metadata snapshot (JSON lines) for the build"}
+    )
+    num_proc: int = field(default=1, metadata={"help": "processes for the corpus build"})
+    validation_fraction: float = field(
+        default=0.15, metadata={"help": "share of documents held out (bits, probe)"}
+    )
+    min_validation: int = field(default=3, metadata={"help": "at least this many held-out documents"})
+    # model and pre-training
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "a tokenizer folder (default: train a WordPiece one)"}
+    )
+    vocab_size: int = field(default=2000, metadata={"help": "size of the trained WordPiece vocabulary"})
+    model_config: str = field(
+        default="tiny",
+        metadata={"help": "model preset name or config JSON (see trainers.presets)", "aliases": ["--preset"]},
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)"},
+    )
+    max_steps: int = field(default=200, metadata={"help": "pre-training steps of each model"})
+    max_seq_length: int = field(default=256, metadata={"help": "tokens per pre-training sequence"})
+    attention_window: int | None = field(default=None, metadata={"help": "override the preset's window"})
+    per_device_batch_size: int = field(default=8, metadata={"help": "sequences per process and micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "default: 5e-4 from scratch, 5e-5 with --init-from"}
+    )
+    warmup_steps: int | None = field(default=None, metadata={"help": "default: 10%% of --max-steps"})
+    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: final model only)"})
+    seed: int = field(default=42, metadata={"help": "pre-training seed, the same for both models"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast dtype"})
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "run the pre-training through `accelerate launch --config_file FILE` (multi-GPU, FSDP, DeepSpeed)"
+        },
+    )
+    # attention analysis
+    probe_max_docs: int = field(default=32, metadata={"help": "validation documents probed"})
+    probe_max_length: int | None = field(
+        default=None, metadata={"help": "tokens per probe document (default: --max-seq-length)"}
+    )
+    # SciREX fine-tuning (only with --scirex)
+    scirex: str | None = field(default=None, metadata={"help": "a SciREX JSON-lines file (e.g. train.jsonl)"})
+    scirex_max_docs: int | None = field(
+        default=None, metadata={"help": "use at most this many SciREX documents"}
+    )
+    seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "fine-tuning seeds"})
+    finetune_epochs: float = field(default=1.0, metadata={"help": "fine-tuning epochs"})
+    finetune_max_steps: int | None = field(
+        default=None, metadata={"help": "cap on fine-tuning steps per run"}
+    )
+    finetune_learning_rate: float | None = field(
+        default=None, metadata={"help": "default: 5e-4 from scratch, 5e-5 with --init-from"}
+    )
+    finetune_max_seq_length: int | None = field(default=None, metadata={"help": "default: --max-seq-length"})
+    finetune_structure: Literal["matched", "always", "never"] = field(
+        default="matched",
+        metadata={
+            "help": "SciREX headings global when fine-tuning: matched = for the structured model only (each model "
+            "reads documents as it was pre-trained), always = for both, never = for neither"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        # A pre-trained start needs BERT-sized steps; the tiny from-scratch model learns nothing with them.
+        default_lr = 5e-5 if self.init_from else 5e-4
+        self.learning_rate = self.learning_rate or default_lr
+        self.finetune_learning_rate = self.finetune_learning_rate or default_lr
+        require(not (self.sources and self.corpus_dir), "give --sources or --corpus-dir, not both")
+        for name in ("max_steps", "max_seq_length", "per_device_batch_size", "vocab_size", "probe_max_docs"):
+            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be positive")
+        for name in (
+            "sources",
+            "corpus_dir",
+            "metadata",
+            "tokenizer",
+            "init_from",
+            "accelerate_config",
+            "scirex",
+        ):
+            values = getattr(self, name)
+            for value in values if isinstance(values, list) else [values] if values else []:
+                require(Path(value).exists(), f"--{name.replace('_', '-')}: {value} does not exist")
+
+
+def parse_args(argv: list[str] | None = None) -> ExperimentArguments:
+    return parse_arguments(
+        ExperimentArguments,
+        argv,
         prog="structformer experiment",
         description=(
             "Pre-train a structured and a plain StructBERT on the same corpus, compare their bits per masked "
@@ -58,124 +169,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "With no options it is a few-minute smoke test on the bundled sample papers."
         ),
     )
-    parser.add_argument("--output-dir", default="experiment", help="where the experiment is written")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output folder on success"
-    )
-    data = parser.add_argument_group("corpus")
-    data.add_argument(
-        "--sources",
-        nargs="+",
-        default=None,
-        help="LaTeX inputs for build-corpus: arXiv source .tar files, paper folders or .tex files "
-        "(default: the bundled sample, packed into an arXiv-style tar)",
-    )
-    data.add_argument("--corpus-dir", default=None, help="an already built corpus folder (skips the build)")
-    data.add_argument("--metadata", default=None, help="arXiv metadata snapshot (JSON lines) for the build")
-    data.add_argument("--num-proc", type=int, default=1, help="processes for the corpus build")
-    data.add_argument(
-        "--validation-fraction", type=float, default=0.15, help="share of documents held out (bits, probe)"
-    )
-    data.add_argument("--min-validation", type=int, default=3, help="at least this many held-out documents")
-    model = parser.add_argument_group("model and pre-training")
-    model.add_argument(
-        "--tokenizer", default=None, help="a tokenizer folder (default: train a WordPiece one)"
-    )
-    model.add_argument(
-        "--vocab-size", type=int, default=2000, help="size of the trained WordPiece vocabulary"
-    )
-    model.add_argument(
-        "--preset", default="tiny", help="model preset name or config JSON (see trainers.presets)"
-    )
-    model.add_argument(
-        "--init-from",
-        default=None,
-        help="start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)",
-    )
-    model.add_argument("--max-steps", type=int, default=200, help="pre-training steps of each model")
-    model.add_argument("--max-seq-length", type=int, default=256)
-    model.add_argument("--attention-window", type=int, default=None, help="override the preset's window")
-    model.add_argument("--per-device-batch-size", type=int, default=8)
-    model.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    model.add_argument(
-        "--learning-rate", type=float, default=None, help="default: 5e-4 from scratch, 5e-5 with --init-from"
-    )
-    model.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of --max-steps")
-    model.add_argument(
-        "--eval-steps", type=int, default=0, help="evaluate every N steps (0: only at the end)"
-    )
-    model.add_argument(
-        "--save-steps", type=int, default=0, help="checkpoint every N steps (0: final model only)"
-    )
-    model.add_argument("--seed", type=int, default=42, help="pre-training seed, the same for both models")
-    model.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    model.add_argument(
-        "--accelerate-config",
-        default=None,
-        help="run the pre-training through `accelerate launch --config_file FILE` (multi-GPU, FSDP, DeepSpeed)",
-    )
-    probe = parser.add_argument_group("attention analysis")
-    probe.add_argument("--probe-max-docs", type=int, default=32, help="validation documents probed")
-    probe.add_argument(
-        "--probe-max-length",
-        type=int,
-        default=None,
-        help="tokens per probe document (default: --max-seq-length)",
-    )
-    scirex = parser.add_argument_group("SciREX fine-tuning (only with --scirex)")
-    scirex.add_argument("--scirex", default=None, help="a SciREX JSON-lines file (e.g. train.jsonl)")
-    scirex.add_argument(
-        "--scirex-max-docs", type=int, default=None, help="use at most this many SciREX documents"
-    )
-    scirex.add_argument("--seeds", type=int, nargs="+", default=[1], help="fine-tuning seeds")
-    scirex.add_argument("--finetune-epochs", type=float, default=1.0)
-    scirex.add_argument(
-        "--finetune-max-steps", type=int, default=None, help="cap on fine-tuning steps per run"
-    )
-    scirex.add_argument(
-        "--finetune-learning-rate",
-        type=float,
-        default=None,
-        help="default: 5e-4 from scratch, 5e-5 with --init-from",
-    )
-    scirex.add_argument("--finetune-max-seq-length", type=int, default=None, help="default: --max-seq-length")
-    scirex.add_argument(
-        "--finetune-structure",
-        choices=["matched", "always", "never"],
-        default="matched",
-        help="SciREX headings global when fine-tuning: matched = for the structured model only (each model "
-        "reads documents as it was pre-trained), always = for both, never = for neither",
-    )
-    args = parser.parse_args(argv)
-    # A pre-trained start needs BERT-sized steps; the tiny from-scratch model learns nothing with them.
-    default_lr = 5e-5 if args.init_from else 5e-4
-    args.learning_rate = args.learning_rate or default_lr
-    args.finetune_learning_rate = args.finetune_learning_rate or default_lr
-    if args.sources and args.corpus_dir:
-        parser.error("give --sources or --corpus-dir, not both")
-    for name in ("max_steps", "max_seq_length", "per_device_batch_size", "vocab_size", "probe_max_docs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in (
-        "sources",
-        "corpus_dir",
-        "metadata",
-        "tokenizer",
-        "init_from",
-        "accelerate_config",
-        "scirex",
-    ):
-        values = getattr(args, name)
-        for value in values if isinstance(values, list) else [values] if values else []:
-            if not Path(value).exists():
-                parser.error(f"--{name.replace('_', '-')}: {value} does not exist")
-    return args
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def build_corpus_step(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
+def build_corpus_step(args: ExperimentArguments, work: Path) -> tuple[Path, dict]:
     """The corpus folder and its build report; builds from the sources unless ``--corpus-dir``."""
     if args.corpus_dir:
         corpus = Path(args.corpus_dir)
@@ -218,7 +217,7 @@ def corpus_texts(corpus: Path, split: str = "train") -> list[str]:
     return [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
 
 
-def tokenizer_step(args: argparse.Namespace, work: Path, corpus: Path) -> Path:
+def tokenizer_step(args: ExperimentArguments, work: Path, corpus: Path) -> Path:
     if args.tokenizer:
         return Path(args.tokenizer)
     if args.init_from:
@@ -231,7 +230,7 @@ def tokenizer_step(args: argparse.Namespace, work: Path, corpus: Path) -> Path:
 
 
 def pretrain_arguments(
-    args: argparse.Namespace, corpus: Path, tokenizer: Path, variant: str, out: Path
+    args: ExperimentArguments, corpus: Path, tokenizer: Path, variant: str, out: Path
 ) -> PretrainArguments:
     """The same options for both variants; only the corpus config (and the output) differ."""
     return PretrainArguments(
@@ -252,12 +251,12 @@ def pretrain_arguments(
         cache_dir=str(out.parent / f".cache-{variant}"),
         output_dir=str(out),
         init_from=str(args.init_from) if args.init_from else None,
-        model_config=args.preset,
+        model_config=args.model_config,
         attention_window=args.attention_window,
     )
 
 
-def pretrain_step(args: argparse.Namespace, pretrain_args: PretrainArguments) -> None:
+def pretrain_step(args: ExperimentArguments, pretrain_args: PretrainArguments) -> None:
     """In this process, or through ``accelerate launch --config_file`` with the same options."""
     if args.accelerate_config:
         command = [
@@ -284,7 +283,7 @@ def read_pretrain_metrics(model_dir: Path) -> dict:
 
 
 def finetune_step(
-    args: argparse.Namespace, variant: str, model_dir: Path, out: Path, runs: dict | None = None
+    args: ExperimentArguments, variant: str, model_dir: Path, out: Path, runs: dict | None = None
 ) -> dict:
     """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}``.
 
@@ -342,8 +341,8 @@ def _with_variant(results: dict, variant: str) -> dict:
 # ----------------------------------------------------------------------------- the run
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+def _settings(args: ExperimentArguments) -> dict:
+    settings = dataclasses.asdict(args)
     settings["probe_max_length"] = args.probe_max_length or args.max_seq_length
     settings["finetune_max_seq_length"] = args.finetune_max_seq_length or args.max_seq_length
     return settings
@@ -365,7 +364,7 @@ def _check_finite(results: dict) -> None:
         walk(entry["downstream"], f"models.{variant}.downstream")
 
 
-def run_experiment(args: argparse.Namespace) -> Path:
+def run_experiment(args: ExperimentArguments) -> Path:
     """Run every step in a temporary folder beside the output, then move it into place."""
     output = Path(args.output_dir).resolve()
     if output.exists() and any(output.iterdir()) and not args.overwrite:
@@ -391,7 +390,7 @@ def _move_into_place(work: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run_steps(args: argparse.Namespace, work: Path, output: Path) -> None:
+def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
 
     models = {variant: work / "models" / variant for variant in VARIANTS}
     timings: dict[str, float] = {}

@@ -257,7 +257,7 @@ def _intro(results: dict, build_report: dict) -> list[str]:
             f"> **This run is a smoke test, not evidence.** It pre-trained for {settings.get('max_steps')} steps "
             f"on {build_report.get('records', '?')} documents. Differences between the two models at this "
             "scale are noise; they show that the pipeline works end to end, nothing about whether structure "
-            "helps. Scale it up with `--sources`, `--preset`, `--init-from`, `--max-steps` and `--scirex`.",
+            "helps. Scale it up with `--sources`, `--model-config`, `--init-from`, `--max-steps` and `--scirex`.",
             "",
         ]
     else:
