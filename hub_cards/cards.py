@@ -38,6 +38,7 @@ from structformer.dataset_scripts.schema import (
 from structformer.dataset_scripts.schema import CONFIG_NAMES as CONFIG_NAMES
 from structformer.dataset_scripts.schema import PLAIN as PLAIN
 from structformer.dataset_scripts.schema import find_shards as find_shards
+from structformer.errors import InputError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -104,9 +105,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+        raise InputError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -148,7 +149,7 @@ def _structured_stats(shards: Mapping[str, list[Path]], tokenizer: Any = None) -
             names = set(pq.ParquetFile(path).schema_arrow.names)
             missing = {"id", "text", "headers"} - names
             if missing:
-                raise ValueError(f"{path}: missing column(s) {sorted(missing)} of {STRUCTURED}")
+                raise InputError(f"{path}: missing column(s) {sorted(missing)} of {STRUCTURED}")
             # The sections repeat the text; reading only what the statistics need bounds memory.
             wanted = [c for c in ("text", "headers", "license", "categories") if c in names]
             table = pq.read_table(path, columns=wanted)
@@ -420,7 +421,7 @@ def _param_count(model_dir: Path) -> int | None:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                     total += math.prod(f.get_slice(key).get_shape())
         except Exception as err:  # safetensors raises its own error type for a damaged header
-            raise ValueError(f"{path}: unreadable safetensors file: {err}") from err
+            raise InputError(f"{path}: unreadable safetensors file: {err}") from err
     return total
 
 
@@ -508,7 +509,7 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{metrics_path}:{number}: invalid JSON: {err.msg}") from err
+                    raise InputError(f"{metrics_path}:{number}: invalid JSON: {err.msg}") from err
         train = [
             (r["step"], r["loss"]) for r in rows if _is_number(r.get("step")) and _is_number(r.get("loss"))
         ]
@@ -572,7 +573,7 @@ def _select_model(results: Mapping[str, Any], model_dir: Path, model_key: str | 
     for key in (model_key, results.get("variant")):
         if key is not None:
             if key not in models:
-                raise ValueError(f"results have no model {key!r}; known: {sorted(models)}")
+                raise InputError(f"results have no model {key!r}; known: {sorted(models)}")
             return key
     resolved = model_dir.resolve()
     for key, entry in models.items():
@@ -583,7 +584,7 @@ def _select_model(results: Mapping[str, Any], model_dir: Path, model_key: str | 
         return model_dir.name
     if len(models) == 1:
         return next(iter(models))
-    raise ValueError(
+    raise InputError(
         f"cannot tell which of the results' models {sorted(models)} is {model_dir}; pass model_key"
     )
 
@@ -725,7 +726,7 @@ def render_model_card(
         raise FileNotFoundError(f"{model_dir}: no config.json (is it a saved StructBERT model folder?)")
     config = _read_json(config_path)
     if config.get("model_type") != "structbert":
-        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'structbert'")
+        raise InputError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'structbert'")
 
     results_dict, results_dir = _load_results(results)
     key = _select_model(results_dict, model_dir, model_key)

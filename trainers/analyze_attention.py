@@ -36,13 +36,24 @@ import json
 import logging
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from structformer import modeling
+from structformer.dataset_scripts.schema import STRUCTURED, CorpusNotFoundError, find_shards, shard_glob
+from structformer.errors import InputError, run_command
+from structformer.modeling import StructBertConfig, StructBertModel
+from structformer.trainers.data import tokenize_with_structure
+from structformer.trainers.report import attention_figures
+from structformer.trainers.scirex import encode_words, heading_levels, section_ids
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +221,6 @@ def encode_record(
     keywords_per_section: int,
 ) -> ProbeDocument:
     """One corpus record, truncated to ``max_length`` tokens, with its keyword tokens marked."""
-    from structformer.trainers.data import tokenize_with_structure
 
     encoded = tokenize_with_structure(
         tokenizer, text, headers, list(global_attention_types), max_length=max_length
@@ -236,7 +246,6 @@ def encode_scirex(
     tokenizer, doc: dict, global_attention_types: Sequence[str], max_length: int
 ) -> ProbeDocument:
     """One SciREX paper, truncated to ``max_length`` tokens; its entity mentions are the keywords."""
-    from structformer.trainers.scirex import encode_words, heading_levels, section_ids
 
     # Every word yields at least one sub-token, so the first max_length words are enough.
     ids, word_index = encode_words(tokenizer, doc["words"][:max_length])
@@ -261,9 +270,6 @@ def encode_scirex(
 
 
 def _read_corpus_rows(path: Path, split: str) -> tuple[list[dict], Path]:
-    import pyarrow.parquet as pq
-
-    from structformer.dataset_scripts.schema import STRUCTURED, CorpusNotFoundError, find_shards, shard_glob
 
     if path.is_dir():
         files = find_shards(path)[STRUCTURED].get(split)
@@ -278,7 +284,7 @@ def _read_corpus_rows(path: Path, split: str) -> tuple[list[dict], Path]:
         table = pq.read_table(file)
         missing = {"id", "text", "headers"} - set(table.column_names)
         if missing:
-            raise ValueError(f"{file}: not {STRUCTURED} records, missing columns {sorted(missing)}")
+            raise InputError(f"{file}: not {STRUCTURED} records, missing columns {sorted(missing)}")
         rows += table.select(["id", "text", "headers"]).to_pylist()
     return rows, files[0]
 
@@ -314,7 +320,7 @@ def load_probe(
         for row_number, row in enumerate(tqdm(rows, desc="tokenize probe", leave=False)):
             headers = row["headers"]
             if headers is None or any(not {"start", "end", "level"} <= set(h) for h in headers):
-                raise ValueError(f"{source}: row {row_number} (id {row['id']!r}) has malformed headers")
+                raise InputError(f"{source}: row {row_number} (id {row['id']!r}) has malformed headers")
             docs.append(
                 encode_record(
                     tokenizer,
@@ -327,9 +333,9 @@ def load_probe(
                 )
             )
     if not docs:
-        raise ValueError(f"probe set {path} holds no documents")
+        raise InputError(f"probe set {path} holds no documents")
     if not any(bool(d.heading_mask.any()) for d in docs):
-        raise ValueError(
+        raise InputError(
             f"probe set {path}: no document has heading tokens within the first {max_length} tokens"
         )
     info = {
@@ -355,8 +361,6 @@ def load_probe(
 
 def load_checkpoint(path: str | Path):
     """The encoder of a StructBERT checkpoint, with a clear error for anything else."""
-    from structformer import modeling
-    from structformer.modeling import StructBertConfig, StructBertModel
 
     path = Path(path)
     config_file = path / "config.json"
@@ -365,9 +369,9 @@ def load_checkpoint(path: str | Path):
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file}: invalid JSON (line {err.lineno}): {err.msg}") from err
+        raise InputError(f"{config_file}: invalid JSON (line {err.lineno}): {err.msg}") from err
     if model_type != StructBertConfig.model_type:
-        raise ValueError(
+        raise InputError(
             f"{config_file}: model_type is {model_type!r}, not 'structbert'; "
             "convert it first with `structformer convert`"
         )
@@ -399,13 +403,9 @@ def analyze(
 
     ``device``: where the models run (default: CUDA when available, else the CPU).
     """
-    from transformers import AutoTokenizer
-
-    from structformer.trainers.report import attention_figures
-
     labels = list(labels) if labels else _default_labels(checkpoints)
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
-        raise ValueError("--labels needs one distinct label per checkpoint")
+        raise InputError("--labels needs one distinct label per checkpoint")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -545,4 +545,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_command("analyze-attention", main))

@@ -28,6 +28,7 @@ from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARA
 
 # load_corpus lived here; it is the corpus contract's loader now, and still importable from this module.
 from structformer.dataset_scripts.schema import load_corpus as load_corpus
+from structformer.errors import InputError
 
 DEFAULT_GLOBAL_ATTENTION_TYPES = ("cls", "title", "section", "subsection", "subsubsection")
 # Columns that pack_document writes and the collator reads.
@@ -76,7 +77,7 @@ def tokenize_with_structure(
         >>> logits = model(**inputs).logits
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("tokenize_with_structure needs a fast tokenizer (it reads character offsets)")
+        raise InputError("tokenize_with_structure needs a fast tokenizer (it reads character offsets)")
     encoding = tokenizer(
         text,
         add_special_tokens=False,
@@ -158,15 +159,15 @@ def _check_headers(headers: Sequence[Mapping[str, Any]], text_length: int) -> li
         try:
             start, end, level = int(header["start"]), int(header["end"]), str(header["level"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
+            raise InputError(
                 f"headers[{k}] must have integer 'start', 'end' and a 'level': {header!r}"
             ) from err
         if not 0 <= start <= end <= text_length:
-            raise ValueError(
+            raise InputError(
                 f"headers[{k}] span [{start}, {end}) lies outside the text (length {text_length})"
             )
         if level not in HEADING_LEVELS:
-            raise ValueError(f"headers[{k}] has unknown level {level!r}; expected one of {HEADING_LEVELS}")
+            raise InputError(f"headers[{k}] has unknown level {level!r}; expected one of {HEADING_LEVELS}")
         spans.append((start, end, level))
     return sorted(spans)
 

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from structformer.dataset_scripts.build import BuildOptions, build_corpus
 from structformer.dataset_scripts.sample import pack_sample_archive
-from structformer.dataset_scripts.schema import PLAIN, STRUCTURED
-from structformer.errors import run_command
+from structformer.dataset_scripts.schema import PLAIN, REPORT_FILE, STRUCTURED, find_shards, shard_glob
+from structformer.errors import InputError, run_command
 from structformer.hub_cards.cards import write_model_card
 from structformer.trainers import pretrain
 from structformer.trainers.analyze_attention import analyze
@@ -178,7 +179,7 @@ def build_corpus_step(args: ExperimentArguments, work: Path) -> tuple[Path, dict
     """The corpus folder and its build report; builds from the sources unless ``--corpus-dir``."""
     if args.corpus_dir:
         corpus = Path(args.corpus_dir)
-        report_file = corpus / "build_report.json"
+        report_file = corpus / REPORT_FILE
         return corpus, json.loads(report_file.read_text()) if report_file.exists() else {}
 
     if args.sources:
@@ -186,34 +187,20 @@ def build_corpus_step(args: ExperimentArguments, work: Path) -> tuple[Path, dict
     else:
         sources = [pack_sample_archive(work / "sources")]
     options = BuildOptions(
-        **_supported(
-            BuildOptions,
-            num_proc=args.num_proc,
-            metadata=args.metadata,
-            validation_fraction=args.validation_fraction,
-            min_validation=args.min_validation,
-        )
+        num_proc=args.num_proc,
+        metadata=args.metadata,
+        validation_fraction=args.validation_fraction,
+        min_validation=args.min_validation,
     )
-    report = build_corpus(sources, work / "corpus", options)
-    if not report.get("records"):
-        raise RuntimeError(f"the corpus build produced no records (rejects: {report.get('reasons')})")
-    return work / "corpus", report
-
-
-def _supported(cls, **values) -> dict:
-    """The keyword arguments that the dataclass ``cls`` accepts, ignoring unset ones."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names and v is not None}
+    # A build without records raises InputError itself.
+    return work / "corpus", build_corpus(sources, work / "corpus", options)
 
 
 def corpus_texts(corpus: Path, split: str = "train") -> list[str]:
-    import pyarrow.parquet as pq
-
-    files = sorted((corpus / "data" / "arxiv_structured").glob(f"{split}-*.parquet"))
+    """The ``text`` column of one split of a built corpus, for the tokenizer."""
+    files = find_shards(corpus)[STRUCTURED].get(split)
     if not files:
-        raise FileNotFoundError(f"{corpus}: no data/arxiv_structured/{split}-*.parquet")
+        raise InputError(f"{corpus}: no {split} shards under {shard_glob(STRUCTURED, split)}")
     return [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
 
 

@@ -42,6 +42,9 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
+from seqeval.metrics import accuracy_score as seqeval_accuracy
+from seqeval.metrics import classification_report
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -271,8 +274,6 @@ def ner_metrics(references: Sequence[Sequence[str]], predictions: Sequence[Seque
     The same numbers as ``evaluate.load("seqeval")`` with its defaults (IOB2-style chunks in
     seqeval's default, non-strict mode), with zero where a ratio is undefined.
     """
-    from seqeval.metrics import accuracy_score, classification_report
-
     report = classification_report(references, predictions, output_dict=True, zero_division=0)
     overall = report.pop("micro avg")
     report.pop("macro avg", None)
@@ -281,7 +282,7 @@ def ner_metrics(references: Sequence[Sequence[str]], predictions: Sequence[Seque
         "f1": float(overall["f1-score"]),
         "precision": float(overall["precision"]),
         "recall": float(overall["recall"]),
-        "accuracy": float(accuracy_score(references, predictions)),
+        "accuracy": float(seqeval_accuracy(references, predictions)),
         "per_type": {
             kind: {
                 "f1": float(scores["f1-score"]),
@@ -298,8 +299,6 @@ def classification_metrics(
     references: Sequence[int], predictions: Sequence[int], *, num_labels: int = 2, positive_label: int = 1
 ) -> dict[str, Any]:
     """Accuracy and F1/precision/recall: binary on ``positive_label`` for two labels, else macro."""
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
-
     average = "binary" if num_labels == 2 else "macro"
     labels = None if num_labels == 2 else list(range(num_labels))
     precision, recall, f1, _ = precision_recall_fscore_support(

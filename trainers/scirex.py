@@ -265,7 +265,7 @@ def encode_words(tokenizer: Any, words: Sequence[str]) -> tuple[np.ndarray, np.n
     labels survive the round trip.
     """
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; word alignment needs one")
+        raise InputError(f"{type(tokenizer).__name__} is not a fast tokenizer; word alignment needs one")
     words = list(words)
     for _ in range(2):
         encoding = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
@@ -275,10 +275,10 @@ def encode_words(tokenizer: Any, words: Sequence[str]) -> tuple[np.ndarray, np.n
         if covered.all():
             return np.asarray(encoding["input_ids"], dtype=np.int64), word_ids
         if tokenizer.unk_token is None:
-            raise ValueError("some words produce no sub-tokens and the tokenizer has no unknown token")
+            raise InputError("some words produce no sub-tokens and the tokenizer has no unknown token")
         for index in np.flatnonzero(~covered):
             words[index] = tokenizer.unk_token
-    raise ValueError("some words produce no sub-tokens even as the unknown token")
+    raise InputError("some words produce no sub-tokens even as the unknown token")
 
 
 def window_starts(num_tokens: int, content_length: int, stride: int) -> list[int]:
@@ -330,7 +330,7 @@ def make_windows(
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls_id is None or sep_id is None:
-        raise ValueError("the tokenizer has no [CLS]/[SEP] tokens to frame windows with")
+        raise InputError("the tokenizer has no [CLS]/[SEP] tokens to frame windows with")
     token_ids, token_words = encode_words(tokenizer, words)
     num_tokens = len(token_ids)
     first = np.ones(num_tokens, dtype=bool)
