@@ -99,6 +99,7 @@ def run_build(data: Path, num_proc: int, timeout: float) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from structformer.dataset_scripts.build import BuildOptions, build_corpus
+    from structformer.dataset_scripts.schema import STRUCTURED, shard_dir
 
     options = BuildOptions(
         num_proc=num_proc,
@@ -121,7 +122,7 @@ def run_build(data: Path, num_proc: int, timeout: float) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         load = (load_before, os.getloadavg()[0])
         rows: dict[str, dict] = {}
-        for shard in sorted((output / "data" / "arxiv_structured").glob("*.parquet")):
+        for shard in sorted(shard_dir(output, STRUCTURED).glob("*.parquet")):
             for row in pq.read_table(shard).to_pylist():
                 rows[row["id"]] = row
     return {"report": report, "seconds": seconds, "rows": rows, "crash": crash, "load_average": load}

@@ -131,3 +131,35 @@ def test_run_command_reads_sys_argv_by_default(monkeypatch: pytest.MonkeyPatch) 
     """What ``if __name__ == "__main__": sys.exit(run_command(NAME, main))`` relies on."""
     monkeypatch.setattr(sys, "argv", ["structformer/convert.py", "--from", "x"])
     assert run_command("convert", lambda argv: 0 if argv == ["--from", "x"] else 1) == 0
+
+
+def test_python_dash_m_runs_the_command_and_trainer_scripts_report_bad_input_in_one_line(
+    tmp_path: Path,
+) -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "structformer", "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("structformer ")
+    script = Path(__file__).resolve().parents[1] / "trainers" / "pretrain.py"
+    missing = str(tmp_path / "nowhere")
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--dataset",
+            missing,
+            "--max-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2, run.stderr
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"structformer pretrain: error: dataset not found: {missing}")
+    )
+    assert "Traceback" not in run.stderr

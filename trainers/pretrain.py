@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from structformer.dataset_scripts.schema import PLAIN, STRUCTURED
+from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.trainers.core import (
@@ -279,7 +279,8 @@ def _config_overrides(args: PretrainArguments) -> dict[str, Any]:
 def load_data(args: PretrainArguments, accelerator: Accelerator) -> tuple[dict[str, Any], bool]:
     """The corpus splits (a validation split held out of train when there is none) and whether the
     rows carry headers that make their heading tokens global."""
-    required = [args.text_column] + (["headers"] if args.dataset_config == STRUCTURED else [])
+    structured = (args.dataset_config or DEFAULT_CONFIG) == STRUCTURED
+    required = [args.text_column] + (["headers"] if structured else [])
     with accelerator.main_process_first():  # one process downloads / prepares the Arrow cache
         raw = dict(
             load_corpus(

@@ -18,6 +18,7 @@ from tokenizers.trainers import WordPieceTrainer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 import structformer.modeling  # noqa: F401  (registers structbert: AutoTokenizer reads a checkpoint's config.json)
+from structformer.dataset_scripts.schema import PLAIN
 from structformer.errors import InputError, run_command
 from structformer.trainers.data import load_corpus
 
@@ -108,7 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dataset", required=True, help="corpus folder or Hub id")
     parser.add_argument(
-        "--dataset-config", default="arxiv_plain", help="config to read (default: arxiv_plain)"
+        "--dataset-config",
+        default=PLAIN,
+        help=f"config to read (default: {PLAIN}, the same text without spans)",
     )
     parser.add_argument("--split", default="train")
     parser.add_argument("--text-column", default="text")
