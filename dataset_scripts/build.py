@@ -598,7 +598,7 @@ def _check_overlap(sources: list[Path], output_dir: Path) -> None:
         real = Path(os.path.realpath(source))
         if real.is_dir() and out.is_relative_to(real):
             raise InputError(
-                f"--output {output_dir} is inside the source folder {source}: a rebuild would read the corpus "
+                f"--output-dir {output_dir} is inside the source folder {source}: a rebuild would read the corpus "
                 "as a paper; choose an output folder outside the sources"
             )
         if any(real.is_relative_to(folder) for folder in owned):
@@ -622,7 +622,7 @@ def _lock_output(output_dir: Path) -> int:
                 os.close(fd)
                 raise InputError(
                     f"{output_dir}: another build-corpus is writing this folder (it holds {LOCK_FILE}); "
-                    "wait for it to end or choose another --output"
+                    "wait for it to end or choose another --output-dir"
                 ) from None
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -651,17 +651,17 @@ def _check_output(output_dir: Path) -> None:
     """
     report, card = output_dir / REPORT_FILE, output_dir / CARD_FILE
     if report.exists() and (report.is_symlink() or not report.is_file()):
-        raise InputError(f"{report}: not a build report; move it away or choose another --output")
+        raise InputError(f"{report}: not a build report; move it away or choose another --output-dir")
     if card.exists() and not report.exists():
         raise InputError(
             f"{card}: not the card of an earlier build (no {REPORT_FILE} beside it); "
-            "move it away or choose another --output"
+            "move it away or choose another --output-dir"
         )
     data = output_dir / DATA_DIR
     for folder in (data, *(shard_dir(output_dir, config) for config in CONFIG_NAMES)):
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise InputError(
-                f"{folder}: not a folder of this corpus; move it away or choose another --output"
+                f"{folder}: not a folder of this corpus; move it away or choose another --output-dir"
             )
     for config in CONFIG_NAMES:
         folder = shard_dir(output_dir, config)
@@ -669,7 +669,7 @@ def _check_output(output_dir: Path) -> None:
             if SHARD_NAME.match(entry.name) is None or entry.is_symlink() or not entry.is_file():
                 raise InputError(
                     f"{entry}: not a shard of an earlier build, and {folder} is replaced as a whole; "
-                    "move it away or choose another --output"
+                    "move it away or choose another --output-dir"
                 )
 
 
@@ -705,7 +705,7 @@ def build_corpus(
     if options.metadata and not Path(options.metadata).is_file():
         raise InputError(f"--metadata {options.metadata}: no such file")
     if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"{output_dir}: exists and is not a folder; choose another --output")
+        raise InputError(f"{output_dir}: exists and is not a folder; choose another --output-dir")
     created = not output_dir.exists()
     lock = _lock_output(output_dir)
     try:

@@ -54,7 +54,7 @@ def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sample_corpus(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("corpus") / "sample"
-    assert main([str(sample_archive), "--output", str(output), "--num-proc", "2", "--no-progress"]) == 0
+    assert main([str(sample_archive), "--output-dir", str(output), "--num-proc", "2", "--no-progress"]) == 0
     return output
 
 
@@ -243,7 +243,7 @@ def test_bad_metadata_sources_and_options_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="validation_fraction"):
         _options(validation_fraction=1.0)
     with pytest.raises(InputError, match="footnotes must be"):
-        main([str(bad), "--output", str(tmp_path / "out"), "--latex-option", 'footnotes="nope"'])
+        main([str(bad), "--output-dir", str(tmp_path / "out"), "--latex-option", 'footnotes="nope"'])
     assert not (tmp_path / "out").exists()
 
 

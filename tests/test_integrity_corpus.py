@@ -160,7 +160,7 @@ def test_output_inside_a_source_is_refused(tmp_path: Path) -> None:
 def test_empty_splits_are_left_out_and_the_rest_loads(tmp_path: Path) -> None:
     out, cache = tmp_path / "corpus", str(tmp_path / "cache")
     report = main(
-        [str(_papers(tmp_path / "one", ["a"])), "--output", str(out), "--no-progress", "--min-chars", "0"]
+        [str(_papers(tmp_path / "one", ["a"])), "--output-dir", str(out), "--no-progress", "--min-chars", "0"]
     )
     assert report == 0
     assert json.loads((out / "build_report.json").read_text())["splits"] == {"train": 1, "validation": 0}
@@ -378,7 +378,7 @@ def test_unwritable_output_is_a_one_line_input_error(tmp_path: Path) -> None:
         (blocker, r"blocker: exists and is not a folder"),
     ]:
         with pytest.raises(InputError, match=message) as caught:
-            main([str(sources), "--output", str(output), "--no-progress"])
+            main([str(sources), "--output-dir", str(output), "--no-progress"])
         assert "\n" not in str(caught.value)
 
 
