@@ -5,11 +5,21 @@ from transformers import PreTrainedConfig
 LOCAL_ATTENTION_SCOPES = ("window", "section")
 GLOBAL_ATTENTION_TYPES = ("cls", "title", "chapter", "section", "subsection", "subsubsection", "paragraph")
 DEFAULT_GLOBAL_ATTENTION_TYPES = ["cls", "title", "section", "subsection", "subsubsection"]
+# Sizes that must be positive integers (what `@strict` checked in transformers' own configs).
+POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
 
 
 # transformers makes every PreTrainedConfig subclass a keyword-only dataclass of its annotated fields. Its own
 # configs add huggingface_hub's `@strict` (type checks on assignment); remote code imports only torch and
-# transformers, so the values are checked here, by `validate_structure`.
+# transformers, so the types and values are checked here, by `validate_structure`.
 class StructBertConfig(PreTrainedConfig):
     r"""
     Configuration of a StructBERT model: a BERT encoder whose self-attention is local (a sliding window) for
@@ -91,7 +101,17 @@ class StructBertConfig(PreTrainedConfig):
         self.validate_structure()
 
     def validate_structure(self) -> None:
-        """Raise a ValueError naming the field when the attention pattern is ill-defined."""
+        """Raise a ValueError naming the field when a size or the attention pattern is ill-defined."""
+        for name in POSITIVE_INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1
+            ):
+                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
@@ -107,7 +127,7 @@ class StructBertConfig(PreTrainedConfig):
         else:
             windows = [windows]
         for window in windows:
-            if window <= 0 or window % 2 != 0:
+            if isinstance(window, bool) or not isinstance(window, int) or window <= 0 or window % 2 != 0:
                 raise ValueError(
                     f"attention_window must be a positive even number (a token attends to +-window/2), got {window}"
                 )

@@ -375,6 +375,12 @@ def test_parameter_names_and_tied_decoder(make_tiny_config):
         ({"local_attention_scope": "paragraph"}, "local_attention_scope"),
         ({"global_attention_types": ["cls", "footnote"]}, "footnote"),
         ({"num_attention_heads": 5}, "multiple"),
+        ({"hidden_size": "32"}, "hidden_size must be a positive integer, got '32'"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+        ({"vocab_size": 99.0}, "vocab_size must be a positive integer"),
+        ({"attention_window": 4.0}, "even"),
+        ({"hidden_dropout_prob": 1.0}, "hidden_dropout_prob must be a probability"),
+        ({"classifier_dropout": "0.1"}, "classifier_dropout must be a probability"),
     ],
 )
 def test_config_validation(tiny_config_kwargs, overrides, message):
