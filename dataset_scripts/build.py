@@ -74,6 +74,7 @@ from structformer.dataset_scripts.schema import (
     shard_name,
 )
 from structformer.errors import InputError
+from structformer.hub_cards.cards import write_dataset_card
 
 logger = logging.getLogger(__name__)
 
@@ -804,8 +805,6 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
 
 
 def _write_card(corpus_dir: Path) -> Path:
-    from structformer.hub_cards.cards import write_dataset_card
-
     return write_dataset_card(corpus_dir)
 
 

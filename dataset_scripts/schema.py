@@ -16,15 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import datasets
 import pyarrow.parquet as pq
 from datasets import Features, List, Value
 
 from structformer.errors import InputError
-
-if TYPE_CHECKING:
-    import datasets
 
 STRUCTURED = "arxiv_structured"
 PLAIN = "arxiv_plain"
@@ -169,8 +166,6 @@ def load_corpus(
     would return the old rows, whereas the Parquet builder keys its cache on each file's path and
     modification time. ``config=None`` is the default config (``arxiv_structured``).
     """
-    import datasets
-
     if Path(dataset).expanduser().exists():
         files = data_files(Path(dataset).expanduser(), config or DEFAULT_CONFIG)
         loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=cache_dir)

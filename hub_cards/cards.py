@@ -9,6 +9,7 @@ leaves its section out: a generated card never carries placeholder text.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -22,8 +23,11 @@ from typing import Any
 import jinja2
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from matplotlib.figure import Figure
+from safetensors import safe_open
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 # CONFIG_NAMES, PLAIN and find_shards are also read through this module (publish, tests).
 from structformer.dataset_scripts.schema import (
@@ -126,8 +130,6 @@ def _size_category(n: int) -> str:
 def _load_tokenizer(tokenizer: Any) -> Any:
     if tokenizer is None or not isinstance(tokenizer, (str, Path)):
         return tokenizer
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(tokenizer))
 
 
@@ -409,8 +411,6 @@ def _mean_std(entry: Any) -> str | None:
 
 
 def _param_count(model_dir: Path) -> int | None:
-    from safetensors import safe_open
-
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         return None
@@ -532,14 +532,8 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
 
 def _loss_curve_png(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> bytes:
     """The training curve as PNG bytes: training loss, and validation bits per masked token when logged."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = Figure(figsize=(6, 3.5), dpi=120)
+    ax = fig.subplots()
     # The logged loss is cross-entropy in nats; shown in bits so both curves share one axis.
     ax.plot([step for step, _ in train], [loss / math.log(2) for _, loss in train], label="training")
     if evals:
@@ -551,7 +545,6 @@ def _loss_curve_png(train: list[tuple[int, float]], evals: list[tuple[int, float
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -598,8 +591,6 @@ def _evaluation(
     display_name: str,
 ) -> tuple[dict[str, Any] | None, list[Any], list[Path]]:
     """The card's evaluation tables, its model-index entries, and the figures to copy."""
-    from huggingface_hub import EvalResult
-
     models = results.get("models") or {}
     own_pretrain = (models.get(key) or {}).get("pretrain") if key else None
     pretrain_source = "the experiment's `results.json`"

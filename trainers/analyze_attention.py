@@ -53,7 +53,7 @@ from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertModel
 from structformer.trainers.data import tokenize_with_structure
 from structformer.trainers.report import attention_figures
-from structformer.trainers.scirex import encode_words, heading_levels, section_ids
+from structformer.trainers.scirex import encode_words, heading_levels, load_scirex, section_ids
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +304,6 @@ def load_probe(
     if not path.exists():
         raise FileNotFoundError(f"probe set {path} does not exist")
     if path.suffix in (".jsonl", ".json"):
-        from structformer.trainers.scirex import load_scirex
-
         kind = "scirex"
         papers = load_scirex(path)[:max_docs] if max_docs else load_scirex(path)
         docs = [

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import datasets
 import torch
+import transformers
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from torch import nn
@@ -407,9 +409,6 @@ def setup_logging(accelerator: Accelerator) -> None:
         logging.basicConfig(format=LOG_FORMAT, level=logging.INFO, stream=sys.stderr)
     logging.getLogger("structformer").setLevel(logging.INFO)
     if not accelerator.is_main_process:
-        import datasets
-        import transformers
-
         datasets.utils.logging.set_verbosity_error()
         datasets.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Features, Value
+from datasets import Sequence as ArrowSequence
 
 from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR
 
@@ -303,15 +305,13 @@ def pack_batch(
 
 def sequence_features():
     """Compact Arrow types for the cached packed sequences."""
-    from datasets import Features, Sequence, Value
-
     return Features(
         {
-            "input_ids": Sequence(Value("int32")),
-            "global_attention_mask": Sequence(Value("int8")),
-            "section_ids": Sequence(Value("int32")),
-            "heading_mask": Sequence(Value("int8")),
-            "word_ids": Sequence(Value("int32")),
+            "input_ids": ArrowSequence(Value("int32")),
+            "global_attention_mask": ArrowSequence(Value("int8")),
+            "section_ids": ArrowSequence(Value("int32")),
+            "heading_mask": ArrowSequence(Value("int8")),
+            "word_ids": ArrowSequence(Value("int32")),
             "length": Value("int32"),
         }
     )

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from matplotlib.figure import Figure
 from safetensors.torch import load_file, save_file
 from seqeval.metrics import accuracy_score as seqeval_accuracy
 from seqeval.metrics import classification_report
@@ -862,15 +863,11 @@ def train_one_seed(
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Bars of mean ± std over seeds: overall metrics, and F1 per type when there are types."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = results["metrics"]
     overall = [name for name in ("f1", "precision", "recall", "accuracy") if name in metrics]
     per_type = metrics.get("per_type", {})
-    figure, axes = plt.subplots(1, 2 if per_type else 1, figsize=(11 if per_type else 6, 4), squeeze=False)
+    figure = Figure(figsize=(11 if per_type else 6, 4))
+    axes = figure.subplots(1, 2 if per_type else 1, squeeze=False)
     panels = [(axes[0][0], overall, [metrics[n] for n in overall], "overall")]
     if per_type:
         panels.append(
@@ -891,7 +888,6 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from structformer.convert import convert_checkpoint
 from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
@@ -359,8 +360,6 @@ def model_config(
         usable = source_config["max_position_embeddings"] - (0 if init.model_type == "bert" else 2)
         with accelerator.main_process_first():
             if accelerator.is_main_process:
-                from structformer.convert import convert_checkpoint
-
                 logger.info("converting %s checkpoint %s -> %s", init.model_type, init.path, source)
                 convert_checkpoint(
                     init.path,
