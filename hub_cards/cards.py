@@ -43,6 +43,7 @@ from structformer.dataset_scripts.schema import CONFIG_NAMES as CONFIG_NAMES
 from structformer.dataset_scripts.schema import PLAIN as PLAIN
 from structformer.dataset_scripts.schema import find_shards as find_shards
 from structformer.errors import InputError
+from structformer.trainers.results import check_results, read_results
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -552,11 +553,8 @@ def _load_results(results: Mapping[str, Any] | str | Path | None) -> tuple[dict,
     if results is None:
         return {}, None
     if isinstance(results, (str, Path)):
-        path = Path(results)
-        if not path.is_file():
-            raise FileNotFoundError(f"results file {path} does not exist")
-        return _read_json(path), path.parent
-    return dict(results), None
+        return dict(read_results(results)), Path(results).parent
+    return dict(check_results(results, "results")), None
 
 
 def _select_model(results: Mapping[str, Any], model_dir: Path, model_key: str | None) -> str | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from structformer.trainers.core import parse_arguments, require
 from structformer.trainers.finetune import FinetuneArguments, run_finetune
 from structformer.trainers.pretrain import PretrainArguments, run_pretraining
 from structformer.trainers.report import write_report
+from structformer.trainers.results import RESULTS_FILE, ExperimentResults, write_results
 from structformer.trainers.tokenizer import train_wordpiece
 
 logger = logging.getLogger(__name__)
@@ -335,22 +335,6 @@ def _settings(args: ExperimentArguments) -> dict:
     return settings
 
 
-def _check_finite(results: dict) -> None:
-    def walk(value, where: str) -> None:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"results.json: {where} is not finite ({value})")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{where}.{k}")
-        if isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{where}[{i}]")
-
-    for variant, entry in results["models"].items():
-        walk(entry["pretrain"], f"models.{variant}.pretrain")
-        walk(entry["downstream"], f"models.{variant}.downstream")
-
-
 def run_experiment(args: ExperimentArguments) -> Path:
     """Run every step in a temporary folder beside the output, then move it into place."""
     output = Path(args.output_dir).resolve()
@@ -438,7 +422,7 @@ def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
             bar.update(1)
 
         bar.set_postfix_str("report")
-        results = {
+        results: ExperimentResults = {
             "settings": _settings(args),
             "models": {
                 variant: {
@@ -454,8 +438,7 @@ def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
                 "figures": [f"attention/{name}" for name in state["attention"]["figures"]],
             },
         }
-        _check_finite(results)
-        (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_results(work / RESULTS_FILE, results)
         cards = write_model_cards(models, results)
         write_report(
             results,

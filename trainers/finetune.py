@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import math
-import statistics
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ from structformer.trainers.core import (
     train,
     write_json_atomically,
 )
+from structformer.trainers.results import summarize
 from structformer.trainers.scirex import (
     NER_LABELS,
     bio_labels,
@@ -311,16 +311,6 @@ def classification_metrics(
         "recall": float(recall),
         "accuracy": float(accuracy_score(references, predictions)),
         "average": average,
-    }
-
-
-def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (0 for a single seed) and the values themselves."""
-    values = [float(v) for v in values]
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
     }
 
 
