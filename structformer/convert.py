@@ -414,7 +414,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Convert a local BERT, RoBERTa or Longformer checkpoint (masked-LM or encoder) to StructBERT.",
     )
     parser.add_argument("--from", dest="src", required=True, type=Path, help="source checkpoint folder")
-    parser.add_argument("--to", dest="dst", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--to", "--output-dir", dest="dst", required=True, type=Path, help="output folder (empty or new)"
+    )
     parser.add_argument(
         "--max-position-embeddings",
         type=int,

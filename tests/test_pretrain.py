@@ -455,3 +455,28 @@ def test_tokenizer_model_config_packing_and_loaders(setup, tmp_path):
             config,
             True,
         )
+
+
+def test_build_model_and_save_final_write_a_loadable_model(setup, tmp_path):
+    from accelerate import Accelerator
+
+    from structformer.modeling import StructBertForMaskedLM
+    from structformer.trainers.tokenizer import load_tokenizer
+
+    accelerator = Accelerator(cpu=True)
+    options = _options(setup, tmp_path / "o")
+    tokenizer = load_tokenizer(setup["tokenizer"])
+    config, _ = pretrain.model_config(options, accelerator, tokenizer, None)
+    objective = accelerator.prepare(pretrain.MaskedLMObjective(pretrain.build_model(options, config, None)))
+    evaluation = {"step": 7, "eval_loss": 2.0, "eval_bits_per_masked_token": 2.885, "eval_perplexity": 7.39}
+    out = tmp_path / "final"
+    summary = pretrain.save_final(
+        accelerator, objective, tokenizer, out, {**evaluation, "eval_masked_tokens": 3}
+    )
+    assert summary == evaluation == json.loads((out / "eval_results.json").read_text())
+    reloaded = StructBertForMaskedLM.from_pretrained(out)
+    for name, tensor in objective.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    assert (out / "tokenizer.json").is_file() and (out / "modeling_structbert.py").is_file()
+    assert pretrain.save_final(accelerator, objective, tokenizer, tmp_path / "no-eval", None) == {}
+    assert not (tmp_path / "no-eval" / "eval_results.json").exists()
