@@ -480,3 +480,17 @@ def test_build_model_and_save_final_write_a_loadable_model(setup, tmp_path):
     assert (out / "tokenizer.json").is_file() and (out / "modeling_structbert.py").is_file()
     assert pretrain.save_final(accelerator, objective, tokenizer, tmp_path / "no-eval", None) == {}
     assert not (tmp_path / "no-eval" / "eval_results.json").exists()
+
+
+def test_resume_refuses_another_seed_or_global_batch(setup, tmp_path):
+    out = tmp_path / "out"
+    assert pretrain.main(base_args(setup, out, "--eval-steps", "0", steps=2)) == 0
+    resume = [*base_args(setup, out, "--eval-steps", "0", steps=3), "--resume-from-checkpoint", "latest"]
+    with pytest.raises(
+        InputError, match=r"checkpoint-2 was saved with global_batch_size 4 and this run has 2"
+    ):
+        pretrain.main([*resume, "--per-device-batch-size", "2"])
+    with pytest.raises(InputError, match=r"saved with seed 42 and this run has 7"):
+        pretrain.main([*resume, "--seed", "7"])
+    # The same global batch in another layout continues the run.
+    assert pretrain.main([*resume, "--per-device-batch-size", "2", "--gradient-accumulation-steps", "2"]) == 0

@@ -366,6 +366,39 @@ def save_checkpoint(
     return final
 
 
+def global_batch_size(accelerator: Accelerator, args: TrainingArguments) -> int:
+    """Sequences per optimizer step: per-device batch x processes x accumulation."""
+    return args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+
+
+def restore_checkpoint(
+    accelerator: Accelerator,
+    checkpoint: tuple[Path, dict],
+    optimizer: Any,
+    scheduler: Any,
+    args: TrainingArguments,
+) -> dict[str, Any]:
+    """``load_state`` of a resolved checkpoint, once it is clear that this run can continue it exactly;
+    changed optimizer flags are applied and logged. Returns the checkpoint's state.
+
+    The data order and the position in it follow from the seed and the global batch, so a resume that
+    changes either would silently train on other data than the run it continues: refused.
+    """
+    path, state = checkpoint
+    for name, ours in (("seed", args.seed), ("global_batch_size", global_batch_size(accelerator, args))):
+        if state.get(name) is not None and state[name] != ours:
+            raise InputError(
+                f"{path} was saved with {name} {state[name]} and this run has {ours}; the data order of a resumed "
+                "run follows from both: resume with the same --seed and per-device batch x processes x "
+                "accumulation, or start a new --output-dir"
+            )
+    accelerator.load_state(str(path))
+    for change in apply_optimizer_flags(optimizer, scheduler, args, state.get("optimizer_flags", {})):
+        logger.info("resume: applying the changed flag %s", change, main_process_only=True)
+    logger.info("resumed from %s at step %d", path, state["step"], main_process_only=True)
+    return state
+
+
 def healthy_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest checkpoint saved with a finite, non-exploding loss and finite weights."""
     for _, path in reversed(list_checkpoints(checkpoint_dir)):
@@ -525,6 +558,7 @@ def train(
                 window["start"] = time.perf_counter()
             if loop.checkpoint_dir is not None and args.save_steps and step % args.save_steps == 0:
                 state = {"epoch": epoch, "seed": args.seed, **health.checkpoint(accelerator, model)}
+                state["global_batch_size"] = global_batch_size(accelerator, args)
                 state["optimizer_flags"] = {name: getattr(args, name) for name in OPTIMIZER_FLAGS}
                 save_checkpoint(
                     accelerator, loop.checkpoint_dir, step, state, args.save_total_limit, loop.save_extra

@@ -64,13 +64,13 @@ from structformer.trainers.core import (
     Loop,
     MetricsLogger,
     TrainingArguments,
-    apply_optimizer_flags,
     build_optimizer,
     build_scheduler,
     make_accelerator,
     parse_arguments,
     require,
     resolve_checkpoint,
+    restore_checkpoint,
     setup_logging,
     train,
     write_json_atomically,
@@ -815,12 +815,8 @@ def train_one_seed(
     resumed = resolve_checkpoint(args.resume_from_checkpoint, checkpoints)
     state = None
     if resumed is not None:
-        path, state = resumed
-        accelerator.load_state(str(path))
-        for change in apply_optimizer_flags(optimizer, scheduler, args, state.get("optimizer_flags", {})):
-            logger.info("seed %d: resume applies the changed flag %s", seed, change)
+        state = restore_checkpoint(accelerator, resumed, optimizer, scheduler, seed_args)
         progress.update(state["step"])
-        logger.info("seed %d: resumed from %s", seed, path)
     loop = Loop(
         loss_fn=lambda batch: _batch_loss(model, batch),
         weight_fn=lambda batch: 1,  # the models' losses are batch means

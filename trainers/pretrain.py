@@ -39,14 +39,15 @@ from structformer.trainers.core import (
     MetricsLogger,
     NonFiniteLossError,
     TrainingArguments,
-    apply_optimizer_flags,
     build_optimizer,
     build_scheduler,
+    global_batch_size,
     list_checkpoints,
     make_accelerator,
     parse_arguments,
     require,
     resolve_checkpoint,
+    restore_checkpoint,
     setup_logging,
     steps_per_epoch,
     train,
@@ -560,7 +561,7 @@ def _summary(
     epoch_steps: int,
     accelerator: Accelerator,
 ) -> str:
-    global_batch = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    global_batch = global_batch_size(accelerator, args)
     globals_ = (
         list(config.global_attention_types)
         if use_headers
@@ -608,19 +609,14 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     eval_loader = prepared[4] if eval_loader else None
     epoch_steps = steps_per_epoch(train_loader, args)
     if resumed:
-        accelerator.load_state(str(resume_dir))
-        for change in apply_optimizer_flags(optimizer, scheduler, args, state.get("optimizer_flags", {})):
-            logger.info("resume: applying the changed flag %s", change)
-        logger.info("resumed from %s at step %d", resume_dir, state["step"])
+        restore_checkpoint(accelerator, resumed, optimizer, scheduler, args)
 
     metrics = MetricsLogger(accelerator, output_dir / "metrics.jsonl", state["step"] if state else 0)
     if accelerator.is_main_process:
         run_args = {
             **args.to_dict(),
             "num_processes": accelerator.num_processes,
-            "global_batch_size": args.per_device_batch_size
-            * accelerator.num_processes
-            * args.gradient_accumulation_steps,
+            "global_batch_size": global_batch_size(accelerator, args),
             "structured": use_headers,
             "train_sequences": len(packed["train"]),
             "validation_sequences": len(packed.get("validation", [])),
