@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Nothing may download at test time: the Hub clients fail at once instead of retrying a network that
+# is not there (set before transformers and huggingface_hub read it at import).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

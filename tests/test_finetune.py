@@ -188,8 +188,12 @@ def test_a_checkpoint_that_is_not_structbert_is_named(tmp_path: Path) -> None:
         check_structbert(str(bert))
     with pytest.raises(ValueError, match="no config.json"):
         check_structbert(str(tmp_path))
-    with pytest.raises(ValueError, match="missing-folder: no checkpoint folder there"):
+    with pytest.raises(ValueError, match="missing-folder: no such folder"):
         check_structbert(str(tmp_path / "missing-folder"))
+    with pytest.raises(
+        ValueError, match="no-such-org/no-such-model: no checkpoint folder there, nor one in the Hub cache"
+    ):
+        check_structbert("no-such-org/no-such-model")
 
 
 def test_options_are_checked(tmp_path: Path) -> None:

@@ -410,6 +410,8 @@ class StructBertForMentionClassification(nn.Module):
 def check_structbert(path: str) -> Any:
     """The checkpoint's config; a clear error when ``path`` is not a StructBERT checkpoint."""
     config_file = Path(path) / "config.json"
+    if not Path(path).exists() and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
+        raise InputError(f"--model {path}: no such folder; give a StructBERT checkpoint folder")
     if Path(path).is_dir() and not config_file.is_file():
         raise InputError(f"--model {path}: no config.json there; expected a StructBERT checkpoint folder")
     if config_file.is_file():
