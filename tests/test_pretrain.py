@@ -309,6 +309,13 @@ def test_init_from_checks_the_tokenizer_and_converts_bert(setup, tmp_path):
         pretrain.main([*common, "--tokenizer", str(other)])
     assert not out.exists()
     assert pretrain.main([*common, "--eval-steps", "0", "--save-steps", "0"]) == 0
+    # Again into the same folder (no checkpoint to resume, so from the start): the conversion is redone.
+    assert (
+        pretrain.main(
+            [*common, "--eval-steps", "0", "--save-steps", "0", "--resume-from-checkpoint", "latest"]
+        )
+        == 0
+    )
     from structformer.modeling import StructBertForMaskedLM
 
     model = StructBertForMaskedLM.from_pretrained(out)

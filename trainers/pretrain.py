@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,6 +363,8 @@ def model_config(
         with accelerator.main_process_first():
             if accelerator.is_main_process:
                 logger.info("converting %s checkpoint %s -> %s", init.model_type, init.path, source)
+                # The run's own derived copy, made again by every run and resume (convert refuses a used folder).
+                shutil.rmtree(source, ignore_errors=True)
                 convert_checkpoint(
                     init.path,
                     source,
