@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Pre-train the plain twin: the same tokens and options as the structured run, no global heading tokens.
+# Pre-train the plain twin: the same tokens and options as the structured run, no global token at all (the
+# paper's vanilla arm: not even [CLS]).
 #
 #   CORPUS=path/or/hub-id OUT=runs/plain bash examples/pretrain_plain.sh
 #   ACCELERATE_CONFIG=examples/accelerate_configs/ddp.yaml bash examples/pretrain_plain.sh   # multi-GPU
@@ -27,6 +28,8 @@ model_args=(--model-config "${MODEL_CONFIG:-base}")
   --dataset "$CORPUS" \
   --dataset-config arxiv_plain \
   "${model_args[@]}" \
+  --global-attention-types none \
+  --attention-window 256 \
   --max-seq-length 4096 \
   --per-device-batch-size 2 \
   --gradient-accumulation-steps 16 \

@@ -27,6 +27,7 @@ model_args=(--model-config "${MODEL_CONFIG:-base}")
   --dataset "$CORPUS" \
   --dataset-config arxiv_structured \
   "${model_args[@]}" \
+  --attention-window 256 \
   --max-seq-length 4096 \
   --per-device-batch-size 2 \
   --gradient-accumulation-steps 16 \

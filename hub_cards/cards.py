@@ -515,9 +515,9 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
             (r["step"], r["loss"]) for r in rows if _is_number(r.get("step")) and _is_number(r.get("loss"))
         ]
         evals = [
-            (r["step"], r["eval_bits_per_masked_token"])
+            (r["step"], r["eval_bits_per_mask_token"])
             for r in rows
-            if _is_number(r.get("step")) and _is_number(r.get("eval_bits_per_masked_token"))
+            if _is_number(r.get("step")) and _is_number(r.get("eval_bits_per_mask_token"))
         ]
         if train:
             summary.append(
@@ -532,7 +532,7 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
 
 
 def _loss_curve_png(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> bytes:
-    """The training curve as PNG bytes: training loss, and validation bits per masked token when logged."""
+    """The training curve as PNG bytes: training loss, and validation bits per [MASK] token when logged."""
     fig = Figure(figsize=(6, 3.5), dpi=120)
     ax = fig.subplots()
     # The logged loss is cross-entropy in nats; shown in bits so both curves share one axis.
@@ -540,7 +540,7 @@ def _loss_curve_png(train: list[tuple[int, float]], evals: list[tuple[int, float
     if evals:
         ax.plot(*zip(*evals), marker="o", label="validation")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("bits per masked token")
+    ax.set_ylabel("bits per [MASK] token")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -600,7 +600,7 @@ def _evaluation(
 
     eval_results: list[Any] = []
     for metric, name in (
-        ("eval_bits_per_masked_token", "Bits per masked token"),
+        ("eval_bits_per_mask_token", "Bits per [MASK] token"),
         ("eval_perplexity", "Perplexity"),
     ):
         value = (own_pretrain or {}).get(metric)
@@ -643,7 +643,7 @@ def _evaluation(
     pretrain_rows = []
     for name, entry in models.items():
         pretrain = (entry or {}).get("pretrain") or {}
-        bits, ppl = pretrain.get("eval_bits_per_masked_token"), pretrain.get("eval_perplexity")
+        bits, ppl = pretrain.get("eval_bits_per_mask_token"), pretrain.get("eval_perplexity")
         if _is_number(bits) or _is_number(ppl):
             pretrain_rows.append(
                 {

@@ -4,7 +4,8 @@ from transformers import PreTrainedConfig
 
 LOCAL_ATTENTION_SCOPES = ("window", "section")
 GLOBAL_ATTENTION_TYPES = ("cls", "title", "chapter", "section", "subsection", "subsubsection", "paragraph")
-DEFAULT_GLOBAL_ATTENTION_TYPES = ["cls", "title", "section", "subsection", "subsubsection"]
+# The paper's structured setting: title and heading tokens are global, [CLS] is not (add "cls" for that).
+DEFAULT_GLOBAL_ATTENTION_TYPES = ["title", "section", "subsection", "subsubsection"]
 # Sizes that must be positive integers (what `@strict` checked in transformers' own configs).
 POSITIVE_INT_FIELDS = (
     "vocab_size",
@@ -48,9 +49,9 @@ class StructBertConfig(PreTrainedConfig):
             token attends to +-window/2 (the Longformer convention). A list gives one window per layer.
         local_attention_scope (`str`, defaults to `"window"`): `"window"` (plain sliding window) or
             `"section"` (the window is also cut at section boundaries; needs `section_ids` as input).
-        global_attention_types (`list[str]`, defaults to `["cls", "title", "section", "subsection",
-            "subsubsection"]`): the structural elements that become global tokens. The model reads `"cls"`
-            (position 0 is always global); the data pipeline reads the heading levels when it builds
+        global_attention_types (`list[str]`, defaults to `["title", "section", "subsection",
+            "subsubsection"]`, the paper's): the structural elements that become global tokens. The model
+            reads `"cls"` (position 0 is always global, on request); the data pipeline reads the heading levels when it builds
             `global_attention_mask`. Allowed: `cls`, `title`, `chapter`, `section`, `subsection`,
             `subsubsection`, `paragraph`.
         separate_global_projections (`bool`, defaults to `False`): Longformer-style separate

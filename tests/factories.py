@@ -215,7 +215,7 @@ def build_tiny_model(root: Path, **config_overrides) -> Path:
     )
     eval_results = {
         "eval_loss": 4.5,
-        "eval_bits_per_masked_token": 6.4921,
+        "eval_bits_per_mask_token": 6.4921,
         "eval_perplexity": 90.02,
         "step": 3,
     }
@@ -234,7 +234,7 @@ def build_results(exp: Path) -> Path:
 
         return {
             "checkpoint": str(exp / "models" / variant),
-            "pretrain": {"eval_bits_per_masked_token": 6.123 + offset, "eval_perplexity": 69.7 + offset},
+            "pretrain": {"eval_bits_per_mask_token": 6.123 + offset, "eval_perplexity": 69.7 + offset},
             "downstream": {
                 "scirex_ner": {
                     "f1": metric(0.4213 + offset),

@@ -12,6 +12,7 @@ from factories import WORDS, make_corpus, make_record  # noqa: F401
 from structformer.trainers.core import EpochShuffleSampler
 from structformer.trainers.data import (
     DataCollatorForStructuredMLM,
+    first_sequence,
     load_corpus,
     pack_batch,
     pack_document,
@@ -110,6 +111,34 @@ def test_packing_keeps_every_token_and_prefixes_the_title(tokenizer):
         skip = 1 if k == 0 else 2 + title_len
         flat_sections.extend(seq["section_ids"][skip:-1])
     assert flat_sections == doc["section_ids"]
+    # The repeated title is context only: never a label, whatever the masking draws.
+    collator = DataCollatorForStructuredMLM(tokenizer, mlm_probability=0.9, seed=0)
+    for k, seq in enumerate(seqs[1:]):
+        assert seq["word_ids"][: 2 + title_len] == [-1] * (2 + title_len)
+        _, labels = collator.mask_whole_words({**seq, "idx": k})
+        assert (labels[: 2 + title_len] == -100).all() and (labels != -100).any()
+
+
+def test_first_sequence_is_the_documents_first_tokens(tokenizer):
+    record = make_record(random.Random(5), "z", n_sections=5, paragraphs=4)
+    doc = tokenize_with_structure(tokenizer, record["text"], record["headers"], add_special_tokens=False)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    seq = first_sequence(doc, 64, cls_id, sep_id)
+    assert seq["input_ids"] == [cls_id, *doc["input_ids"][:62], sep_id]
+    assert seq["global_attention_mask"] == [0, *doc["global_attention_mask"][:62], 0]
+    assert seq["section_ids"][1:-1] == doc["section_ids"][:62]
+    assert all(len(seq[k]) == 64 for k in seq)
+    # The same as truncating with the special tokens (the paper's evaluation of the first N tokens).
+    truncated = tokenize_with_structure(tokenizer, record["text"], record["headers"], max_length=64)
+    assert seq["input_ids"] == truncated["input_ids"]
+    short = first_sequence(doc, 10_000, cls_id, sep_id)
+    assert short["input_ids"][1:-1] == doc["input_ids"]
+    assert first_sequence({k: [] for k in doc}, 64, cls_id, sep_id) is None
+    batch = {"text": [record["text"]] * 2, "headers": [record["headers"]] * 2}
+    packed = pack_batch(
+        batch, tokenizer=tokenizer, max_seq_length=64, global_attention_types=["title"], use_headers=True
+    )
+    assert packed["input_ids"] == [seq["input_ids"]] * 2 and packed["length"] == [64, 64]
 
 
 def test_whole_word_masking_masks_whole_words(tokenizer):
@@ -196,7 +225,12 @@ def test_corpus_loading_and_packing_match_between_configs(tokenizer, tmp_path):
     )
     plain = load_corpus(str(corpus), "arxiv_plain", cache_dir=cache)
     assert structured["train"]["text"] == plain["train"]["text"]
-    kwargs = {"tokenizer": tokenizer, "max_seq_length": 48, "global_attention_types": ["title", "section"]}
+    kwargs = {
+        "tokenizer": tokenizer,
+        "max_seq_length": 48,
+        "global_attention_types": ["title", "section"],
+        "document_chunks": "all",
+    }
     packed = {}
     for name, ds, use_headers in (("s", structured, True), ("p", plain, False)):
         packed[name] = ds["train"].map(

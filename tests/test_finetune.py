@@ -7,11 +7,14 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
+from structformer.trainers import scirex_metric as sm
 from structformer.trainers.finetune import (
+    CLUSTERS_FILE,
     DataFormatError,
     StructBertForMentionClassification,
     aggregate_metrics,
@@ -22,9 +25,10 @@ from structformer.trainers.finetune import (
     parse_args,
     read_records,
     run_finetune,
+    scirex_task_data,
     summarize,
 )
-from structformer.trainers.scirex import split_scirex
+from structformer.trainers.scirex import load_scirex, salient_mentions, split_scirex
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PIECES = [
@@ -96,6 +100,33 @@ def scirex_doc(doc_id: str, seed: int) -> dict:
 def scirex_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("scirex") / "train.jsonl"
     path.write_text("\n".join(json.dumps(scirex_doc(f"paper-{i}", i)) for i in range(20)) + "\n")
+    return path
+
+
+def scirex_doc_with_relations(doc_id: str, seed: int) -> dict:
+    """:func:`scirex_doc` with SciREX's other keys: salient Net (Method) and Seg (Task), salient Acc and
+    City without mentions, one 4-ary relation of those four, and non-salient clusters of the Metric and
+    Material mentions (two each, so that their clusters share no span)."""
+    doc = scirex_doc(doc_id, seed)
+    spans = {kind: [span[:2] for span in doc["ner"] if span[2] == kind] for kind in KINDS.values()}
+    doc["coref"] = {"Net": spans["Method"], "Seg": spans["Task"], "Acc": [], "City": []}
+    doc["coref_non_salient"] = {
+        str(index): spans[kind][half::2]
+        for index, (kind, half) in enumerate([(k, h) for k in ("Metric", "Material") for h in (0, 1)])
+        if spans[kind][half::2]
+    }
+    doc["n_ary_relations"] = [
+        {"Material": "City", "Metric": "Acc", "Task": "Seg", "Method": "Net", "score": "1"}
+    ]
+    doc["method_subrelations"] = {}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def scirex_relations_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scirex-relations") / "train.jsonl"
+    docs = [scirex_doc_with_relations(f"paper-{i}", i) for i in range(20)]
+    path.write_text("\n".join(json.dumps(doc) for doc in docs) + "\n")
     return path
 
 
@@ -419,3 +450,114 @@ def test_cli_main_returns_zero_and_the_mention_head_round_trips(
     )
     with pytest.raises(ValueError, match="a head of 2 labels, not 3"):
         StructBertForMentionClassification.from_pretrained(saved, num_labels=3)
+
+
+# ---------------------------------------------------------------------------------- salient clusters
+
+
+def salient_args(model: Path, scirex: Path, out: Path, *extra: str) -> list[str]:
+    return ["--task", "scirex-salient", "--scirex", str(scirex), "--max-seq-length", "32", "--stride", "8",
+            "--model", str(model), "--output-dir", str(out), *extra]  # fmt: skip
+
+
+def test_mention_predictions_are_scored_as_salient_clusters(
+    tiny_model: Path, scirex_relations_file: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    args = parse_args(salient_args(tiny_model, scirex_relations_file, tmp_path / "out"))
+    data = scirex_task_data(args, AutoTokenizer.from_pretrained(tiny_model), ())
+    eval_docs = split_scirex(load_scirex(scirex_relations_file))["test"]
+    baselines = data.extra_results["baselines"]
+    assert baselines["split"] == "test" and baselines["documents"] == len(eval_docs) > 0
+    assert baselines["documents_without_gold_salient_clusters"] == 0
+    clusters = baselines["salient_clusters"]
+    assert clusters["min_mentions"]["k_chosen_on"] == "dev"  # test is scored: k comes from dev
+    assert clusters["min_mentions"]["k_documents"] == len(
+        split_scirex(load_scirex(scirex_relations_file))["dev"]
+    )
+    assert clusters["all_salient"] == sm.compact_scores(sm.all_clusters_salient(eval_docs))
+    assert clusters["oracle"] == sm.compact_scores(sm.oracle_salient(eval_docs))
+    assert data.extra_results["salient_clusters"]["rule"] == sm.CLUSTER_RULE
+
+    # Every mention salient: the all-positive mention baseline and the all-clusters baseline, exactly.
+    ones = data.score([np.ones(len(w["mention_labels"]), dtype=np.int64) for w in data.eval])
+    assert {k: ones[k] for k in ("f1", "precision", "recall", "accuracy")} == baselines["mentions"][
+        "all_positive"
+    ]
+    assert ones["recall"] == 1.0 and 0 < ones["precision"] < 1
+    assert ones["salient_clusters"] == clusters["all_salient"]
+    assert set(ones["salient_clusters"]["per_paper"]) == {d["doc_id"] for d in eval_docs}
+    # No mention salient: no cluster predicted, every paper 0.
+    zeros = data.score([np.zeros(len(w["mention_labels"]), dtype=np.int64) for w in data.eval])
+    assert zeros["f1"] == 0.0 and zeros["salient_clusters"]["f1"] == 0.0
+
+    # A mention scored in two windows is salient when either says so (and counts once).
+    first = data.eval[0]
+    data.eval.append({key: value for key, value in first.items()})
+    rows = [np.zeros(len(w["mention_labels"]), dtype=np.int64) for w in data.eval]
+    rows[-1][0] = 1
+    metrics = data.score(rows)
+    doc = eval_docs[int(first["doc_index"])]
+    start, end, label = salient_mentions(doc)[int(first["mention_index"][0])]
+    span = [start, end]
+    labels = [m[2] for d in eval_docs for m in salient_mentions(d)]
+    assert metrics["precision"] == float(label)
+    assert metrics["recall"] == pytest.approx(1 / sum(labels) if label else 0.0)
+    path = data.write_predictions(rows, tmp_path)
+    assert path == tmp_path / CLUSTERS_FILE
+    records = sm.read_clusters_file(path)
+    assert [r["doc_id"] for r in records] == [d["doc_id"] for d in eval_docs]
+    predicted = {r["doc_id"]: r["clusters"] for r in records if r["clusters"]}
+    assert list(predicted) == [doc["doc_id"]]
+    assert all(span in spans for spans in predicted[doc["doc_id"]].values())
+    assert len(predicted[doc["doc_id"]]) == 1  # the span is in one cluster (Net, Seg or one non-salient)
+    rescored = sm.compact_scores(sm.salient_cluster_scores(eval_docs, records))
+    assert rescored == metrics["salient_clusters"]
+
+
+def test_k_is_chosen_on_train_when_dev_is_scored(
+    tiny_model: Path, scirex_relations_file: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    args = parse_args(salient_args(tiny_model, scirex_relations_file, tmp_path, "--eval-split", "dev"))
+    data = scirex_task_data(args, AutoTokenizer.from_pretrained(tiny_model), ())
+    frequent = data.extra_results["baselines"]["salient_clusters"]["min_mentions"]
+    assert data.extra_results["baselines"]["split"] == "dev"
+    assert frequent["k_chosen_on"] == "train"
+    assert frequent["k_documents"] == len(split_scirex(load_scirex(scirex_relations_file))["train"])
+
+
+def test_scirex_salient_run_reports_clusters_baselines_and_files(
+    tiny_model: Path, scirex_relations_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "salient"
+    results = finetune(
+        salient_args(tiny_model, scirex_relations_file, out, "--seeds", "1", "2", "--max-steps", "2")
+    )
+    check_results(results, out, "scirex-salient", per_type=False)
+    eval_docs = split_scirex(load_scirex(scirex_relations_file))["test"]
+    clusters = results["metrics"]["salient_clusters"]
+    assert clusters["n_papers"] == len(eval_docs)
+    for name in ("f1", "precision", "recall"):
+        entry = clusters[name]
+        assert len(entry["values"]) == 2 and all(0.0 <= v <= 1.0 for v in entry["values"])
+        assert np.isfinite([entry["mean"], entry["std"]]).all()
+    baselines = results["baselines"]
+    assert baselines["split"] == "test" and baselines["documents"] == len(eval_docs)
+    assert set(baselines["salient_clusters"]) >= {"all_salient", "min_mentions", "oracle", "best_trivial"}
+    assert set(baselines["mentions"]["all_positive"]) == {"f1", "precision", "recall", "accuracy"}
+    assert results["salient_clusters"]["files"] == {
+        "1": f"seed-1/{CLUSTERS_FILE}",
+        "2": f"seed-2/{CLUSTERS_FILE}",
+    }
+    for entry in results["per_seed"]:
+        seed_scores = entry["salient_clusters"]
+        assert set(seed_scores["per_paper"]) == {d["doc_id"] for d in eval_docs}
+        assert np.isfinite(list(seed_scores["per_paper"].values())).all()
+        # Re-scoring the seed's clusters file gives the same numbers.
+        records = sm.read_clusters_file(out / results["salient_clusters"]["files"][str(entry["seed"])])
+        assert sm.compact_scores(sm.salient_cluster_scores(eval_docs, records)) == seed_scores
+        saved = json.loads((out / f"seed-{entry['seed']}" / "eval_results.json").read_text())
+        assert saved["salient_clusters"] == seed_scores

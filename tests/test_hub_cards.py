@@ -167,7 +167,7 @@ def test_model_card_yaml_and_model_index(experiment: Path, tmp_path: Path) -> No
     got = {(r.task_type, r.metric_type): r.metric_value for r in data.eval_results}
     own = results["models"]["structured"]
     expected = {
-        ("fill-mask", "bits_per_masked_token"): own["pretrain"]["eval_bits_per_masked_token"],
+        ("fill-mask", "bits_per_mask_token"): own["pretrain"]["eval_bits_per_mask_token"],
         ("fill-mask", "perplexity"): own["pretrain"]["eval_perplexity"],
     }
     for task, task_type in (
@@ -205,7 +205,7 @@ def test_model_card_from_eval_results_only(tmp_path: Path) -> None:
     (model_dir / "metrics.jsonl").unlink()
     card = ModelCard.load(cards.write_model_card(model_dir, repo_id="org/structbert-tiny", revision="v1"))
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
-        "bits_per_masked_token": 6.4921,
+        "bits_per_mask_token": 6.4921,
         "perplexity": 90.02,
     }
     assert card.data.datasets is None and card.data.base_model is None

@@ -295,7 +295,7 @@ def mlm_logits(config: StructBertConfig, state: dict, batch: dict, train: bool =
         {"attention_window": 8},
         {"attention_window": [4, 8]},
         {"local_attention_scope": "section"},
-        {"global_attention_types": ["title", "section"]},  # [CLS] no longer global
+        {"global_attention_types": ["cls", "title", "section"]},  # [CLS] global too
         {"hidden_act": "relu"},
         {"layer_norm_eps": 0.5},
         {"num_hidden_layers": 1},
@@ -401,7 +401,12 @@ def test_config_defaults_and_round_trip(tiny_config_kwargs):
     default = StructBertConfig()
     assert default.max_position_embeddings == 4096
     assert default.attention_window == 256 and default.local_attention_scope == "window"
-    assert default.global_attention_types == ["cls", "title", "section", "subsection", "subsubsection"]
+    assert default.global_attention_types == [
+        "title",
+        "section",
+        "subsection",
+        "subsubsection",
+    ]  # the paper's
     assert default.separate_global_projections is False
     config = StructBertConfig(
         **{**tiny_config_kwargs, "attention_window": [2, 8], "local_attention_scope": "section"}
@@ -505,7 +510,7 @@ def test_blocked_path_does_not_materialise_length_squared(make_tiny_config):
         (1, length), torch.device("cpu"), None, global_mask, None, False
     )
     assert patterns[0].implementation == "blocked" and patterns[0].allowed is None
-    assert patterns[0].band_bias.shape == (length // 32, 1, 32, 96 + 17)  # 16 headings + [CLS]
+    assert patterns[0].band_bias.shape == (length // 32, 1, 32, 96 + 16)  # 16 headings, no [CLS] by default
     outputs = model(input_ids=input_ids, global_attention_mask=global_mask, labels=input_ids)
     outputs.loss.backward()
     assert outputs.logits.shape == (1, length, 99)

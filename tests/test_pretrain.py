@@ -21,7 +21,7 @@ from structformer.cli import main as cli_main
 from structformer.errors import InputError
 from structformer.trainers import pretrain
 from structformer.trainers.core import resolve_checkpoint
-from structformer.trainers.tokenizer import train_wordpiece
+from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "trainers" / "pretrain.py"
@@ -75,6 +75,8 @@ def base_args(setup, out: Path, *extra: str, steps: int = 4) -> list[str]:
         "--tokenizer", str(setup["tokenizer"]),
         "--model-config", str(setup["config"]),
         "--max-seq-length", "128",
+        # The tiny corpus has 6 training documents: every token packed gives more sequences than that.
+        "--document-chunks", "all",
         "--per-device-batch-size", "4",
         "--max-steps", str(steps),
         "--learning-rate", "1e-3",
@@ -102,9 +104,27 @@ def test_smoke_run_writes_every_output_and_reloads(reference, tmp_path):
     assert {"loss", "learning_rate", "tokens_per_second", "epoch"} <= set(records[0])
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
     results = json.loads((out / "eval_results.json").read_text())
-    assert set(results) == {"eval_loss", "eval_bits_per_masked_token", "eval_perplexity", "step"}
+    assert {
+        *pretrain.EVAL_KEYS,
+        *(f"initial_{k}" for k in pretrain.EVAL_KEYS),
+        *pretrain.UNIGRAM_KEYS,
+    } <= set(results)
     assert results["step"] == 4
-    assert results["eval_bits_per_masked_token"] == pytest.approx(results["eval_loss"] / 0.6931471805599453)
+    assert results["eval_bits_per_mask_token_pooled"] == pytest.approx(
+        results["eval_loss"] / 0.6931471805599453
+    )
+    assert results["tokenizer_sha256"] == tokenizer_hash(out)
+    # The structured config's heading tokens are global; no [CLS] (not in the default types).
+    assert results["global_tokens_per_sequence"] > 0 and results["global_attention_types"] == [
+        "title", "section", "subsection", "subsubsection"
+    ]  # fmt: skip
+    assert results["train_tokens_seen"] == round(4 * 4 * results["mean_train_sequence_length"])
+    documents = json.loads((out / pretrain.EVAL_DOCUMENTS_FILE).read_text())
+    assert len(documents["ids"]) == len(documents["bits"]) == len(documents["mask_tokens"]) == 2  # validation
+    assert sum(documents["mask_tokens"]) == results["eval_mask_tokens"] > 0
+    scored = [b for b in documents["bits"] if b is not None]
+    assert results["eval_bits_per_mask_token"] == pytest.approx(sum(scored) / len(scored))
+    assert len(documents["initial_bits"]) == len(documents["unigram_bits"]) == 2
     args = json.loads((out / "training_args.json").read_text())
     assert (
         args["max_steps"] == 4 and args["dataset_config"] == "arxiv_structured" and args["structured"] is True
@@ -237,7 +257,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup, tmp_path, mo
     calls = {"n": 0}
 
     def poisoned(self, labels, **inputs):
-        calls["n"] += 1
+        calls["n"] += self.training  # training forwards only (the step-0 evaluation runs one too)
         sums, counts = original(self, labels, **inputs)
         return (sums * float("nan") if calls["n"] == 3 else sums), counts
 
@@ -355,7 +375,7 @@ def test_nan_stop_names_the_last_healthy_checkpoint_not_an_exploding_one(setup, 
 
     def diverging(self, labels, **inputs):
         # Steps 3-4 explode (loss x 100, checkpoint-4 is saved then), step 5 is NaN.
-        calls["n"] += 1
+        calls["n"] += self.training
         sums, counts = original(self, labels, **inputs)
         factor = {3: 100.0, 4: 100.0, 5: float("nan")}.get(calls["n"], 1.0)
         return sums * factor, counts
@@ -475,12 +495,21 @@ def test_build_model_and_save_final_write_a_loadable_model(setup, tmp_path):
     tokenizer = load_tokenizer(setup["tokenizer"])
     config, _ = pretrain.model_config(options, accelerator, tokenizer, None)
     objective = accelerator.prepare(pretrain.MaskedLMObjective(pretrain.build_model(options, config, None)))
-    evaluation = {"step": 7, "eval_loss": 2.0, "eval_bits_per_masked_token": 2.885, "eval_perplexity": 7.39}
+    evaluation = {
+        "step": 7,
+        "eval_loss": 2.0,
+        "eval_bits_per_mask_token": 2.9,
+        "eval_bits_per_mask_token_pooled": 2.885,
+        "eval_perplexity": 7.39,
+        "eval_documents": 2,
+        "eval_mask_tokens": 3,
+    }
     out = tmp_path / "final"
     summary = pretrain.save_final(
-        accelerator, objective, tokenizer, out, {**evaluation, "eval_masked_tokens": 3}
+        accelerator, objective, tokenizer, out, {**evaluation, "not_kept": 1}, {"train_tokens_seen": 5}
     )
-    assert summary == evaluation == json.loads((out / "eval_results.json").read_text())
+    expected = {**evaluation, "train_tokens_seen": 5, "tokenizer_sha256": tokenizer_hash(out)}
+    assert summary == expected == json.loads((out / "eval_results.json").read_text())
     reloaded = StructBertForMaskedLM.from_pretrained(out)
     for name, tensor in objective.model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name

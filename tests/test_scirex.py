@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 from transformers import BertTokenizer
 
+from structformer.errors import InputError
 from structformer.trainers.scirex import (
+    HASH_SPLIT,
     NER_LABELS,
+    OFFICIAL_SPLIT,
     ScirexFormatError,
     bio_labels,
     encode_words,
     heading_levels,
     load_scirex,
+    load_scirex_splits,
     make_windows,
     salient_mentions,
     scirex_windows,
@@ -213,6 +217,26 @@ def test_split_is_deterministic_disjoint_and_order_free() -> None:
     for name, part in again.items():
         assert {d["doc_id"] for d in part} <= set(ids[name])
     assert {name: [d["doc_id"] for d in part] for name, part in split_scirex(docs).items()} == ids
+
+
+def test_official_split_files_are_used_as_they_are(tmp_path: Path) -> None:
+    folder = tmp_path / "scirex"
+    folder.mkdir()
+    names = {"train": ["t1", "t2", "t3"], "dev": ["d1"], "test": ["x1", "x2"]}
+    for split, ids in names.items():
+        write_jsonl(folder / f"{split}.jsonl", [make_doc(i, seed=k) for k, i in enumerate(ids)])
+    splits, source = load_scirex_splits(folder)
+    assert source == OFFICIAL_SPLIT
+    assert {name: [d["doc_id"] for d in docs] for name, docs in splits.items()} == names
+    assert [d["doc_id"] for d in load_scirex_splits(folder, max_docs=1)[0]["train"]] == ["t1"]
+    one_file, source = load_scirex_splits(folder / "train.jsonl")
+    assert source == HASH_SPLIT and sum(map(len, one_file.values())) == 3
+    write_jsonl(folder / "dev.jsonl", [make_doc("t2")])
+    with pytest.raises(InputError, match="'t2' is in both train and dev"):
+        load_scirex_splits(folder)
+    (folder / "test.jsonl").unlink()
+    with pytest.raises(InputError, match="needs train.jsonl, dev.jsonl and test.jsonl"):
+        load_scirex_splits(folder)
 
 
 @pytest.mark.skipif(not REAL_SCIREX.is_file(), reason="the SciREX training file is not present")

@@ -140,7 +140,8 @@ class TrainingArguments:
             if isinstance(value, bool):
                 argv.append(f"--{_flag(item.name)}" if value else f"--no-{_flag(item.name)}")
             elif isinstance(value, (list, tuple)):
-                argv += [f"--{_flag(item.name)}", *map(str, value)]
+                # An empty list is spelled "none" (argparse's nargs="+" needs one value).
+                argv += [f"--{_flag(item.name)}", *(map(str, value) if value else ["none"])]
             else:
                 argv += [f"--{_flag(item.name)}", str(value)]
         return argv

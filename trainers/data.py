@@ -32,7 +32,12 @@ from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARA
 from structformer.dataset_scripts.schema import load_corpus as load_corpus
 from structformer.errors import InputError
 
-DEFAULT_GLOBAL_ATTENTION_TYPES = ("cls", "title", "section", "subsection", "subsubsection")
+# The paper's structured arm: the tokens of the title and of every heading are global, nothing else
+# (add "cls" to make position 0 global too; the model reads that one itself).
+DEFAULT_GLOBAL_ATTENTION_TYPES = ("title", "section", "subsection", "subsubsection")
+# How a document becomes training sequences: "first" = its first max_seq_length tokens (the paper's
+# choice), "all" = every token, packed into as many sequences as it takes.
+DOCUMENT_CHUNKS = ("first", "all")
 # Columns that pack_document writes and the collator reads.
 SEQUENCE_FIELDS = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
 
@@ -207,8 +212,9 @@ def pack_document(
     ``doc`` is :func:`tokenize_with_structure`'s output with ``add_special_tokens=False``. Cuts fall on
     paragraph starts when that still fills at least half a sequence, else on word starts. A sequence
     that starts mid-document is ``[CLS] title [SEP] continuation [SEP]``: the title tokens keep their
-    global flag and section 0, and are truncated to ``max_title_fraction`` of the sequence. Every
-    token of the document appears in exactly one sequence outside a title prefix.
+    global flag and section 0, and are truncated to ``max_title_fraction`` of the sequence; their word
+    ids are -1, so the collator never masks them (a repeated title would be scored as if it were new
+    text). Every token of the document appears in exactly one sequence outside a title prefix.
     """
     n = len(doc["input_ids"])
     if n == 0:
@@ -242,7 +248,12 @@ def pack_document(
             "input_ids": [cls_token_id, *join("input_ids", sep_token_id)[1:]],
             "global_attention_mask": join("global_attention_mask", 0),
             "heading_mask": join("heading_mask", 0),
-            "word_ids": _local_word_ids(join("word_ids", -1)),
+            # The repeated title is context, never a label: its word ids are -1, like special tokens'.
+            "word_ids": _local_word_ids(
+                join("word_ids", -1)
+                if start == 0
+                else [-1] * (2 + title_len) + join("word_ids", -1)[2 + title_len :]
+            ),
             # [CLS] and the title are section 0; the middle [SEP] takes the continuation's section,
             # the last [SEP] the section of the last token.
             "section_ids": join("section_ids", 0),
@@ -252,6 +263,27 @@ def pack_document(
             seq["section_ids"][1 + title_len] = doc["section_ids"][start]
         sequences.append(seq)
     return sequences
+
+
+def first_sequence(
+    doc: Mapping[str, Any], max_seq_length: int, cls_token_id: int, sep_token_id: int
+) -> dict[str, list[int]] | None:
+    """The document's first ``max_seq_length`` tokens as ``[CLS] ... [SEP]``, cut mid-word if need be.
+
+    The paper's sequences (each document cut to its first 4096 tokens, the rest unused). ``doc`` is
+    :func:`tokenize_with_structure`'s output with ``add_special_tokens=False``; None for an empty one.
+    """
+    n = min(len(doc["input_ids"]), max_seq_length - 2)
+    if n <= 0:
+        return None
+    sections = list(doc["section_ids"][:n])
+    return {
+        "input_ids": [cls_token_id, *doc["input_ids"][:n], sep_token_id],
+        "global_attention_mask": [0, *doc["global_attention_mask"][:n], 0],
+        "heading_mask": [0, *doc["heading_mask"][:n], 0],
+        "word_ids": _local_word_ids([-1, *doc["word_ids"][:n], -1]),
+        "section_ids": [0, *sections, sections[-1]],
+    }
 
 
 def _local_word_ids(word_ids: Sequence[int]) -> list[int]:
@@ -287,16 +319,29 @@ def pack_batch(
     global_attention_types: Sequence[str],
     use_headers: bool,
     text_column: str = "text",
+    document_chunks: str = "first",
 ) -> dict[str, list]:
-    """``datasets.map(batched=True)`` function: records in, packed sequences out (row count changes)."""
+    """``datasets.map(batched=True)`` function: records in, sequences out (row count changes).
+
+    ``document_chunks="first"`` keeps each document's first ``max_seq_length`` tokens (one row per
+    non-empty document, :func:`first_sequence`); ``"all"`` packs every token (:func:`pack_document`).
+    """
+    if document_chunks not in DOCUMENT_CHUNKS:
+        raise ValueError(f"document_chunks must be one of {DOCUMENT_CHUNKS}, got {document_chunks!r}")
     out: dict[str, list] = {k: [] for k in (*SEQUENCE_FIELDS, "length")}
     texts = batch[text_column]
     headers = batch["headers"] if use_headers else [None] * len(texts)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     for text, doc_headers in zip(texts, headers):
         doc = tokenize_with_structure(
             tokenizer, text, doc_headers, global_attention_types, add_special_tokens=False
         )
-        for seq in pack_document(doc, max_seq_length, tokenizer.cls_token_id, tokenizer.sep_token_id):
+        if document_chunks == "first":
+            first = first_sequence(doc, max_seq_length, cls_id, sep_id)
+            sequences = [first] if first is not None else []
+        else:
+            sequences = pack_document(doc, max_seq_length, cls_id, sep_id)
+        for seq in sequences:
             for k in SEQUENCE_FIELDS:
                 out[k].append(seq[k])
             out["length"].append(len(seq["input_ids"]))

@@ -3,11 +3,17 @@
 ``structformer experiment --output-dir EXP`` runs every step:
 
 1. build the corpus (default: the bundled sample papers packed into an arXiv-style ``.tar``);
-2. train a WordPiece tokenizer on its training split (or take ``--tokenizer`` / ``--init-from``'s);
-3. pre-train the structured and the plain model with the same seed, steps and data order;
-4. read the bits per masked token of each;
-5. analyse their attention patterns on the validation split;
-6. fine-tune each on SciREX when ``--scirex PATH`` is given (both tasks, every seed);
+2. train a WordPiece tokenizer on its training split (deterministic; or take ``--tokenizer`` /
+   ``--init-from``'s) and record its SHA-256;
+3. for every pre-training seed (``--seeds``), pre-train every arm (``--arms``: by default the paper's
+   *structured* arm, title and heading tokens global, and its *plain* arm, no global token at all)
+   with that seed, so that within a seed the arms see the same sequences in the same order;
+4. read each model's bits per ``[MASK]`` token on the same validation documents and the same
+   ``[MASK]`` positions (``--eval-seed``), with the untrained model and a unigram model as baselines,
+   and compare the arms: the paired per-document difference with a bootstrap interval per seed, and
+   the mean over seeds with a t-interval;
+5. analyse the attention patterns of the first seed's models on the validation split;
+6. fine-tune each model on SciREX when ``--scirex PATH`` is given (both tasks, every fine-tuning seed);
 7. write ``report.md`` (tables and figures) and ``results.json``, and a model card per model.
 
 Nothing is written halfway: the work happens in a temporary folder beside ``EXP`` that is moved into
@@ -42,15 +48,35 @@ from structformer.trainers import pretrain
 from structformer.trainers.analyze_attention import analyze
 from structformer.trainers.core import parse_arguments, require
 from structformer.trainers.finetune import FinetuneArguments, run_finetune
-from structformer.trainers.pretrain import PretrainArguments, run_pretraining
+from structformer.trainers.pretrain import EVAL_DOCUMENTS_FILE, PretrainArguments, run_pretraining
 from structformer.trainers.report import write_report
 from structformer.trainers.results import RESULTS_FILE, ExperimentResults, write_results
-from structformer.trainers.tokenizer import train_wordpiece
+from structformer.trainers.statistics import PAPER_BITS, assess_scale, paired_bootstrap, t_interval, verdict
+from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = {"structured": STRUCTURED, "plain": PLAIN}
 SCIREX_TASKS = ("scirex-ner", "scirex-salient")
+# The paper's structured arm: the title and every heading level it had (section, subsection, subsubsection).
+PAPER_GLOBAL_ATTENTION_TYPES = ("title", "section", "subsection", "subsubsection")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One pre-training arm: the corpus config it reads and the model's global attention types
+    (None: the experiment's ``--global-attention-types``)."""
+
+    dataset_config: str
+    global_attention_types: tuple[str, ...] | None
+    description: str
+
+
+ARMS: dict[str, Arm] = {
+    "structured": Arm(STRUCTURED, None, "title and heading tokens global (the paper's structured arm)"),
+    "plain": Arm(PLAIN, (), "no global token at all (the paper's vanilla arm)"),
+    "cls": Arm(PLAIN, ("cls",), "only [CLS] global (BERT-style, not in the paper)"),
+    "structured-cls": Arm(STRUCTURED, ("cls",), "heading tokens and [CLS] global (not in the paper)"),
+}
 
 
 @dataclass(kw_only=True)
@@ -73,6 +99,12 @@ class ExperimentArguments:
     metadata: str | None = field(
         default=None, metadata={"help": "arXiv metadata snapshot (JSON lines) for the build"}
     )
+    min_document_tokens: int | None = field(
+        default=None, metadata={"help": "keep documents of at least this many tokens (the paper: 2000)"}
+    )
+    max_document_tokens: int | None = field(
+        default=None, metadata={"help": "keep documents of at most this many tokens (the paper: 12000)"}
+    )
     num_proc: int = field(default=1, metadata={"help": "processes for the corpus build"})
     validation_fraction: float = field(
         default=0.15, metadata={"help": "share of documents held out (bits, probe)"}
@@ -91,9 +123,26 @@ class ExperimentArguments:
         default=None,
         metadata={"help": "start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)"},
     )
+    arms: list[str] = field(
+        default_factory=lambda: ["structured", "plain"],
+        metadata={"help": f"pre-training arms, compared with the first that is 'plain': {', '.join(ARMS)}"},
+    )
+    global_attention_types: list[str] = field(
+        default_factory=lambda: list(PAPER_GLOBAL_ATTENTION_TYPES),
+        metadata={"help": "heading levels made global in the structured arms (add 'cls' for [CLS] too)"},
+    )
+    document_chunks: Literal["first", "all"] = field(
+        default="first",
+        metadata={
+            "help": "first = each document's first --max-seq-length tokens (the paper); all = every token"
+        },
+    )
     max_steps: int = field(default=200, metadata={"help": "pre-training steps of each model"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per pre-training sequence"})
-    attention_window: int | None = field(default=None, metadata={"help": "override the preset's window"})
+    attention_window: int | None = field(
+        default=None,
+        metadata={"help": "the local window (default: the preset's; 256, the paper's, with --init-from)"},
+    )
     per_device_batch_size: int = field(default=8, metadata={"help": "sequences per process and micro-batch"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     learning_rate: float | None = field(
@@ -102,7 +151,13 @@ class ExperimentArguments:
     warmup_steps: int | None = field(default=None, metadata={"help": "default: 10%% of --max-steps"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: final model only)"})
-    seed: int = field(default=42, metadata={"help": "pre-training seed, the same for both models"})
+    seeds: list[int] = field(
+        default_factory=lambda: [1, 2, 3],
+        metadata={"help": "pre-training seeds; within a seed every arm sees the same data order"},
+    )
+    eval_seed: int = field(
+        default=0, metadata={"help": "seed of the validation [MASK] positions, the same for every model"}
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast dtype"})
     accelerate_config: str | None = field(
         default=None,
@@ -116,11 +171,19 @@ class ExperimentArguments:
         default=None, metadata={"help": "tokens per probe document (default: --max-seq-length)"}
     )
     # SciREX fine-tuning (only with --scirex)
-    scirex: str | None = field(default=None, metadata={"help": "a SciREX JSON-lines file (e.g. train.jsonl)"})
+    scirex: str | None = field(
+        default=None,
+        metadata={
+            "help": "SciREX: a folder with the official train/dev/test.jsonl, or one JSON-lines file (e.g. "
+            "train.jsonl) split 70/15/15 by a hash of doc_id"
+        },
+    )
     scirex_max_docs: int | None = field(
         default=None, metadata={"help": "use at most this many SciREX documents"}
     )
-    seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "fine-tuning seeds"})
+    finetune_seeds: list[int] = field(
+        default_factory=lambda: [1], metadata={"help": "fine-tuning seeds (per pre-trained model)"}
+    )
     finetune_epochs: float = field(default=1.0, metadata={"help": "fine-tuning epochs"})
     finetune_max_steps: int | None = field(
         default=None, metadata={"help": "cap on fine-tuning steps per run"}
@@ -130,10 +193,11 @@ class ExperimentArguments:
     )
     finetune_max_seq_length: int | None = field(default=None, metadata={"help": "default: --max-seq-length"})
     finetune_structure: Literal["matched", "always", "never"] = field(
-        default="matched",
+        default="always",
         metadata={
-            "help": "SciREX headings global when fine-tuning: matched = for the structured model only (each model "
-            "reads documents as it was pre-trained), always = for both, never = for neither"
+            "help": "SciREX headings global when fine-tuning: always = for every model (the default: one setting "
+            "for all, so fine-tuning does not confound the pre-training difference), never = for none, "
+            "matched = only for models pre-trained with heading globals"
         },
     )
 
@@ -143,6 +207,16 @@ class ExperimentArguments:
         self.learning_rate = self.learning_rate or default_lr
         self.finetune_learning_rate = self.finetune_learning_rate or default_lr
         require(not (self.sources and self.corpus_dir), "give --sources or --corpus-dir, not both")
+        if self.init_from and self.attention_window is None:
+            self.attention_window = 256  # the paper's window; Longformer-base's own is 512
+        unknown = [a for a in self.arms if a not in ARMS]
+        require(not unknown, f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
+        require(len(set(self.arms)) == len(self.arms) >= 1, "--arms: name each arm once")
+        require(len(set(self.seeds)) == len(self.seeds) >= 1, "--seeds: give distinct seeds")
+        require(
+            "cls" not in self.global_attention_types or len(self.global_attention_types) > 1,
+            "--global-attention-types: name heading levels (add 'cls' beside them, or use --arms cls)",
+        )
         for name in ("max_steps", "max_seq_length", "per_device_batch_size", "vocab_size", "probe_max_docs"):
             require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be positive")
         for name in (
@@ -216,13 +290,28 @@ def tokenizer_step(args: ExperimentArguments, work: Path, corpus: Path) -> Path:
     return out
 
 
+def arm_global_types(args: ExperimentArguments, arm: str) -> list[str]:
+    """The model's ``global_attention_types`` in an arm."""
+    types = ARMS[arm].global_attention_types
+    if types is None:
+        return list(args.global_attention_types)
+    if ARMS[arm].dataset_config == STRUCTURED:
+        return [*args.global_attention_types, *(t for t in types if t not in args.global_attention_types)]
+    return list(types)
+
+
 def pretrain_arguments(
-    args: ExperimentArguments, corpus: Path, tokenizer: Path, variant: str, out: Path
+    args: ExperimentArguments, corpus: Path, tokenizer: Path, arm: str, seed: int, out: Path
 ) -> PretrainArguments:
-    """The same options for both variants; only the corpus config (and the output) differ."""
+    """The same options for every arm; only the corpus config, the global types and the output differ."""
     return PretrainArguments(
         dataset=str(corpus),
-        dataset_config=VARIANTS[variant],
+        dataset_config=ARMS[arm].dataset_config,
+        global_attention_types=arm_global_types(args, arm),
+        document_chunks=args.document_chunks,
+        min_document_tokens=args.min_document_tokens,
+        max_document_tokens=args.max_document_tokens,
+        eval_seed=args.eval_seed,
         tokenizer=str(tokenizer),
         max_seq_length=args.max_seq_length,
         per_device_batch_size=args.per_device_batch_size,
@@ -233,9 +322,9 @@ def pretrain_arguments(
         eval_steps=args.eval_steps,
         save_steps=args.save_steps,
         logging_steps=max(1, args.max_steps // 25),
-        seed=args.seed,
+        seed=seed,
         mixed_precision=args.mixed_precision,
-        cache_dir=str(out.parent / f".cache-{variant}"),
+        cache_dir=str(out.parent / f".cache-{arm}"),
         output_dir=str(out),
         init_from=str(args.init_from) if args.init_from else None,
         model_config=args.model_config,
@@ -257,31 +346,49 @@ def pretrain_step(args: ExperimentArguments, pretrain_args: PretrainArguments) -
     run_pretraining(pretrain_args)
 
 
-def read_pretrain_metrics(model_dir: Path) -> dict:
+def read_pretrain_metrics(model_dir: Path) -> tuple[dict, dict]:
+    """The model's scalar scores (``eval_results.json``) and its per-document figures."""
     path = model_dir / "eval_results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: pre-training wrote no evaluation results")
     results = json.loads(path.read_text())
-    return {
-        k: results[k]
-        for k in ("eval_bits_per_masked_token", "eval_perplexity", "eval_loss", "step")
-        if k in results
-    }
+    scores = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    documents = json.loads((model_dir / EVAL_DOCUMENTS_FILE).read_text())
+    return scores, documents
 
 
 def finetune_step(
-    args: ExperimentArguments, variant: str, model_dir: Path, out: Path, runs: dict | None = None
+    args: ExperimentArguments, arm: str, model_dir: Path, out: Path, runs: dict | None = None
 ) -> dict:
-    """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}``.
+    """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}`` over fine-tuning seeds.
 
-    ``runs`` (when given) receives, per task, the split sizes, steps and structure setting of the runs.
+    Metrics: ``f1``, ``precision``, ``recall`` for both tasks (``scirex_salient``: over gold mentions),
+    and for ``scirex_salient`` also ``cluster_f1``, ``cluster_precision``, ``cluster_recall``: SciREX's
+    salient-entity-cluster metric with gold clusters given (``finetune``'s ``salient_clusters``).
+
+    ``runs`` (when given) receives, per task, the split sizes, scored split, steps, the structure
+    setting (``finetune_structure``, ``use_structure``) and the heading ``global_attention_types`` used;
+    for ``scirex_salient`` also ``eval_documents``, the model-independent ``baselines`` of the run,
+    ``per_paper_cluster_f1`` (``{fine-tuning seed: {doc_id: F1}}``, to pair papers across models), the
+    ``cluster_rule`` and the clusters files (``cluster_files``, ``{seed: path relative to out}``).
     """
     runs = {} if runs is None else runs
+    if arm not in ARMS:
+        raise InputError(f"finetune_step: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    setting = args.finetune_structure
+    if setting == "always":
+        structure = True
+    elif setting == "never":
+        structure = False
+    elif setting == "matched":
+        structure = ARMS[arm].dataset_config == STRUCTURED
+    else:
+        raise InputError(f"--finetune-structure: {setting!r} is not one of always, never, matched")
+    # One set of heading globals for every model (the experiment's), so that with "always" the plain model
+    # gets the same global tokens in fine-tuning as the structured one; "cls" is the model config's own.
+    heading_types = [t for t in args.global_attention_types if t != "cls"]
 
     length = args.finetune_max_seq_length or args.max_seq_length
-    structure = args.finetune_structure == "always" or (
-        args.finetune_structure == "matched" and variant == "structured"
-    )
     downstream = {}
     for task in SCIREX_TASKS:
         results = run_finetune(
@@ -289,8 +396,8 @@ def finetune_step(
                 task=task,
                 scirex=str(args.scirex),
                 model=str(model_dir),
-                output_dir=str(out / task),
-                seeds=list(args.seeds),
+                output_dir=str(Path(out) / task),
+                seeds=list(args.finetune_seeds),
                 num_train_epochs=args.finetune_epochs,
                 learning_rate=args.finetune_learning_rate,
                 per_device_batch_size=args.per_device_batch_size,
@@ -298,31 +405,53 @@ def finetune_step(
                 stride=length // 4,
                 mixed_precision=args.mixed_precision,
                 use_structure=structure,
+                global_attention_types=heading_types,
                 max_docs=args.scirex_max_docs,
                 max_steps=args.finetune_max_steps,
             )
         )
-        runs[task.replace("-", "_")] = {
+        name = task.replace("-", "_")
+        run = {
             "split_sizes": results.get("split_sizes"),
             "eval_split": results.get("eval_split"),
+            "split_source": results.get("split_source"),
             "steps_per_seed": results.get("steps_per_seed"),
-            "use_structure": results.get("use_structure"),
+            "finetune_structure": setting,
+            "use_structure": results.get("use_structure", structure),
+            "global_attention_types": heading_types if structure else [],
         }
         metrics = results["metrics"]
-        downstream[task.replace("-", "_")] = {m: metrics[m] for m in ("f1", "precision", "recall")}
+        downstream[name] = {m: metrics[m] for m in ("f1", "precision", "recall")}
+        clusters = metrics.get("salient_clusters")
+        if clusters:
+            for metric in ("f1", "precision", "recall"):
+                downstream[name][f"cluster_{metric}"] = clusters[metric]
+            baselines = results.get("baselines") or {}
+            run.update(
+                {
+                    "eval_documents": baselines.get("documents"),
+                    "baselines": baselines,
+                    "per_paper_cluster_f1": {
+                        str(entry["seed"]): dict(entry["salient_clusters"]["per_paper"])
+                        for entry in results.get("per_seed", [])
+                        if "salient_clusters" in entry
+                    },
+                    "cluster_rule": (results.get("salient_clusters") or {}).get("rule"),
+                    # Relative to ``out`` (the experiment's finetune/<model key>/ folder).
+                    "cluster_files": {
+                        seed: f"{task}/{path}"
+                        for seed, path in ((results.get("salient_clusters") or {}).get("files") or {}).items()
+                    },
+                }
+            )
+        runs[name] = run
     return downstream
 
 
 def write_model_cards(model_dirs: dict[str, Path], results: dict) -> list[str]:
-    written = []
-    for variant, model_dir in model_dirs.items():
-        write_model_card(model_dir, results=_with_variant(results, variant))
-        written.append(variant)
-    return written
-
-
-def _with_variant(results: dict, variant: str) -> dict:
-    return {**results, "variant": variant}
+    for key, model_dir in model_dirs.items():
+        write_model_card(model_dir, results={**results, "variant": key})
+    return list(model_dirs)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -330,6 +459,7 @@ def _with_variant(results: dict, variant: str) -> dict:
 
 def _settings(args: ExperimentArguments) -> dict:
     settings = dataclasses.asdict(args)
+    settings["arm_global_attention_types"] = {arm: arm_global_types(args, arm) for arm in args.arms}
     settings["probe_max_length"] = args.probe_max_length or args.max_seq_length
     settings["finetune_max_seq_length"] = args.finetune_max_seq_length or args.max_seq_length
     return settings
@@ -361,11 +491,16 @@ def _move_into_place(work: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
+def model_key(arm: str, seed: int) -> str:
+    """The name of one pre-trained model in ``results.json`` and its folder under ``models/``."""
+    return f"{arm}/seed-{seed}"
 
-    models = {variant: work / "models" / variant for variant in VARIANTS}
+
+def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
+    keys = [(arm, seed, model_key(arm, seed)) for seed in args.seeds for arm in args.arms]
+    models = {key: work / "models" / f"seed-{seed}" / arm for arm, seed, key in keys}
     timings: dict[str, float] = {}
-    state: dict = {}
+    state: dict = {"pretrain": {}, "documents": {}, "downstream": {}}
 
     def corpus() -> None:
         state["corpus"], state["build_report"] = build_corpus_step(args, work)
@@ -373,44 +508,44 @@ def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
     def tokenizer() -> None:
         state["tokenizer"] = tokenizer_step(args, work, state["corpus"])
 
-    def pretrain(variant: str) -> Callable[[], None]:
+    def pretrain(arm: str, seed: int, key: str) -> Callable[[], None]:
         def step() -> None:
             pretrain_step(
-                args, pretrain_arguments(args, state["corpus"], state["tokenizer"], variant, models[variant])
+                args, pretrain_arguments(args, state["corpus"], state["tokenizer"], arm, seed, models[key])
             )
-            state[f"pretrain_{variant}"] = read_pretrain_metrics(models[variant])
+            state["pretrain"][key], state["documents"][key] = read_pretrain_metrics(models[key])
             # The tokenized-dataset cache is rebuilt cheaply and would only bloat the experiment folder.
-            shutil.rmtree(models[variant].parent / f".cache-{variant}", ignore_errors=True)
+            shutil.rmtree(models[key].parent / f".cache-{arm}", ignore_errors=True)
 
         return step
 
+    first_seed = [(arm, key) for arm, seed, key in keys if seed == args.seeds[0]]
+
     def attention() -> None:
         state["attention"] = analyze(
-            [models[v] for v in VARIANTS],
+            [models[key] for _, key in first_seed],
             state["corpus"],
             work / "attention",
-            labels=list(VARIANTS),
+            labels=[arm for arm, _ in first_seed],
             max_length=args.probe_max_length or args.max_seq_length,
             max_docs=args.probe_max_docs,
         )
 
-    def finetune(variant: str) -> Callable[[], None]:
+    def finetune(arm: str, key: str) -> Callable[[], None]:
         def step() -> None:
-            runs = state.setdefault("scirex_runs", {}).setdefault(variant, {})
-            state[f"downstream_{variant}"] = finetune_step(
-                args, variant, models[variant], work / "finetune" / variant, runs
-            )
+            runs = state.setdefault("scirex_runs", {}).setdefault(key, {})
+            state["downstream"][key] = finetune_step(args, arm, models[key], work / "finetune" / key, runs)
 
         return step
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("build corpus", corpus),
         ("tokenizer", tokenizer),
-        *[(f"pre-train {v}", pretrain(v)) for v in VARIANTS],
+        *[(f"pre-train {key}", pretrain(arm, seed, key)) for arm, seed, key in keys],
         ("attention analysis", attention),
     ]
     if args.scirex:
-        steps += [(f"SciREX fine-tune {v}", finetune(v)) for v in VARIANTS]
+        steps += [(f"SciREX fine-tune {key}", finetune(arm, key)) for arm, _, key in keys]
 
     with tqdm(total=len(steps) + 1, desc="experiment", unit="step", position=0) as bar:
         for name, step in steps:
@@ -424,20 +559,32 @@ def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
         bar.set_postfix_str("report")
         results: ExperimentResults = {
             "settings": _settings(args),
-            "models": {
-                variant: {
-                    "checkpoint": str(output / "models" / variant),
-                    "pretrain": state[f"pretrain_{variant}"],
-                    "downstream": state.get(f"downstream_{variant}", {}),
-                }
-                for variant in VARIANTS
+            "tokenizer": {
+                # Where it will be: the work folder becomes the output folder.
+                "path": str(_final_path(Path(state["tokenizer"]), work, output)),
+                "sha256": tokenizer_hash(state["tokenizer"]),
             },
+            "models": {
+                key: {
+                    "arm": arm,
+                    "seed": seed,
+                    "checkpoint": str(output / "models" / f"seed-{seed}" / arm),
+                    "pretrain": state["pretrain"][key],
+                    "downstream": state["downstream"].get(key, {}),
+                }
+                for arm, seed, key in keys
+            },
+            "bits": compare_arms(args, state["pretrain"], state["documents"], state["build_report"]),
             "attention": {
+                "labels": [arm for arm, _ in first_seed],
                 "summary": state["attention"]["summary"],
                 "probe": state["attention"]["probe"],
                 "figures": [f"attention/{name}" for name in state["attention"]["figures"]],
             },
         }
+        if state.get("scirex_runs"):
+            # Per model and task: split, baselines, per-paper scores (the paired comparison reads them).
+            results["scirex_runs"] = state["scirex_runs"]
         write_results(work / RESULTS_FILE, results)
         cards = write_model_cards(models, results)
         write_report(
@@ -450,6 +597,85 @@ def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
             scirex_runs=state.get("scirex_runs"),
         )
         bar.update(1)
+
+
+def _final_path(path: Path, work: Path, output: Path) -> Path:
+    return output / path.relative_to(work) if path.is_relative_to(work) else path
+
+
+def compare_arms(args: ExperimentArguments, scores: dict, documents: dict, build_report: dict) -> dict:
+    """The ``bits`` section of ``results.json``: every arm's bits per ``[MASK]`` token per seed, the
+    paired comparisons with the reference arm, the baselines, and what the scale of the run allows."""
+    reference = "plain" if "plain" in args.arms else args.arms[-1]
+    first = model_key(args.arms[0], args.seeds[0])
+    ids, mask_tokens = documents[first]["ids"], documents[first]["mask_tokens"]
+    for key, docs in documents.items():
+        # The comparison is paired: the same documents and the same [MASK] positions in every model.
+        if docs["ids"] != ids or docs["mask_tokens"] != mask_tokens:
+            raise RuntimeError(
+                f"{key} was evaluated on other documents or masks than {first}: not comparable"
+            )
+    scored = [k for k, n in enumerate(mask_tokens) if n > 0]
+
+    def per_doc(key: str, field: str = "bits") -> list[float]:
+        return [documents[key][field][k] for k in scored]
+
+    per_seed: dict[str, dict] = {}
+    comparisons: dict[str, dict] = {}
+    for seed in args.seeds:
+        entry: dict[str, dict] = {"arms": {}, "differences": {}}
+        for arm in args.arms:
+            s = scores[model_key(arm, seed)]
+            entry["arms"][arm] = {
+                "bits_per_mask_token": s["eval_bits_per_mask_token"],
+                "bits_per_mask_token_pooled": s["eval_bits_per_mask_token_pooled"],
+                "initial_bits_per_mask_token": s["initial_eval_bits_per_mask_token"],
+                "initial_bits_per_mask_token_pooled": s["initial_eval_bits_per_mask_token_pooled"],
+                "global_tokens_per_sequence": s["global_tokens_per_sequence"],
+                "train_tokens_seen": s["train_tokens_seen"],
+            }
+        for arm in args.arms:
+            if arm != reference:
+                entry["differences"][f"{arm} - {reference}"] = paired_bootstrap(
+                    per_doc(model_key(arm, seed)), per_doc(model_key(reference, seed))
+                )
+        per_seed[str(seed)] = entry
+    for arm in args.arms:
+        if arm == reference:
+            continue
+        name = f"{arm} - {reference}"
+        across = t_interval([per_seed[str(seed)]["differences"][name]["mean"] for seed in args.seeds])
+        comparisons[name] = {**across, "verdict": verdict(across["ci"])}
+
+    unigram = scores[first]
+    tokens_seen = min(scores[model_key(arm, seed)]["train_tokens_seen"] for arm, seed in _pairs(args))
+    widths = [c["ci"][1] - c["ci"][0] for c in comparisons.values() if c["ci"] is not None] or [
+        d["ci"][1] - d["ci"][0] for e in per_seed.values() for d in e["differences"].values()
+    ]
+    return {
+        "definition": (
+            "bits per [MASK] token: cross-entropy / ln 2 over the positions whose input is [MASK] (random and "
+            "kept tokens are not scored); each validation document cut to its first max_seq_length tokens; "
+            "'bits_per_mask_token' is the mean of per-document means (the paper's figure), '_pooled' the "
+            "total over all [MASK] tokens"
+        ),
+        "reference_arm": reference,
+        "documents": len(scored),
+        "mask_tokens": int(sum(mask_tokens)),
+        "eval_seed": args.eval_seed,
+        "seeds": per_seed,
+        "comparisons": comparisons,
+        "baselines": {
+            "unigram_bits_per_mask_token": unigram["unigram_bits_per_mask_token"],
+            "unigram_bits_per_mask_token_pooled": unigram["unigram_bits_per_mask_token_pooled"],
+        },
+        "scale": assess_scale(tokens_seen, max(widths) if widths else None),
+        "paper": dict(PAPER_BITS),
+    }
+
+
+def _pairs(args: ExperimentArguments) -> list[tuple[str, int]]:
+    return [(arm, seed) for seed in args.seeds for arm in args.arms]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,13 @@ Tasks:
   windowed with overlap and stitched back to words; seqeval micro F1 plus per-type scores.
 - ``scirex-salient``: for every gold mention, is its entity salient (in a ``coref`` cluster)?
   A mention is the mean of its sub-token states, classified by a linear head on
-  ``StructBertModel``; binary F1 / precision / recall.
+  ``StructBertModel``; binary F1 / precision / recall over mentions. Also SciREX's
+  salient-entity-cluster P/R/F1 with gold clusters given (the paper's 0.7195 / 0.7185 setting):
+  a gold cluster (``coref`` or ``coref_non_salient``) is predicted salient when one of its mentions
+  is (``scirex_metric.CLUSTER_RULE``), scored per paper and averaged over papers by the port of
+  SciREX's scorer (``metrics/scirex_salient_clusters``), under ``metrics["salient_clusters"]``;
+  each seed writes its predicted clusters as a SciREX clusters file (``seed-N/salient_clusters.jsonl``),
+  and ``results["baselines"]`` holds the trivial baselines and the oracle on the same split.
 - ``sequence-classification``: one or two text columns and a label column from CSV / JSON /
   JSON-lines files (``run_glue`` style); accuracy and F1 / precision / recall (binary for two
   labels, with the second label in sorted order as positive; macro-averaged otherwise).
@@ -80,17 +86,30 @@ from structformer.trainers.scirex import (
     NER_LABELS,
     bio_labels,
     json_lines,
-    load_scirex,
+    load_scirex_splits,
     make_windows,
     salient_mentions,
     scirex_windows,
-    split_scirex,
     stitch_word_predictions,
+)
+from structformer.trainers.scirex_metric import (
+    CLUSTER_RULE,
+    clusters_file_records,
+    clusters_from_salient_mentions,
+    compact_scores,
+    relation_entities,
+    salient_baselines,
+    salient_cluster_scores,
+    write_clusters_file,
 )
 
 logger = logging.getLogger(__name__)
 
 MENTION_HEAD = "mention_head.safetensors"
+# scirex-salient: each seed's predicted salient clusters, a SciREX --clusters-file.
+CLUSTERS_FILE = "salient_clusters.jsonl"
+# How the salient-cluster metric breaks ties between gold clusters (see scirex_metric.match_clusters).
+TIE_BREAK = "name"
 TASKS: tuple[str, ...] = ("scirex-ner", "scirex-salient", "sequence-classification", "token-classification")
 # Per-feature arrays the collator pads, with their padding values; everything else in a feature
 # (word_index, doc_index, mention_index, ...) stays on the host for evaluation.
@@ -118,7 +137,13 @@ class FinetuneArguments(TrainingArguments):
     tokenizer: str | None = field(
         default=None, metadata={"help": "a fast tokenizer folder (default: --model)"}
     )
-    scirex: str | None = field(default=None, metadata={"help": "a SciREX JSON-lines file (scirex-* tasks)"})
+    scirex: str | None = field(
+        default=None,
+        metadata={
+            "help": "SciREX for the scirex-* tasks: a folder with the official train/dev/test.jsonl, or one "
+            "JSON-lines file split 70/15/15 by a hash of doc_id"
+        },
+    )
     max_docs: int | None = field(
         default=None, metadata={"help": "SciREX: use the first N documents of the file"}
     )
@@ -148,6 +173,13 @@ class FinetuneArguments(TrainingArguments):
         default=True,
         metadata={
             "help": "headings get global attention and their section ids (--no-use-structure: plain text)"
+        },
+    )
+    global_attention_types: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "heading levels whose tokens are global with --use-structure (default: the model config's); "
+            "the experiment sets the same for every model"
         },
     )
     seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "one fine-tuning run per seed"})
@@ -315,7 +347,8 @@ def classification_metrics(
 
 
 def aggregate_metrics(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Fold per-seed metric dicts into ``{metric: summarize(...)}`` (per type too, for NER)."""
+    """Fold per-seed metric dicts into ``{metric: summarize(...)}`` (per type too, for NER; the
+    salient-cluster precision/recall/F1 too, for scirex-salient, whose per-paper values stay per seed)."""
     first = per_seed[0]
     result: dict[str, Any] = {}
     for key, value in first.items():
@@ -323,6 +356,12 @@ def aggregate_metrics(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
             result[key] = summarize([seed[key] for seed in per_seed])
         elif isinstance(value, str):
             result[key] = value
+    if "salient_clusters" in first:
+        rows = [seed["salient_clusters"] for seed in per_seed]
+        result["salient_clusters"] = {
+            m: summarize([row[m] for row in rows]) for m in ("f1", "precision", "recall")
+        }
+        result["salient_clusters"]["n_papers"] = int(first["salient_clusters"]["n_papers"])
     if "per_type" in first:
         kinds = sorted({kind for seed in per_seed for kind in seed["per_type"]})
         empty = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "number": 0}
@@ -480,7 +519,9 @@ class TaskData:
     """Features ready for the collator, and how to score predictions on the eval features.
 
     ``score(predictions)`` takes one array per eval feature (token-, mention- or row-level,
-    matching the feature) and returns the metric dict.
+    matching the feature) and returns the metric dict. ``write_predictions(predictions, folder)``, when
+    set, stores a seed's predictions there (scirex-salient: its clusters file); ``extra_results`` are
+    model-independent entries of ``results.json`` (scirex-salient: the baselines and definitions).
     """
 
     train: list[dict[str, Any]]
@@ -490,6 +531,8 @@ class TaskData:
     split_sizes: dict[str, int]
     score: Callable[[list[np.ndarray]], dict[str, Any]]
     counts: dict[str, int] = field(default_factory=dict)
+    write_predictions: Callable[[list[np.ndarray], Path], Path] | None = None
+    extra_results: dict[str, Any] = field(default_factory=dict)
 
 
 def _limit(items: list, limit: int | None) -> list:
@@ -507,9 +550,7 @@ def _group(owners: Sequence[int]) -> dict[int, list[int]]:
 def scirex_task_data(
     args: FinetuneArguments, tokenizer: Any, global_attention_types: Sequence[str]
 ) -> TaskData:
-    docs = load_scirex(args.scirex)
-    docs = _limit(docs, args.max_docs)
-    splits = split_scirex(docs)
+    splits, split_source = load_scirex_splits(args.scirex, args.max_docs)
     train_docs = _limit(splits["train"], args.max_train_samples)
     eval_docs = _limit(splits[args.eval_split], args.max_eval_samples)
     if not train_docs or not eval_docs:
@@ -528,6 +569,7 @@ def scirex_task_data(
     train = scirex_windows(train_docs, tokenizer, **options)
     evaluation = scirex_windows(eval_docs, tokenizer, **options)
     split_sizes = {name: len(split) for name, split in splits.items()}
+    logger.info("SciREX split: %s (%s documents)", split_source, split_sizes)
 
     if task == "ner":
 
@@ -543,23 +585,121 @@ def scirex_task_data(
                 predicted.append([NER_LABELS[label] for label in stitched])
             return ner_metrics(references, predicted)
 
-        return TaskData(train, evaluation, args.eval_split, list(NER_LABELS), split_sizes, score)
+        return TaskData(
+            train,
+            evaluation,
+            args.eval_split,
+            list(NER_LABELS),
+            split_sizes,
+            score,
+            extra_results={"split_source": split_source},
+        )
 
     # Salient: only windows that carry mentions train or score anything.
     train = [window for window in train if len(window["mention_labels"])]
     evaluation = [window for window in evaluation if len(window["mention_labels"])]
+    eval_mentions = [salient_mentions(doc) for doc in eval_docs]
+    references = [label for mentions in eval_mentions for _, _, label in mentions]
+
+    def mention_predictions(predictions: list[np.ndarray]) -> list[np.ndarray]:
+        """Per eval document, one bool per gold mention (``salient_mentions`` order): salient when any
+        window that scores the mention says so (``make_windows`` puts each mention in one window)."""
+        predicted = [np.zeros(len(mentions), dtype=bool) for mentions in eval_mentions]
+        scored = [np.zeros(len(mentions), dtype=bool) for mentions in eval_mentions]
+        for window, row in zip(evaluation, predictions):
+            doc_index, indices = int(window["doc_index"]), np.asarray(window["mention_index"])
+            np.logical_or.at(predicted[doc_index], indices, np.asarray(row)[: len(indices)] == 1)
+            scored[doc_index][indices] = True
+        unscored = sum(int((~flags).sum()) for flags in scored)
+        if unscored:
+            raise RuntimeError(f"{unscored} gold mentions were scored in no window")
+        return predicted
+
+    def predicted_clusters(predicted: list[np.ndarray]) -> dict[str, dict[str, list[tuple[int, int]]]]:
+        return {
+            str(doc["doc_id"]): clusters_from_salient_mentions(
+                doc, [mention[:2] for mention, flag in zip(mentions, flags) if flag]
+            )
+            for doc, mentions, flags in zip(eval_docs, eval_mentions, predicted)
+        }
 
     def score_salient(predictions: list[np.ndarray]) -> dict[str, Any]:
-        references = np.concatenate([window["mention_labels"] for window in evaluation])
-        predicted = np.concatenate(
-            [np.asarray(p)[: len(window["mention_labels"])] for window, p in zip(evaluation, predictions)]
-        )
-        return classification_metrics(references.tolist(), predicted.tolist())
+        predicted = mention_predictions(predictions)
+        flat = np.concatenate(predicted).astype(int).tolist() if predicted else []
+        metrics = classification_metrics(references, flat)
+        clusters = salient_cluster_scores(eval_docs, predicted_clusters(predicted), tie_break=TIE_BREAK)
+        metrics["salient_clusters"] = compact_scores(clusters)
+        return metrics
 
-    counts = {"eval_mentions": sum(len(salient_mentions(doc)) for doc in eval_docs)}
+    def write_clusters(predictions: list[np.ndarray], folder: Path) -> Path:
+        records = clusters_file_records(eval_docs, predicted_clusters(mention_predictions(predictions)))
+        return write_clusters_file(Path(folder) / CLUSTERS_FILE, records)
+
+    counts = {"eval_mentions": len(references)}
+    extra = {
+        "split_source": split_source,
+        "salient_clusters": {
+            "metric": "SciREX salient-entity-cluster precision/recall/F1 with gold clusters given: per paper, "
+            "averaged over papers (metrics/scirex_salient_clusters, a port of SciREX's "
+            "scirex_relation_evaluate.py)",
+            "rule": CLUSTER_RULE,
+            "tie_break": TIE_BREAK,
+            "clusters_file": CLUSTERS_FILE,
+        },
+        "baselines": salient_task_baselines(args, splits, train_docs, eval_docs, references),
+    }
     return TaskData(
-        train, evaluation, args.eval_split, ["not-salient", "salient"], split_sizes, score_salient, counts
+        train,
+        evaluation,
+        args.eval_split,
+        ["not-salient", "salient"],
+        split_sizes,
+        score_salient,
+        counts,
+        write_clusters,
+        extra,
     )
+
+
+def salient_task_baselines(
+    args: FinetuneArguments,
+    splits: dict[str, list[dict]],
+    train_docs: list[dict],
+    eval_docs: list[dict],
+    references: list[int],
+) -> dict[str, Any]:
+    """Model-independent scores on the eval documents, by the same metrics as the model's.
+
+    Mention level: the all-positive predictor (every gold mention salient). Salient clusters:
+    every gold cluster salient, gold clusters with at least ``k`` mentions, and the oracle
+    (``scirex_metric.salient_baselines``). ``k`` is chosen on the dev split when the test split is
+    scored, and on the training documents when dev is scored (or when the dev split is empty).
+    """
+    if args.eval_split != "dev" and splits["dev"]:
+        k_split, k_docs = "dev", splits["dev"]
+    else:
+        k_split, k_docs = "train", train_docs
+    all_positive = classification_metrics(references, [1] * len(references))
+    without = sum(1 for doc in eval_docs if not relation_entities(doc))
+    if without:
+        logger.warning(
+            "%d of %d %s documents have no n_ary_relations, hence no gold salient cluster: the salient-"
+            "cluster recall and F1 of those papers are 0 for every predictor",
+            without,
+            len(eval_docs),
+            args.eval_split,
+        )
+    return {
+        "split": args.eval_split,
+        "documents": len(eval_docs),
+        "documents_without_gold_salient_clusters": without,
+        "mentions": {
+            "all_positive": {k: v for k, v in all_positive.items() if k != "average"},
+            "mentions": len(references),
+            "salient_mentions": int(sum(references)),
+        },
+        "salient_clusters": salient_baselines(eval_docs, k_docs, k_split, tie_break=TIE_BREAK),
+    }
 
 
 def _text_columns(args: FinetuneArguments, rows: list[dict], path: Path) -> list[str]:
@@ -754,9 +894,8 @@ def _logits(outputs: Any) -> torch.Tensor:
     return outputs[1] if isinstance(outputs, tuple) else outputs.logits
 
 
-def evaluate_model(
-    model: nn.Module, dataloader: DataLoader, accelerator: Any, data: TaskData
-) -> dict[str, Any]:
+def predict(model: nn.Module, dataloader: DataLoader, accelerator: Any, data: TaskData) -> list[np.ndarray]:
+    """The argmax predictions of every eval feature, gathered across processes, in feature order."""
     model.eval()
     predictions: list[np.ndarray | None] = [None] * len(data.eval)
     for batch in dataloader:
@@ -773,7 +912,13 @@ def evaluate_model(
     if missing:
         raise RuntimeError(f"evaluation lost {missing} of {len(predictions)} features")
     model.train()
-    return data.score(predictions)  # type: ignore[arg-type]
+    return predictions  # type: ignore[return-value]
+
+
+def evaluate_model(
+    model: nn.Module, dataloader: DataLoader, accelerator: Any, data: TaskData
+) -> dict[str, Any]:
+    return data.score(predict(model, dataloader, accelerator, data))
 
 
 def _batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -832,8 +977,11 @@ def train_one_seed(
     train(accelerator, model, optimizer, scheduler, train_loader, seed_args, loop, state)
 
     progress.set_postfix(seed=seed, status="evaluating")
-    metrics = evaluate_model(model, eval_loader, accelerator, data)
+    predictions = predict(model, eval_loader, accelerator, data)
+    metrics = data.score(predictions)
     if accelerator.is_main_process:
+        if data.write_predictions is not None:
+            data.write_predictions(predictions, seed_dir)
         write_json_atomically(
             seed_dir / "eval_results.json",
             {"seed": seed, "step": total_steps, "split": data.eval_split, **metrics},
@@ -850,23 +998,51 @@ def train_one_seed(
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Bars of mean ± std over seeds: overall metrics, and F1 per type when there are types."""
+    """Bars of mean ± std over seeds: overall metrics, F1 per type when there are types, and SciREX's
+    salient-cluster scores with the baselines as horizontal lines when there are those."""
     metrics = results["metrics"]
     overall = [name for name in ("f1", "precision", "recall", "accuracy") if name in metrics]
     per_type = metrics.get("per_type", {})
-    figure = Figure(figsize=(11 if per_type else 6, 4))
-    axes = figure.subplots(1, 2 if per_type else 1, squeeze=False)
-    panels = [(axes[0][0], overall, [metrics[n] for n in overall], "overall")]
-    if per_type:
-        panels.append(
-            (axes[0][1], list(per_type), [per_type[k]["f1"] for k in per_type], "F1 per entity type")
+    clusters = metrics.get("salient_clusters", {})
+    all_positive = results.get("baselines", {}).get("mentions", {}).get("all_positive")
+    panels: list[tuple[list[str], list[dict[str, Any]], str, dict[str, float]]] = [
+        (
+            overall,
+            [metrics[n] for n in overall],
+            "overall",
+            {"all mentions salient": all_positive["f1"]} if all_positive else {},
         )
-    for axis, names, entries, title in panels:
+    ]
+    if per_type:
+        panels.append((list(per_type), [per_type[k]["f1"] for k in per_type], "F1 per entity type", {}))
+    if clusters:
+        names = ["f1", "precision", "recall"]
+        baselines = results.get("baselines", {}).get("salient_clusters", {})
+        k = baselines.get("min_mentions", {}).get("k")
+        lines = {
+            label: baselines[key]["f1"]
+            for key, label in (
+                ("all_salient", "all salient"),
+                ("min_mentions", f">= {k} mentions"),
+                ("oracle", "oracle"),
+            )
+            if key in baselines
+        }
+        panels.append(
+            (names, [clusters[n] for n in names], "salient clusters (SciREX, gold clusters)", lines)
+        )
+    figure = Figure(figsize=(5.5 * len(panels) + 0.5, 4))
+    axes = figure.subplots(1, len(panels), squeeze=False)
+    for axis, (names, entries, title, lines) in zip(axes[0], panels):
         means = [entry["mean"] for entry in entries]
         stds = [entry["std"] for entry in entries]
         axis.bar(names, means, yerr=stds, capsize=4, color="#4c72b0")
         for x, (mean, std) in enumerate(zip(means, stds)):
             axis.text(x, mean + std + 0.01, f"{mean:.3f}", ha="center", va="bottom", fontsize=8)
+        for (label, value), style in zip(lines.items(), (":", "--", "-.")):
+            axis.axhline(value, color="gray", linestyle=style, linewidth=1, label=f"F1 {label}: {value:.3f}")
+        if lines:
+            axis.legend(fontsize=7, loc="upper right")
         axis.set_ylim(0, 1.05)
         axis.set_ylabel("score (mean ± std over seeds)")
         axis.set_title(title)
@@ -918,7 +1094,10 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
 
     with accelerator.main_process_first():
         if args.task.startswith("scirex"):
-            data = scirex_task_data(args, tokenizer, config.global_attention_types)
+            types = args.global_attention_types
+            data = scirex_task_data(
+                args, tokenizer, config.global_attention_types if types is None else types
+            )
         elif args.task == "sequence-classification":
             data = sequence_task_data(args, tokenizer)
         else:
@@ -954,6 +1133,11 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         for seed in args.seeds:
             resuming = args.resume_from_checkpoint is not None
             finished = _finished_seed(output_dir / f"seed-{seed}", total_steps) if resuming else None
+            seed_dir = output_dir / f"seed-{seed}"
+            if args.task == "scirex-salient" and finished is not None:
+                # A seed scored before salient clusters existed: score it again (from its last checkpoint).
+                stale = "salient_clusters" not in finished or not (seed_dir / CLUSTERS_FILE).is_file()
+                finished = None if stale else finished
             if finished is not None:
                 progress.update(total_steps)
                 per_seed.append(finished)
@@ -975,7 +1159,14 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         "stride": args.stride,
         "metrics": aggregate_metrics(per_seed),
         "per_seed": [{"seed": seed, **metrics} for seed, metrics in zip(args.seeds, per_seed)],
+        **data.extra_results,
     }
+    if "salient_clusters" in results:
+        results["salient_clusters"]["files"] = {
+            str(seed): f"seed-{seed}/{CLUSTERS_FILE}"
+            for seed in args.seeds
+            if (output_dir / f"seed-{seed}" / CLUSTERS_FILE).is_file()
+        }
     if accelerator.is_main_process:
         write_json_atomically(output_dir / "results.json", results)
         plot_results(results, output_dir / "results.png")
@@ -988,6 +1179,17 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
             len(args.seeds),
             output_dir / "results.json",
         )
+        if "salient_clusters" in results["metrics"]:
+            cluster_f1 = results["metrics"]["salient_clusters"]["f1"]
+            best = results["baselines"]["salient_clusters"]["best_trivial"]
+            logger.info(
+                "%s: salient-cluster F1 %.4f ± %.4f (best trivial baseline, %s: %.4f)",
+                args.task,
+                cluster_f1["mean"],
+                cluster_f1["std"],
+                best["name"],
+                best["f1"],
+            )
     accelerator.wait_for_everyone()
     return results
 

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 12,
         "num_attention_heads": 12,
         "intermediate_size": 3072,
-        "attention_window": 512,
+        # The paper's window (Longformer-base's own is 512).
+        "attention_window": 256,
         "max_position_embeddings": 4096,
     },
 }

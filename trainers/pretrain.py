@@ -55,6 +55,7 @@ from structformer.trainers.core import (
     write_json_atomically,
 )
 from structformer.trainers.data import (
+    DOCUMENT_CHUNKS,
     DataCollatorForStructuredMLM,
     IndexedDataset,
     load_corpus,
@@ -62,7 +63,8 @@ from structformer.trainers.data import (
     sequence_features,
 )
 from structformer.trainers.presets import get_model_config
-from structformer.trainers.tokenizer import load_tokenizer, train_wordpiece
+from structformer.trainers.statistics import unigram_log2_probs
+from structformer.trainers.tokenizer import load_tokenizer, tokenizer_hash, train_wordpiece
 
 CONVERTIBLE_MODEL_TYPES = ("bert", "roberta", "longformer")
 
@@ -96,6 +98,28 @@ class PretrainArguments(TrainingArguments):
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder"})
     mlm_probability: float = field(default=0.15, metadata={"help": "share of words masked"})
+    document_chunks: str = field(
+        default="first",
+        metadata={
+            "help": "first = each document's first --max-seq-length tokens (the paper's sequences); all = "
+            "every token, packed (later sequences repeat the title as context, never as a label)"
+        },
+    )
+    min_document_tokens: int | None = field(
+        default=None,
+        metadata={"help": "drop documents with fewer tokens, in every split (the paper: 2000)"},
+    )
+    max_document_tokens: int | None = field(
+        default=None,
+        metadata={"help": "drop documents with more tokens, in every split (the paper: 12000)"},
+    )
+    eval_seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of the validation masks, independent of --seed: runs with the same eval seed are "
+            "scored on the same [MASK] positions"
+        },
+    )
     pad_to_multiple_of: str = field(
         default="window",
         metadata={
@@ -125,7 +149,9 @@ class PretrainArguments(TrainingArguments):
     )
     global_attention_types: list[str] | None = field(
         default=None,
-        metadata={"help": "override the config's global_attention_types (e.g. cls title section)"},
+        metadata={
+            "help": "override the config's global_attention_types (e.g. title section; 'none' for no global token)"
+        },
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward"}
@@ -138,6 +164,8 @@ class PretrainArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.global_attention_types is not None and list(self.global_attention_types) == ["none"]:
+            self.global_attention_types = []
         require(self.max_seq_length >= 8, f"--max-seq-length must be at least 8, got {self.max_seq_length}")
         require(
             0.0 <= self.validation_split < 1.0,
@@ -148,6 +176,18 @@ class PretrainArguments(TrainingArguments):
             f"--mlm-probability must be in (0, 1), got {self.mlm_probability}",
         )
         require(self.eval_steps >= 0, f"--eval-steps must be >= 0, got {self.eval_steps}")
+        require(
+            self.document_chunks in DOCUMENT_CHUNKS,
+            f"--document-chunks must be one of {DOCUMENT_CHUNKS}, got {self.document_chunks!r}",
+        )
+        for name in ("min_document_tokens", "max_document_tokens"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"--{name.replace('_', '-')} must be positive, got {value}")
+        require(
+            not (self.min_document_tokens and self.max_document_tokens)
+            or self.min_document_tokens <= self.max_document_tokens,
+            "--min-document-tokens must not exceed --max-document-tokens",
+        )
         require(self.dataloader_num_workers >= 0, "--dataloader-num-workers must be >= 0")
         require(
             self.attention_window is None or (self.attention_window > 0 and self.attention_window % 2 == 0),
@@ -383,6 +423,35 @@ def model_config(
     return config, source
 
 
+def filter_by_length(args: PretrainArguments, accelerator: Accelerator, raw: dict[str, Any], tokenizer: Any):
+    """Drop documents outside ``[--min-document-tokens, --max-document-tokens]`` from every split.
+
+    Both corpus configs hold the same texts, so both arms keep the same documents.
+    """
+    low, high = args.min_document_tokens or 0, args.max_document_tokens or math.inf
+    if not (args.min_document_tokens or args.max_document_tokens):
+        return raw
+
+    def keep(batch: dict[str, list]) -> list[bool]:
+        lengths = tokenizer(batch[args.text_column], add_special_tokens=False, return_length=True)["length"]
+        return [low <= n <= high for n in lengths]
+
+    kept = {}
+    with accelerator.main_process_first():
+        for split, dataset in raw.items():
+            kept[split] = dataset.filter(keep, batched=True, batch_size=32, desc=f"length filter {split}")
+            logger.info(
+                "%s: %d of %d documents have %s to %s tokens",
+                split, len(kept[split]), len(dataset), low, high,
+            )  # fmt: skip
+    if len(kept.get("train", [])) == 0:
+        raise InputError(
+            f"--min-document-tokens {args.min_document_tokens} / --max-document-tokens "
+            f"{args.max_document_tokens} leave no training document"
+        )
+    return kept
+
+
 def pack_splits(
     args: PretrainArguments,
     accelerator: Accelerator,
@@ -391,7 +460,11 @@ def pack_splits(
     config: StructBertConfig,
     use_headers: bool,
 ) -> dict[str, Any]:
-    """Tokenize and pack every split once (cached by datasets, main process first)."""
+    """Tokenize and pack every split once (cached by datasets, main process first).
+
+    Training sequences follow ``--document-chunks``; validation is always one sequence per document,
+    its first ``--max-seq-length`` tokens (the paper's evaluation), in the split's order.
+    """
     pack_kwargs = {
         "tokenizer": tokenizer,
         "max_seq_length": args.max_seq_length,
@@ -399,6 +472,7 @@ def pack_splits(
         "use_headers": use_headers,
         "text_column": args.text_column,
     }
+    chunks = {"train": args.document_chunks, "validation": "first"}
     workers = args.preprocessing_num_workers if (args.preprocessing_num_workers or 0) > 1 else None
     packed = {}
     with accelerator.main_process_first():
@@ -413,11 +487,16 @@ def pack_splits(
                         num_proc=workers,
                         remove_columns=raw[split].column_names,
                         features=sequence_features(),
-                        fn_kwargs=pack_kwargs,
+                        fn_kwargs={**pack_kwargs, "document_chunks": chunks[split]},
                         desc=f"tokenizing and packing {split}",
                     )
                     .with_format("numpy")
                 )
+    if "validation" in packed and len(packed["validation"]) != len(raw["validation"]):
+        raise InputError(
+            f"--dataset {args.dataset}: {len(raw['validation']) - len(packed['validation'])} validation "
+            "documents have no tokens; every validation document must give one sequence"
+        )
     per_step = args.per_device_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if len(packed["train"]) < per_step:
         raise InputError(
@@ -432,11 +511,11 @@ def make_loaders(
 ) -> tuple[DataLoader, DataLoader | None]:
     """The training loader (epoch-seeded shuffle and masking) and the validation loader, if any."""
 
-    def collator(seed: int) -> DataCollatorForStructuredMLM:
+    def collator(seed: int, mask_headings: bool) -> DataCollatorForStructuredMLM:
         return DataCollatorForStructuredMLM(
             tokenizer,
             mlm_probability=args.mlm_probability,
-            mask_headings=args.mask_headings,
+            mask_headings=mask_headings,
             pad_to_multiple_of=args.pad_multiple(_max_window(config.attention_window)),
             seed=seed,
             vocab_size=config.vocab_size,
@@ -446,7 +525,7 @@ def make_loaders(
         IndexedDataset(packed["train"]),
         batch_size=args.per_device_batch_size,
         sampler=EpochShuffleSampler(len(packed["train"]), args.seed),
-        collate_fn=collator(args.seed),
+        collate_fn=collator(args.seed, args.mask_headings),
         drop_last=True,
         num_workers=args.dataloader_num_workers,
     )
@@ -455,7 +534,9 @@ def make_loaders(
     eval_loader = DataLoader(
         IndexedDataset(packed["validation"]),
         batch_size=args.per_device_batch_size,
-        collate_fn=collator(args.seed + 1),
+        # Validation masks depend on the eval seed and the document alone (headings maskable like any
+        # word), so every arm and every pre-training seed is scored on the same [MASK] positions.
+        collate_fn=collator(args.eval_seed, True),
         num_workers=args.dataloader_num_workers,
     )
     return train_loader, eval_loader
@@ -476,27 +557,87 @@ def build_model(
 
 @torch.no_grad()
 def evaluate(
-    accelerator: Accelerator, objective: nn.Module, dataloader, max_batches: int | None
+    accelerator: Accelerator,
+    objective: nn.Module,
+    dataloader,
+    max_batches: int | None,
+    mask_token_id: int,
+    per_document: dict[str, list] | None = None,
+    unigram: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Validation loss per masked token, in nats, bits, and as perplexity."""
+    """Validation bits per ``[MASK]`` token, the paper's metric.
+
+    Only positions whose input is ``[MASK]`` are scored (the 10% random and 10% kept tokens of BERT's
+    masking are labels in training, not here). Each validation row is one document (its first
+    ``--max-seq-length`` tokens), so:
+
+    - ``eval_bits_per_mask_token``: the mean over documents of each document's mean bits (the paper's
+      figure, measured with evaluation batch 1);
+    - ``eval_bits_per_mask_token_pooled``: total bits over total ``[MASK]`` tokens;
+    - ``eval_loss`` (nats, pooled) and ``eval_perplexity`` = exp(``eval_loss``);
+    - ``eval_documents`` (with at least one ``[MASK]``) and ``eval_mask_tokens``.
+
+    ``per_document`` (when given) receives each document's ``mask_tokens`` and ``bits`` in split order.
+    With ``unigram`` (log2 probabilities per token id), the same figures of that trivial model on the
+    same positions come back as ``unigram_*`` (and ``unigram_bits`` per document).
+    """
     objective.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    sums, counts, unigram_sums = [], [], []
     for k, batch in enumerate(dataloader):
         if max_batches is not None and k >= max_batches:
             break
-        sums, counts = objective(**batch)
-        sums, counts = accelerator.gather_for_metrics((sums.double(), counts.double()))
-        loss_sum += sums.sum()
-        count += counts.sum()
+        labels = batch["labels"].masked_fill(batch["input_ids"] != mask_token_id, -100)
+        loss_sums, mask_counts = objective(**{**batch, "labels": labels})
+        loss_sums, mask_counts = accelerator.gather_for_metrics((loss_sums.double(), mask_counts.double()))
+        sums.append(loss_sums.cpu())
+        counts.append(mask_counts.cpu())
+        if unigram is not None:
+            table = unigram.to(labels.device)
+            row_bits = torch.where(labels != -100, -table[labels.clamp(min=0)], 0.0).sum(dim=1)
+            unigram_sums.append(accelerator.gather_for_metrics(row_bits.double()).cpu() * math.log(2))
     objective.train()
-    mean = (loss_sum / count.clamp(min=1)).item()
+    count = torch.cat(counts)
+    results = _bits_figures("eval", torch.cat(sums), count, per_document, "bits")
+    if unigram is not None:
+        unigram_figures = _bits_figures(
+            "unigram", torch.cat(unigram_sums), count, per_document, "unigram_bits"
+        )
+        results.update({k: v for k, v in unigram_figures.items() if "bits" in k})
+    return results
+
+
+def _bits_figures(
+    prefix: str, loss_sum: torch.Tensor, count: torch.Tensor, per_document: dict | None, key: str
+) -> dict[str, float]:
+    """The mean of per-document means and the pooled figure, from per-document nat sums and counts."""
+    scored = count > 0
+    bits = (loss_sum[scored] / count[scored] / math.log(2)).tolist()
+    pooled = (loss_sum.sum() / count.sum().clamp(min=1)).item()
+    if per_document is not None:
+        per_document["mask_tokens"] = [int(c) for c in count.tolist()]
+        per_document[key] = [
+            (s / c / math.log(2)) if c > 0 else None for s, c in zip(loss_sum.tolist(), count.tolist())
+        ]
     return {
-        "eval_loss": mean,
-        "eval_bits_per_masked_token": mean / math.log(2),
-        "eval_perplexity": math.exp(min(mean, 700.0)),
-        "eval_masked_tokens": int(count.item()),
+        f"{prefix}_bits_per_mask_token": sum(bits) / max(len(bits), 1),
+        f"{prefix}_bits_per_mask_token_pooled": pooled / math.log(2),
+        f"{prefix}_loss": pooled,
+        f"{prefix}_perplexity": math.exp(min(pooled, 700.0)),
+        f"{prefix}_documents": len(bits),
+        f"{prefix}_mask_tokens": int(count.sum().item()),
     }
+
+
+EVAL_KEYS = (
+    "eval_bits_per_mask_token",
+    "eval_bits_per_mask_token_pooled",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_documents",
+    "eval_mask_tokens",
+)
+UNIGRAM_KEYS = ("unigram_bits_per_mask_token", "unigram_bits_per_mask_token_pooled")
+EVAL_DOCUMENTS_FILE = "eval_documents.json"
 
 
 def save_final(
@@ -505,8 +646,10 @@ def save_final(
     tokenizer: Any,
     output_dir: Path,
     eval_results: dict | None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``save_pretrained`` of the model (OUT is the final model) and ``eval_results.json``."""
+    """``save_pretrained`` of the model (OUT is the final model) and ``eval_results.json`` (the final
+    evaluation's :data:`EVAL_KEYS` and ``step``, plus ``extra``)."""
     accelerator.wait_for_everyone()
     # get_state_dict gathers sharded (FSDP) or partitioned (DeepSpeed) weights into one full state dict.
     state_dict = accelerator.get_state_dict(objective)
@@ -520,17 +663,18 @@ def save_final(
     )
     summary: dict[str, Any] = {}
     if eval_results is not None:
-        summary = {
-            k: eval_results[k] for k in ("eval_loss", "eval_bits_per_masked_token", "eval_perplexity", "step")
-        }
+        summary = {k: eval_results[k] for k in (*EVAL_KEYS, "step")}
+        summary.update(extra or {})
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         if summary:
+            summary["tokenizer_sha256"] = tokenizer_hash(output_dir)
             write_json_atomically(output_dir / "eval_results.json", summary)
             logger.info(
-                "validation: %.4f bits per masked token, perplexity %.2f",
-                summary["eval_bits_per_masked_token"],
-                summary["eval_perplexity"],
+                "validation: %.4f bits per [MASK] token (mean of %d documents), %.4f pooled",
+                summary["eval_bits_per_mask_token"],
+                summary["eval_documents"],
+                summary["eval_bits_per_mask_token_pooled"],
             )
         logger.info("saved the final model and tokenizer to %s", output_dir)
     return summary
@@ -597,6 +741,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     if init is None:
         get_model_config(args.model_config, **_config_overrides(args))  # validate before training a tokenizer
     tokenizer = load_or_train_tokenizer(args, accelerator, raw, init, resume_dir)
+    raw = filter_by_length(args, accelerator, raw, tokenizer)
     config, source = model_config(args, accelerator, tokenizer, init)
     set_seed(args.seed)
     packed = pack_splits(args, accelerator, raw, tokenizer, config, use_headers)
@@ -633,8 +778,33 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         accelerator.init_trackers("pretrain", config=tracked)
     logger.info(_summary(args, config, packed, use_headers, objective, epoch_steps, accelerator))
 
+    documents: dict[str, list] = {}
+
     def evaluate_now() -> dict[str, float]:
-        return evaluate(accelerator, objective, eval_loader, args.max_eval_batches)
+        return evaluate(
+            accelerator, objective, eval_loader, args.max_eval_batches, tokenizer.mask_token_id, documents
+        )
+
+    initial_file = output_dir / "eval_initial.json"
+    if eval_loader is not None and not resumed:
+        # Two baselines on the same [MASK] positions: the untrained model (where every arm starts) and
+        # a unigram model of the training sequences' tokens.
+        sequences = (ids for batch in _batches(packed["train"], ["input_ids"]) for ids in batch["input_ids"])
+        unigram = torch.from_numpy(
+            unigram_log2_probs(sequences, config.vocab_size, tokenizer.all_special_ids)
+        ).float()
+        initial = evaluate(
+            accelerator,
+            objective,
+            eval_loader,
+            args.max_eval_batches,
+            tokenizer.mask_token_id,
+            documents,
+            unigram,
+        )
+        initial = {"step": 0, **initial, "bits": documents["bits"], "unigram_bits": documents["unigram_bits"]}
+        if accelerator.is_main_process:
+            write_json_atomically(initial_file, initial)
 
     loop = Loop(
         loss_fn=lambda batch: objective(**batch)[0].sum(),
@@ -659,9 +829,50 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     if eval_loader is not None and (eval_results is None or eval_results["step"] != args.max_steps):
         eval_results = {"step": args.max_steps, **evaluate_now()}
         metrics.log(eval_results)
-    summary = save_final(accelerator, objective, tokenizer, output_dir, eval_results)
+    extra = run_facts(args, config, packed, accelerator)
+    if eval_loader is not None and initial_file.is_file():
+        initial = json.loads(initial_file.read_text(encoding="utf-8"))
+        extra.update({f"initial_{k}": initial[k] for k in EVAL_KEYS})
+        extra.update({k: initial[k] for k in UNIGRAM_KEYS})
+        documents["initial_bits"] = initial["bits"]
+        documents["unigram_bits"] = initial["unigram_bits"]
+    summary = save_final(accelerator, objective, tokenizer, output_dir, eval_results, extra)
+    if eval_loader is not None and accelerator.is_main_process:
+        ids = raw["validation"]["id"] if "id" in raw["validation"].column_names else None
+        ids = ids[: len(documents["mask_tokens"])] if ids is not None else None  # --max-eval-batches
+        write_json_atomically(output_dir / EVAL_DOCUMENTS_FILE, {"ids": ids, **documents})
     accelerator.end_training()
     return summary
+
+
+def _batches(dataset: Any, columns: list[str], size: int = 1024):
+    """Column batches of a (large) dataset, so no column is held in memory whole."""
+    return dataset.select_columns(columns).iter(batch_size=size)
+
+
+def run_facts(
+    args: PretrainArguments, config: StructBertConfig, packed: dict[str, Any], accelerator: Accelerator
+) -> dict[str, Any]:
+    """What a reader needs to compare arms: global tokens per sequence and training tokens seen."""
+    sequences = tokens = global_tokens = 0
+    for batch in _batches(packed["train"], ["length", "global_attention_mask"]):
+        sequences += len(batch["length"])
+        tokens += int(sum(int(n) for n in batch["length"]))
+        global_tokens += int(sum(int(sum(row)) for row in batch["global_attention_mask"]))
+    # "cls" is made global by the model, not by the data: counted here so 0 means no global token.
+    cls_global = int("cls" in config.global_attention_types)
+    mean_length = tokens / sequences
+    return {
+        "global_tokens_per_sequence": global_tokens / sequences + cls_global,
+        "train_sequences": sequences,
+        "mean_train_sequence_length": mean_length,
+        # Steps x global batch x mean length: exact in expectation, since every epoch draws each sequence once.
+        "train_tokens_seen": round(args.max_steps * global_batch_size(accelerator, args) * mean_length),
+        "global_attention_types": list(config.global_attention_types),
+        "attention_window": _max_window(config.attention_window),
+        "document_chunks": args.document_chunks,
+        "eval_seed": args.eval_seed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

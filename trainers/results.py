@@ -29,15 +29,29 @@ class Score(TypedDict):
 
 
 class PretrainScores(TypedDict, total=False):
-    """A model's validation scores at the end of pre-training (``eval_results.json``)."""
+    """A model's numbers at the end of pre-training (``eval_results.json``; every entry a number).
 
-    eval_bits_per_masked_token: float
+    ``eval_bits_per_mask_token`` is the paper's metric (``[MASK]`` positions only, mean of per-document
+    means), ``eval_bits_per_mask_token_pooled`` the token-pooled figure; ``initial_*`` the same before
+    training, ``unigram_*`` a unigram model's on the same positions.
+    """
+
+    eval_bits_per_mask_token: float
+    eval_bits_per_mask_token_pooled: float
     eval_perplexity: float
     eval_loss: float
+    eval_documents: int
+    eval_mask_tokens: int
+    initial_eval_bits_per_mask_token: float
+    unigram_bits_per_mask_token: float
+    global_tokens_per_sequence: float
+    train_tokens_seen: int
     step: int
 
 
-class ModelResults(TypedDict):
+class ModelResults(TypedDict, total=False):
+    arm: str  # "structured", "plain", ...
+    seed: int  # pre-training seed
     checkpoint: str
     pretrain: PretrainScores
     # task (``scirex_ner``, ``scirex_salient``) -> metric (``f1``, ``precision``, ``recall``) -> Score
@@ -50,10 +64,29 @@ class AttentionResults(TypedDict, total=False):
     figures: list[str]  # PNG paths relative to the experiment folder
 
 
-class ExperimentResults(TypedDict):
+class BitsResults(TypedDict, total=False):
+    """The arms compared on bits per ``[MASK]`` token (``experiment.compare_arms`` documents each key)."""
+
+    definition: str
+    reference_arm: str
+    documents: int
+    mask_tokens: int
+    eval_seed: int
+    seeds: dict[str, Any]  # seed -> {"arms": {arm: figures}, "differences": {"a - b": bootstrap}}
+    comparisons: dict[str, Any]  # "a - b" -> mean over seeds, t-interval, verdict
+    baselines: dict[str, float]
+    scale: dict[str, Any]
+    paper: dict[str, float]
+
+
+class ExperimentResults(TypedDict, total=False):
     settings: dict[str, Any]
-    models: dict[str, ModelResults]  # "structured", "plain"
+    tokenizer: dict[str, str]  # path, sha256 of tokenizer.json
+    models: dict[str, ModelResults]  # "<arm>/seed-<seed>"
+    bits: BitsResults
     attention: AttentionResults
+    # with --scirex: model key -> task -> split sizes, baselines, per-paper cluster F1, structure setting
+    scirex_runs: dict[str, Any]
 
 
 def summarize(values: Sequence[float]) -> Score:
@@ -81,6 +114,8 @@ def check_results(results: Any, source: str = RESULTS_FILE) -> ExperimentResults
     results = _mapping(results, "the top level", source)
     for key in ("settings", "models", "attention"):
         _mapping(results.get(key), key, source)
+    if "bits" in results:
+        _check_numbers(_mapping(results["bits"], "bits", source), "bits", source)
     for variant, model in results["models"].items():
         where = f"models.{variant}"
         model = _mapping(model, where, source)
@@ -97,6 +132,18 @@ def check_results(results: Any, source: str = RESULTS_FILE) -> ExperimentResults
                 for index, value in enumerate(score.get("values") or []):
                     _finite(value, f"{at}.values[{index}]", source)
     return results  # type: ignore[return-value]
+
+
+def _check_numbers(value: Any, where: str, source: str) -> None:
+    """Every float inside ``value`` is finite (None stands for "not available", e.g. one seed's interval)."""
+    if isinstance(value, float):
+        _finite(value, where, source)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_numbers(item, f"{where}.{key}", source)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_numbers(item, f"{where}[{index}]", source)
 
 
 def write_results(path: Path, results: ExperimentResults) -> None:

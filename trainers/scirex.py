@@ -196,6 +196,37 @@ def split_scirex(
     return splits
 
 
+HASH_SPLIT = "doc_id hash 70/15/15 of one file (split_scirex)"
+OFFICIAL_SPLIT = "SciREX's official train/dev/test files"
+
+
+def load_scirex_splits(path: str | Path, max_docs: int | None = None) -> tuple[dict[str, list[dict]], str]:
+    """The ``train``/``dev``/``test`` documents and how they were split.
+
+    ``path`` is either a folder holding SciREX's official ``train.jsonl``, ``dev.jsonl`` and
+    ``test.jsonl`` (used as they are), or one JSON-lines file, split by :func:`split_scirex`.
+    ``max_docs`` keeps the first documents of each file (of the one file before it is split).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = {name: path / f"{name}.jsonl" for name in SPLIT_NAMES}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            raise InputError(
+                f"{path}: a SciREX folder needs train.jsonl, dev.jsonl and test.jsonl; missing {', '.join(missing)}"
+            )
+        splits = {name: load_scirex(f)[:max_docs] for name, f in files.items()}
+        seen: dict[str, str] = {}
+        for name, docs in splits.items():
+            for doc in docs:
+                if seen.setdefault(doc["doc_id"], name) != name:
+                    raise InputError(
+                        f"{path}: doc_id {doc['doc_id']!r} is in both {seen[doc['doc_id']]} and {name}"
+                    )
+        return splits, OFFICIAL_SPLIT
+    return split_scirex(load_scirex(path)[:max_docs]), HASH_SPLIT
+
+
 # --------------------------------------------------------------------------------------------
 # Structure and labels, per word
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Evaluation metrics shipped as offline ``evaluate`` modules (one folder per metric)."""
