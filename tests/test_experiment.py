@@ -384,7 +384,7 @@ def test_compare_arms_pairs_documents_and_refuses_other_masks() -> None:
         for arm, offset in (("structured", -gain), ("plain", 0.0)):
             key = experiment.model_key(arm, seed)
             scores[key], documents[key] = _fake_model([5.0 + offset, 7.0 + offset, 99.0], [10, 20, 0])
-    bits = experiment.compare_arms(args, scores, documents, {})
+    bits = experiment.compare_arms(args, scores, documents)
     assert bits["documents"] == 2 and bits["mask_tokens"] == 30
     first = bits["seeds"]["1"]["differences"]["structured - plain"]
     assert first["mean"] == pytest.approx(-0.1) and first["ci"] == pytest.approx([-0.1, -0.1])
@@ -397,4 +397,4 @@ def test_compare_arms_pairs_documents_and_refuses_other_masks() -> None:
 
     documents[experiment.model_key("plain", 2)]["mask_tokens"] = [10, 19, 0]
     with pytest.raises(RuntimeError, match="other documents or masks"):
-        experiment.compare_arms(args, scores, documents, {})
+        experiment.compare_arms(args, scores, documents)

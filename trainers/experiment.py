@@ -574,7 +574,7 @@ def _run_steps(args: ExperimentArguments, work: Path, output: Path) -> None:
                 }
                 for arm, seed, key in keys
             },
-            "bits": compare_arms(args, state["pretrain"], state["documents"], state["build_report"]),
+            "bits": compare_arms(args, state["pretrain"], state["documents"]),
             "attention": {
                 "labels": [arm for arm, _ in first_seed],
                 "summary": state["attention"]["summary"],
@@ -603,7 +603,7 @@ def _final_path(path: Path, work: Path, output: Path) -> Path:
     return output / path.relative_to(work) if path.is_relative_to(work) else path
 
 
-def compare_arms(args: ExperimentArguments, scores: dict, documents: dict, build_report: dict) -> dict:
+def compare_arms(args: ExperimentArguments, scores: dict, documents: dict) -> dict:
     """The ``bits`` section of ``results.json``: every arm's bits per ``[MASK]`` token per seed, the
     paired comparisons with the reference arm, the baselines, and what the scale of the run allows."""
     reference = "plain" if "plain" in args.arms else args.arms[-1]
@@ -648,7 +648,7 @@ def compare_arms(args: ExperimentArguments, scores: dict, documents: dict, build
         comparisons[name] = {**across, "verdict": verdict(across["ci"])}
 
     unigram = scores[first]
-    tokens_seen = min(scores[model_key(arm, seed)]["train_tokens_seen"] for arm, seed in _pairs(args))
+    tokens_seen = min(model["train_tokens_seen"] for model in scores.values())
     widths = [c["ci"][1] - c["ci"][0] for c in comparisons.values() if c["ci"] is not None] or [
         d["ci"][1] - d["ci"][0] for e in per_seed.values() for d in e["differences"].values()
     ]
@@ -672,10 +672,6 @@ def compare_arms(args: ExperimentArguments, scores: dict, documents: dict, build
         "scale": assess_scale(tokens_seen, max(widths) if widths else None),
         "paper": dict(PAPER_BITS),
     }
-
-
-def _pairs(args: ExperimentArguments) -> list[tuple[str, int]]:
-    return [(arm, seed) for seed in args.seeds for arm in args.arms]
 
 
 def main(argv: list[str] | None = None) -> int:
