@@ -28,7 +28,7 @@ from structformer.trainers.finetune import (
     scirex_task_data,
     summarize,
 )
-from structformer.trainers.scirex import load_scirex, salient_mentions, split_scirex
+from structformer.trainers.scirex import ENTITY_TYPES, load_scirex, salient_mentions, split_scirex
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PIECES = [
@@ -300,6 +300,18 @@ def test_scirex_ner_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Pa
     assert sum(results["split_sizes"].values()) == 20
     assert set(results["metrics"]["per_type"]) <= {"Method", "Task", "Metric", "Material"}
     assert results["features"]["eval"] > 3  # the documents are windowed
+    # Each seed's predicted mentions as SciREX's --ner-file: one line per eval paper, spans inside the words.
+    assert results["ner_file"] == "ner_predictions.jsonl" and results["split_source"].startswith(
+        "doc_id hash"
+    )
+    for seed in results["seeds"]:
+        lines = [
+            json.loads(x) for x in (out / f"seed-{seed}" / "ner_predictions.jsonl").read_text().splitlines()
+        ]
+        assert len(lines) == results["split_sizes"][results["eval_split"]]
+        for paper in lines:
+            assert set(paper) == {"doc_id", "words", "sentences", "sections", "ner"}
+            assert all(0 <= s < e <= len(paper["words"]) and t in ENTITY_TYPES for s, e, t in paper["ner"])
 
 
 def test_scirex_salient_end_to_end(tiny_model: Path, scirex_file: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from structformer.trainers.scirex import (
     OFFICIAL_SPLIT,
     ScirexFormatError,
     bio_labels,
+    bio_spans,
     encode_words,
     heading_levels,
     load_scirex,
@@ -296,6 +297,20 @@ def test_bio_and_salient_labels() -> None:
         int(kind in ("Method", "Task")) for _, _, kind in doc["ner"]
     ]
     assert 0 < sum(label for *_, label in mentions) < len(mentions)
+
+
+def test_bio_spans_invert_bio_labels_and_read_stray_tags_as_seqeval_does() -> None:
+    doc = make_doc("d", seed=4, body_length=30)
+    assert bio_spans(bio_labels(doc)) == [list(span) for span in sorted(map(tuple, doc["ner"]))]
+    tags = ["I-Task", "I-Task", "O", "B-Method", "I-Method", "I-Task", "B-Metric", "B-Metric", "I-Metric"]
+    assert bio_spans(tags) == [
+        [0, 2, "Task"],
+        [3, 5, "Method"],
+        [5, 6, "Task"],
+        [6, 7, "Metric"],
+        [7, 9, "Metric"],
+    ]
+    assert bio_spans([]) == [] and bio_spans(["O", "O"]) == []
 
 
 def test_global_tokens_land_on_heading_words() -> None:

@@ -85,6 +85,7 @@ from structformer.trainers.results import summarize
 from structformer.trainers.scirex import (
     NER_LABELS,
     bio_labels,
+    bio_spans,
     json_lines,
     load_scirex_splits,
     make_windows,
@@ -108,6 +109,8 @@ logger = logging.getLogger(__name__)
 MENTION_HEAD = "mention_head.safetensors"
 # scirex-salient: each seed's predicted salient clusters, a SciREX --clusters-file.
 CLUSTERS_FILE = "salient_clusters.jsonl"
+# scirex-ner: each seed's predicted mentions, a SciREX --ner-file.
+NER_FILE = "ner_predictions.jsonl"
 # How the salient-cluster metric breaks ties between gold clusters (see scirex_metric.match_clusters).
 TIE_BREAK = "name"
 TASKS: tuple[str, ...] = ("scirex-ner", "scirex-salient", "sequence-classification", "token-classification")
@@ -572,18 +575,30 @@ def scirex_task_data(
     logger.info("SciREX split: %s (%s documents)", split_source, split_sizes)
 
     if task == "ner":
+        windows_of = _group([int(window["doc_index"]) for window in evaluation])
 
-        def score(predictions: list[np.ndarray]) -> dict[str, Any]:
-            references, predicted = [], []
-            windows_of = _group([int(window["doc_index"]) for window in evaluation])
+        def word_tags(predictions: list[np.ndarray]) -> list[list[str]]:
+            """Each eval document's predicted BIO tag per word, windows stitched back."""
+            tags = []
             for doc_index, doc in enumerate(eval_docs):
                 rows = windows_of.get(doc_index, [])
                 stitched = stitch_word_predictions(
                     [evaluation[k] for k in rows], [predictions[k] for k in rows], len(doc["words"])
                 )
-                references.append(bio_labels(doc))
-                predicted.append([NER_LABELS[label] for label in stitched])
-            return ner_metrics(references, predicted)
+                tags.append([NER_LABELS[label] for label in stitched])
+            return tags
+
+        def score(predictions: list[np.ndarray]) -> dict[str, Any]:
+            return ner_metrics([bio_labels(doc) for doc in eval_docs], word_tags(predictions))
+
+        def write_ner(predictions: list[np.ndarray], folder: Path) -> Path:
+            """SciREX's ``--ner-file`` (as its ``predict_ner.py`` writes it): one paper per line."""
+            path = Path(folder) / NER_FILE
+            with path.open("w", encoding="utf-8") as handle:
+                for doc, tags in zip(eval_docs, word_tags(predictions)):
+                    keys = ("doc_id", "words", "sentences", "sections")
+                    handle.write(json.dumps({**{k: doc[k] for k in keys}, "ner": bio_spans(tags)}) + "\n")
+            return path
 
         return TaskData(
             train,
@@ -592,7 +607,8 @@ def scirex_task_data(
             list(NER_LABELS),
             split_sizes,
             score,
-            extra_results={"split_source": split_source},
+            write_predictions=write_ner,
+            extra_results={"split_source": split_source, "ner_file": NER_FILE},
         )
 
     # Salient: only windows that carry mentions train or score anything.

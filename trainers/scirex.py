@@ -277,6 +277,22 @@ def bio_labels(doc: dict) -> list[str]:
     return labels
 
 
+def bio_spans(labels: Sequence[str]) -> list[list]:
+    """``[start, end, type]`` word spans (end exclusive) of a BIO tag sequence, the inverse of :func:`bio_labels`.
+
+    As seqeval reads IOB2: ``B-X`` opens a span, ``I-X`` continues a span of type X and opens one after
+    ``O`` or another type (a span never changes type), ``O`` closes.
+    """
+    spans: list[list] = []
+    for index, label in enumerate(labels):
+        prefix, _, kind = label.partition("-")
+        if prefix == "I" and spans and spans[-1][1] == index and spans[-1][2] == kind:
+            spans[-1][1] = index + 1
+        elif prefix in ("B", "I"):
+            spans.append([index, index + 1, kind])
+    return spans
+
+
 def salient_mentions(doc: dict) -> list[tuple[int, int, int]]:
     """Every gold mention as ``(start, end, label)``, sorted; label 1 if its span is in ``coref``."""
     salient = {(start, end) for mentions in doc["coref"].values() for start, end in mentions}
