@@ -514,6 +514,7 @@ def test_build_model_and_save_final_write_a_loadable_model(setup, tmp_path):
     for name, tensor in objective.model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     assert (out / "tokenizer.json").is_file() and (out / "modeling_structbert.py").is_file()
+    assert load_tokenizer(out).model_max_length == config.max_position_embeddings
     assert pretrain.save_final(accelerator, objective, tokenizer, tmp_path / "no-eval", None) == {}
     assert not (tmp_path / "no-eval" / "eval_results.json").exists()
 

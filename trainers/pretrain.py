@@ -666,6 +666,9 @@ def save_final(
         summary = {k: eval_results[k] for k in (*EVAL_KEYS, "step")}
         summary.update(extra or {})
     if accelerator.is_main_process:
+        # The tokenizer saved beside the model must not promise more tokens than the model has positions
+        # (truncation=True, the fill-mask pipeline); the hash covers tokenizer.json, which this leaves alone.
+        tokenizer.model_max_length = accelerator.unwrap_model(objective).model.config.max_position_embeddings
         tokenizer.save_pretrained(output_dir)
         if summary:
             summary["tokenizer_sha256"] = tokenizer_hash(output_dir)
