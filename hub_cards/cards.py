@@ -645,10 +645,14 @@ def _evaluation(
         pretrain = (entry or {}).get("pretrain") or {}
         bits, ppl = pretrain.get("eval_bits_per_mask_token"), pretrain.get("eval_perplexity")
         if _is_number(bits) or _is_number(ppl):
+            initial = pretrain.get("initial_eval_bits_per_mask_token")
+            unigram = pretrain.get("unigram_bits_per_mask_token")
             pretrain_rows.append(
                 {
                     "name": label(name),
                     "bits": _fmt(float(bits)) if _is_number(bits) else "",
+                    "initial": _fmt(float(initial)) if _is_number(initial) else "",
+                    "unigram": _fmt(float(unigram)) if _is_number(unigram) else "",
                     "ppl": _fmt(float(ppl)) if _is_number(ppl) else "",
                 }
             )

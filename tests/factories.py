@@ -234,7 +234,12 @@ def build_results(exp: Path) -> Path:
 
         return {
             "checkpoint": str(exp / "models" / variant),
-            "pretrain": {"eval_bits_per_mask_token": 6.123 + offset, "eval_perplexity": 69.7 + offset},
+            "pretrain": {
+                "eval_bits_per_mask_token": 6.123 + offset,
+                "eval_perplexity": 69.7 + offset,
+                "initial_eval_bits_per_mask_token": 9.5,
+                "unigram_bits_per_mask_token": 7.25,
+            },
             "downstream": {
                 "scirex_ner": {
                     "f1": metric(0.4213 + offset),

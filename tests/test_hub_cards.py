@@ -179,7 +179,9 @@ def test_model_card_yaml_and_model_index(experiment: Path, tmp_path: Path) -> No
     assert got == expected
     text = card.text
     # The comparison tables show both models, each as mean ± std over the runs.
-    assert "| **structured** (this model) | 6.123 | 69.7 |" in text and "| plain | 6.623 | 70.2 |" in text
+    # Each model's bits beside its trivial baselines on the same positions.
+    assert "| **structured** (this model) | 6.123 | 9.5 | 7.25 | 69.7 |" in text
+    assert "| plain | 6.623 | 9.5 | 7.25 | 70.2 |" in text
     assert "| **structured** (this model) | SciREX entity recognition | 0.4213 ± 0.0125 |" in text
     assert "over 2 fine-tuning runs" in text
     assert "| `structured/with_structure/global_share` | 0.25 |" in text
