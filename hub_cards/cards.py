@@ -44,6 +44,7 @@ from structformer.dataset_scripts.schema import PLAIN as PLAIN
 from structformer.dataset_scripts.schema import find_shards as find_shards
 from structformer.errors import InputError
 from structformer.trainers.results import check_results, read_results
+from structformer.trainers.tasks import TASKS
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -382,10 +383,9 @@ def write_dataset_card(
 
 # ----------------------------------------------------------------------------- model card
 
-# results.json downstream task -> (Hub task type, readable task name)
+# results.json downstream task -> (Hub task type, readable task name), from the task table.
 DOWNSTREAM_TASKS: dict[str, tuple[str, str]] = {
-    "scirex_ner": ("token-classification", "SciREX entity recognition"),
-    "scirex_salient": ("text-classification", "SciREX salient entity classification"),
+    name: (task.hub_task, task.title) for name, task in TASKS.items()
 }
 TRAINING_CURVE = "training_curve.png"
 TAGS = ["structformer", "long-document", "global-attention", "custom_code"]

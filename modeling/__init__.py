@@ -15,8 +15,10 @@ from transformers import (
 
 from .configuration_structbert import StructBertConfig
 from .modeling_structbert import (
+    MentionClassifierOutput,
     StructBertAttentionInterface,
     StructBertForMaskedLM,
+    StructBertForMentionClassification,
     StructBertForSequenceClassification,
     StructBertForTokenClassification,
     StructBertModel,
@@ -24,7 +26,9 @@ from .modeling_structbert import (
 )
 
 AutoConfig.register(StructBertConfig.model_type, StructBertConfig, exist_ok=True)
-AutoModel.register(StructBertConfig, StructBertModel, exist_ok=True)
+# A tuple: transformers picks the class named in a checkpoint's `architectures` (the encoder by default), so
+# AutoModel loads a mention-classification checkpoint with its head in-process as it does through remote code.
+AutoModel.register(StructBertConfig, (StructBertModel, StructBertForMentionClassification), exist_ok=True)
 AutoModelForMaskedLM.register(StructBertConfig, StructBertForMaskedLM, exist_ok=True)
 AutoModelForSequenceClassification.register(
     StructBertConfig, StructBertForSequenceClassification, exist_ok=True
@@ -32,9 +36,11 @@ AutoModelForSequenceClassification.register(
 AutoModelForTokenClassification.register(StructBertConfig, StructBertForTokenClassification, exist_ok=True)
 
 __all__ = [
+    "MentionClassifierOutput",
     "StructBertAttentionInterface",
     "StructBertConfig",
     "StructBertForMaskedLM",
+    "StructBertForMentionClassification",
     "StructBertForSequenceClassification",
     "StructBertForTokenClassification",
     "StructBertModel",

@@ -8,6 +8,7 @@ Notation used in the shape comments:
     H  attention heads     D  head dimension       W  attention window (total width, even)
     C  block size of the blocked path, W / 2       N  number of query blocks, ceil(L / C)
     G  global tokens per row, padded to the largest count in the batch
+    M  mentions per row (mention classification), padded to the largest count in the batch
 
 Attention definition: query i may attend to key j iff j is not padding and (i is global, or j is global, or
 |i - j| <= W / 2 and (scope is "window" or section_ids[i] == section_ids[j])). A row with no allowed key
@@ -1068,6 +1069,106 @@ class StructBertForTokenClassification(StructBertTaskModel):
         )
 
 
+@dataclass
+class MentionClassifierOutput(ModelOutput):
+    r"""Output of `StructBertForMentionClassification`.
+
+    loss (`()`): cross-entropy over the real mentions (label -100 is ignored), when labels are given.
+    logits (`(B, M, num_labels)`): one row of scores per mention span.
+    hidden_states, attentions: as in `BaseModelOutputWithPooling`, when asked for.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class StructBertForMentionClassification(StructBertPreTrainedModel):
+    """Classify word spans of a window (e.g. is this mention of a salient entity?): each span is the mean of
+    its sub-token states -> dropout -> linear.
+
+    `mention_spans` (`(B, M, 2)` long) are `[start, end)` token positions in the row; a padded mention has an
+    empty span (its pooled state is 0) and label -100. A checkpoint saved from this class lists it in
+    `architectures`, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` loads the head with it.
+    """
+
+    def __init__(self, config: StructBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.structbert = StructBertModel(config, add_pooling_layer=False)
+        dropout = (
+            config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        mention_spans: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        section_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | MentionClassifierOutput:
+        r"""Inputs as in `StructBertModel.forward`; `mention_spans` as in the class docstring; labels (`(B, M)`
+        long): class ids, -100 for padded mentions."""
+        if mention_spans is None:
+            raise ValueError("StructBertForMentionClassification needs mention_spans, (B, M, 2) [start, end)")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.structbert(
+            input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            section_ids=section_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state  # (B, L, E)
+        if (
+            mention_spans.ndim != 3
+            or mention_spans.shape[0] != hidden.shape[0]
+            or mention_spans.shape[-1] != 2
+        ):
+            raise ValueError(
+                f"mention_spans must be (B, M, 2) with B = {hidden.shape[0]}, got {tuple(mention_spans.shape)}"
+            )
+        positions = torch.arange(hidden.shape[1], device=hidden.device)  # (L,)
+        inside = (positions >= mention_spans[..., :1]) & (positions < mention_spans[..., 1:])  # (B, M, L)
+        weights = inside.to(hidden.dtype)
+        pooled = weights @ hidden / weights.sum(-1, keepdim=True).clamp(min=1.0)  # (B, M, E)
+        logits = self.classifier(self.dropout(pooled))  # (B, M, num_labels)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        output = MentionClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # AutoModel on a mention-classification checkpoint loads this head (its `architectures` entry), in a
+        # process with this package (modeling/__init__) as through remote code.
+        self.config.auto_map = {
+            **AUTO_MAP,
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": "modeling_structbert.StructBertForMentionClassification",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
 AUTO_MAP = {
     "AutoConfig": "configuration_structbert.StructBertConfig",
     "AutoModel": "modeling_structbert.StructBertModel",
@@ -1082,10 +1183,14 @@ StructBertModel.register_for_auto_class("AutoModel")
 StructBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 StructBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 StructBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+# transformers has no Auto class for span classification: a mention-classification checkpoint maps AutoModel to it.
+StructBertForMentionClassification.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "MentionClassifierOutput",
     "StructBertAttentionInterface",
     "StructBertForMaskedLM",
+    "StructBertForMentionClassification",
     "StructBertForSequenceClassification",
     "StructBertForTokenClassification",
     "StructBertModel",

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from structformer.modeling import (
         StructBertConfig,
         StructBertForMaskedLM,
+        StructBertForMentionClassification,
         StructBertForSequenceClassification,
         StructBertForTokenClassification,
         StructBertModel,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "StructBertConfig",
     "StructBertForMaskedLM",
+    "StructBertForMentionClassification",
     "StructBertForSequenceClassification",
     "StructBertForTokenClassification",
     "StructBertModel",

@@ -241,12 +241,12 @@ def build_results(exp: Path) -> Path:
                 "unigram_bits_per_mask_token": 7.25,
             },
             "downstream": {
-                "scirex_ner": {
+                "scirex-ner": {
                     "f1": metric(0.4213 + offset),
                     "precision": metric(0.5),
                     "recall": metric(0.35),
                 },
-                "scirex_salient": {
+                "scirex-salient": {
                     "f1": metric(0.3109 + offset),
                     "precision": metric(0.25),
                     "recall": metric(0.4),

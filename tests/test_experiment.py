@@ -15,6 +15,7 @@ import torch
 from structformer.trainers import experiment, pretrain
 from structformer.trainers.report import _fmt
 from structformer.trainers.statistics import verdict
+from structformer.trainers.tasks import TASKS
 from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 
 TINY = [
@@ -128,12 +129,9 @@ def test_results_json_follows_the_contract(finished: Path) -> None:
         assert 0 < scores["eval_bits_per_mask_token"] < 20
         assert math.isclose(scores["eval_perplexity"], math.exp(scores["eval_loss"]), rel_tol=1e-6)
         assert math.isclose(scores["eval_bits_per_mask_token_pooled"], scores["eval_loss"] / math.log(2))
-        assert set(entry["downstream"]) == {"scirex_ner", "scirex_salient"}
+        assert set(entry["downstream"]) == {"scirex-ner", "scirex-salient"}
         for name, task in entry["downstream"].items():
-            clusters = (
-                {"cluster_f1", "cluster_precision", "cluster_recall"} if name == "scirex_salient" else set()
-            )
-            assert set(task) == {"f1", "precision", "recall"} | clusters
+            assert set(task) == set(TASKS[name].metrics)  # salient: gold clusters given and end to end
             for metric in task.values():
                 assert len(metric["values"]) == 2 and 0 <= metric["mean"] <= 1 and metric["std"] >= 0
     _finite_numbers(results["models"], "models")
@@ -192,8 +190,8 @@ def test_report_matches_results_and_figures_exist(finished: Path) -> None:
     assert "| structured | 2.2136 |" in report and "Departures from the paper's setup" in report
     assert "unigram model of the training tokens" in report
     assert _fmt(results["attention"]["summary"]["structured/structure/heading_share"]) in report
-    f1 = results["models"]["plain/seed-1"]["downstream"]["scirex_ner"]["f1"]
-    assert "| scirex_ner | f1 | " in report and f"{f1['mean']:.4f} ± {f1['std']:.4f} (n=2) |" in report
+    f1 = results["models"]["plain/seed-1"]["downstream"]["scirex-ner"]["f1"]
+    assert "| scirex-ner | f1 | " in report and f"{f1['mean']:.4f} ± {f1['std']:.4f} (n=2) |" in report
     for name in ("scirex_f1.png", "bits_differences.png", "pretrain_loss.png"):
         assert (finished / "figures" / name).is_file(), name
     figures = results["attention"]["figures"]

@@ -12,11 +12,14 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
+from structformer.errors import InputError
+from structformer.modeling import StructBertForMentionClassification
 from structformer.trainers import scirex_metric as sm
 from structformer.trainers.finetune import (
     CLUSTERS_FILE,
+    END_TO_END_FILE,
+    NER_FILE,
     DataFormatError,
-    StructBertForMentionClassification,
     aggregate_metrics,
     check_structbert,
     classification_metrics,
@@ -29,6 +32,7 @@ from structformer.trainers.finetune import (
     summarize,
 )
 from structformer.trainers.scirex import ENTITY_TYPES, load_scirex, salient_mentions, split_scirex
+from structformer.trainers.tasks import BASE_METRICS, TASKS, get_task
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PIECES = [
@@ -436,6 +440,8 @@ def test_resume_after_a_kill_is_exact(tiny_model: Path, scirex_file: Path, tmp_p
 def test_cli_main_returns_zero_and_the_mention_head_round_trips(
     tiny_model: Path, scirex_file: Path, tmp_path: Path
 ) -> None:
+    from transformers import AutoModel
+
     out = tmp_path / "salient"
     argv = [
         "--task",
@@ -450,18 +456,24 @@ def test_cli_main_returns_zero_and_the_mention_head_round_trips(
     argv += ["--model", str(tiny_model), "--output-dir", str(out), "--max-steps", "1", "--save-model"]
     assert main(argv) == 0
     saved = out / "seed-1" / "model"
-    model = StructBertForMentionClassification.from_pretrained(saved)
-    from safetensors.torch import load_file
+    model = AutoModel.from_pretrained(saved)  # the head's class is in the checkpoint's architectures
+    assert type(model) is StructBertForMentionClassification
+    assert model.config.id2label == {0: "not-salient", 1: "salient"}
+    fresh = StructBertForMentionClassification.from_pretrained(tiny_model)  # a new head on the encoder
+    assert not torch.equal(model.classifier.weight, fresh.classifier.weight)
+    assert not (saved / "mention_head.safetensors").exists()
 
-    stored = load_file(saved / "mention_head.safetensors")
-    assert torch.equal(model.classifier.weight, stored["weight"]) and torch.equal(
-        model.classifier.bias, stored["bias"]
-    )
-    assert not torch.equal(
-        stored["weight"], StructBertForMentionClassification.from_pretrained(tiny_model).classifier.weight
-    )
-    with pytest.raises(ValueError, match="a head of 2 labels, not 3"):
-        StructBertForMentionClassification.from_pretrained(saved, num_labels=3)
+
+def test_every_task_names_a_modeling_head_and_one_spelling() -> None:
+    import structformer.modeling
+
+    for name, task in TASKS.items():
+        assert task.name == name and get_task(name.replace("-", "_")) is task
+        head = getattr(structformer.modeling, task.head)
+        assert issubclass(head, structformer.modeling.StructBertPreTrainedModel)
+        assert set(BASE_METRICS) <= set(task.metrics)
+    with pytest.raises(ValueError, match="unknown task 'qa'"):
+        get_task("qa")
 
 
 # ---------------------------------------------------------------------------------- salient clusters
@@ -573,3 +585,130 @@ def test_scirex_salient_run_reports_clusters_baselines_and_files(
         assert sm.compact_scores(sm.salient_cluster_scores(eval_docs, records)) == seed_scores
         saved = json.loads((out / f"seed-{entry['seed']}" / "eval_results.json").read_text())
         assert saved["salient_clusters"] == seed_scores
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+def write_ner_file(path: Path, docs: list[dict], spans_of) -> Path:
+    path.write_text("".join(json.dumps({"doc_id": d["doc_id"], "ner": spans_of(d)}) + "\n" for d in docs))
+    return path
+
+
+def test_end_to_end_scores_the_salient_model_on_predicted_mentions(
+    tiny_model: Path, scirex_relations_file: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    eval_docs = split_scirex(load_scirex(scirex_relations_file))["test"]
+    # Perfect NER: the predicted mentions are the gold ones.
+    ner = write_ner_file(tmp_path / "ner.jsonl", eval_docs, lambda d: d["ner"])
+    args = parse_args(
+        salient_args(tiny_model, scirex_relations_file, tmp_path / "out", "--ner-predictions", str(ner))
+    )
+    data = scirex_task_data(args, AutoTokenizer.from_pretrained(tiny_model), ())
+    assert data.extra_results["end_to_end"]["rule"] == sm.PREDICTED_CLUSTER_RULE
+    run = data.end_to_end(1)
+    assert sum(len(f["mention_labels"]) for f in run.features) == sum(len(d["ner"]) for d in eval_docs)
+    ones = run.score([np.ones(len(f["mention_labels"]), dtype=np.int64) for f in run.features])
+    # Every predicted cluster salient is the all-salient baseline on the same clusters, exactly.
+    trivial = ones["baselines"]["all_salient"]
+    assert {k: ones[k] for k in ("precision", "recall", "f1", "n_papers", "per_paper")} == trivial
+    assert ones["predicted_mentions"] == sum(len(d["ner"]) for d in eval_docs)
+    zeros = run.score([np.zeros(len(f["mention_labels"]), dtype=np.int64) for f in run.features])
+    assert zeros["f1"] == 0.0
+    path = run.write([np.ones(len(f["mention_labels"]), dtype=np.int64) for f in run.features], tmp_path)
+    assert path == tmp_path / END_TO_END_FILE
+    records = sm.read_clusters_file(path)
+    assert sm.compact_scores(sm.salient_cluster_scores(eval_docs, records)) == trivial
+    # The word-level rule: every Method mention of the fixture is "network", so one predicted Method cluster.
+    doc = eval_docs[0]
+    methods = [span[:2] for span in doc["ner"] if span[2] == "Method"]
+    assert [list(spans) for spans in sm.cluster_predicted_mentions(doc, doc["ner"]).values()].count(
+        [tuple(s) for s in methods]
+    ) == (1 if methods else 0)
+
+    # No predicted mention at all: nothing to classify, every paper 0, the baselines 0 too.
+    empty = write_ner_file(tmp_path / "empty.jsonl", eval_docs, lambda d: [])
+    args = parse_args(
+        salient_args(tiny_model, scirex_relations_file, tmp_path / "o2", "--ner-predictions", str(empty))
+    )
+    run = scirex_task_data(args, AutoTokenizer.from_pretrained(tiny_model), ()).end_to_end(1)
+    assert run.features == [] and run.score([])["f1"] == 0.0
+    assert run.score([])["baselines"]["all_salient"]["f1"] == 0.0
+
+
+def test_ner_predictions_must_cover_the_scored_papers(
+    tiny_model: Path, scirex_relations_file: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    eval_docs = split_scirex(load_scirex(scirex_relations_file))["test"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def end_to_end(path: Path):
+        args = parse_args(
+            salient_args(tiny_model, scirex_relations_file, tmp_path / "o", "--ner-predictions", str(path))
+        )
+        return scirex_task_data(args, tokenizer, ()).end_to_end(1)
+
+    with pytest.raises(InputError, match="no predictions for 1 of"):
+        end_to_end(write_ner_file(tmp_path / "a.jsonl", eval_docs[1:], lambda d: d["ner"]))
+    with pytest.raises(InputError, match=r"a\.jsonl:1: ner span"):
+        end_to_end(write_ner_file(tmp_path / "a.jsonl", eval_docs, lambda d: [[0, 10**6, "Method"]]))
+    with pytest.raises(InputError, match="not one of Method"):
+        end_to_end(write_ner_file(tmp_path / "a.jsonl", eval_docs, lambda d: [[0, 1, "Person"]]))
+    (tmp_path / "ner-run").mkdir()
+    with pytest.raises(InputError, match=f"no seed-1/{NER_FILE} there"):
+        end_to_end(tmp_path / "ner-run")
+    with pytest.raises(SystemExit):
+        parse_args(
+            [
+                "--task",
+                "scirex-ner",
+                "--scirex",
+                "s",
+                "--model",
+                "m",
+                "--output-dir",
+                str(tmp_path),
+                "--ner-predictions",
+                "x",
+            ]
+        )
+
+
+def test_scirex_ner_then_salient_end_to_end_pairs_seeds(
+    tiny_model: Path, scirex_relations_file: Path, tmp_path: Path
+) -> None:
+    common = ["--scirex", str(scirex_relations_file), "--max-seq-length", "32", "--stride", "8",
+              "--model", str(tiny_model), "--seeds", "1", "2", "--max-steps", "1"]  # fmt: skip
+    ner = run_finetune(parse_args(["--task", "scirex-ner", "--output-dir", str(tmp_path / "ner"), *common]))
+    assert ner["ner_file"] == NER_FILE
+    salient = run_finetune(
+        parse_args(
+            [
+                "--task",
+                "scirex-salient",
+                "--output-dir",
+                str(tmp_path / "salient"),
+                "--ner-predictions",
+                str(tmp_path / "ner"),
+                *common,
+            ]  # fmt: skip
+        )
+    )
+    eval_docs = split_scirex(load_scirex(scirex_relations_file))["test"]
+    end_to_end = salient["metrics"]["end_to_end"]
+    assert end_to_end["n_papers"] == len(eval_docs) and len(end_to_end["f1"]["values"]) == 2
+    assert set(end_to_end["baselines"]) == {"all_salient", "min_mentions"}
+    assert salient["end_to_end"]["files"] == {
+        "1": f"seed-1/{END_TO_END_FILE}",
+        "2": f"seed-2/{END_TO_END_FILE}",
+    }
+    for entry in salient["per_seed"]:
+        seed = entry["seed"]
+        assert entry["end_to_end"]["ner_predictions"] == str(tmp_path / "ner" / f"seed-{seed}" / NER_FILE)
+        records = sm.read_clusters_file(tmp_path / "salient" / f"seed-{seed}" / END_TO_END_FILE)
+        rescored = sm.compact_scores(sm.salient_cluster_scores(eval_docs, records))
+        assert rescored == {k: entry["end_to_end"][k] for k in rescored}

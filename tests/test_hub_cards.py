@@ -171,8 +171,8 @@ def test_model_card_yaml_and_model_index(experiment: Path, tmp_path: Path) -> No
         ("fill-mask", "perplexity"): own["pretrain"]["eval_perplexity"],
     }
     for task, task_type in (
-        ("scirex_ner", "token-classification"),
-        ("scirex_salient", "text-classification"),
+        ("scirex-ner", "token-classification"),
+        ("scirex-salient", "text-classification"),
     ):
         for metric in ("f1", "precision", "recall"):
             expected[(task_type, metric)] = own["downstream"][task][metric]["mean"]

@@ -28,7 +28,7 @@ def test_written_results_read_back_and_nan_attention_measures_are_allowed(tmp_pa
     assert results["attention"]["summary"]["plain/x"] != results["attention"]["summary"]["plain/x"]  # NaN
     contract.write_results(tmp_path / "out.json", results)
     read = contract.read_results(tmp_path / "out.json")
-    assert read["models"]["structured"]["downstream"]["scirex_ner"]["f1"]["values"] == [0.4088, 0.4338]
+    assert read["models"]["structured"]["downstream"]["scirex-ner"]["f1"]["values"] == [0.4088, 0.4338]
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -41,12 +41,12 @@ def test_written_results_read_back_and_nan_attention_measures_are_allowed(tmp_pa
             r"models\.plain\.pretrain\.eval_perplexity is not finite",
         ),
         (
-            ("models", "structured", "downstream", "scirex_ner", "f1", "std"),
+            ("models", "structured", "downstream", "scirex-ner", "f1", "std"),
             float("inf"),
-            r"scirex_ner\.f1\.std is not finite",
+            r"scirex-ner\.f1\.std is not finite",
         ),
         (
-            ("models", "structured", "downstream", "scirex_salient", "recall", "values"),
+            ("models", "structured", "downstream", "scirex-salient", "recall", "values"),
             [0.1, None],
             r"recall\.values\[1\] is not a number",
         ),

@@ -319,7 +319,7 @@ def test_global_tokens_land_on_heading_words() -> None:
     windows = scirex_windows(
         [doc],
         tokenizer,
-        task="ner",
+        labels="bio",
         max_seq_length=512,
         stride=0,
         global_attention_types=["cls", "title", "section"],
@@ -337,7 +337,9 @@ def test_global_tokens_land_on_heading_words() -> None:
     # "network" in the title is two sub-tokens, both global; the subsection heading is not.
     global_tokens = tokenizer.convert_ids_to_tokens(window["input_ids"][window["global_attention_mask"] == 1])
     assert global_tokens == ["deep", "net", "##work", "title", "intro"]
-    plain = scirex_windows([doc], tokenizer, task="ner", max_seq_length=512, stride=0, use_structure=False)[0]
+    plain = scirex_windows([doc], tokenizer, labels="bio", max_seq_length=512, stride=0, use_structure=False)[
+        0
+    ]
     assert plain["global_attention_mask"].sum() == 0 and plain["section_ids"].sum() == 0
     assert plain["input_ids"].tolist() == window["input_ids"].tolist()
 

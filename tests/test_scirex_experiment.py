@@ -54,10 +54,11 @@ def test_finetune_step_adds_cluster_scores_and_runs(
     runs: dict = {}
     out = tmp_path / "finetune" / "plain-seed-1"
     downstream = finetune_step(args, "plain", tiny_model, out, runs)
-    assert set(downstream) == {"scirex_ner", "scirex_salient"}
-    assert set(downstream["scirex_ner"]) == {"f1", "precision", "recall"}
-    assert set(downstream["scirex_salient"]) == {
-        "f1", "precision", "recall", "cluster_f1", "cluster_precision", "cluster_recall"
+    assert set(downstream) == {"scirex-ner", "scirex-salient"}
+    assert set(downstream["scirex-ner"]) == {"f1", "precision", "recall"}
+    assert set(downstream["scirex-salient"]) == {
+        "f1", "precision", "recall", "cluster_f1", "cluster_precision", "cluster_recall",
+        "end_to_end_f1", "end_to_end_precision", "end_to_end_recall",
     }  # fmt: skip
     for metrics in downstream.values():
         for score in metrics.values():
@@ -69,7 +70,7 @@ def test_finetune_step_adds_cluster_scores_and_runs(
                                                                         "downstream": downstream}}}
     )  # fmt: skip
 
-    salient = runs["scirex_salient"]
+    salient = runs["scirex-salient"]
     assert (
         salient["finetune_structure"] == "matched" and salient["use_structure"] is False
     )  # plain: matched = off
@@ -81,9 +82,21 @@ def test_finetune_step_adds_cluster_scores_and_runs(
         records = sm.read_clusters_file(out / salient["cluster_files"][seed])
         assert sm.compact_scores(sm.salient_cluster_scores(eval_docs, records))["per_paper"] == per_paper
     mean_f1 = sum(sum(p.values()) / len(p) for p in salient["per_paper_cluster_f1"].values()) / 2
-    assert downstream["scirex_salient"]["cluster_f1"]["mean"] == pytest.approx(mean_f1)
+    assert downstream["scirex-salient"]["cluster_f1"]["mean"] == pytest.approx(mean_f1)
     assert salient["cluster_rule"] == sm.CLUSTER_RULE
-    assert "baselines" not in runs["scirex_ner"]
+    assert "baselines" not in runs["scirex-ner"]
+    # End to end: on the mentions of this model's own scirex-ner run, seed by seed.
+    assert salient["end_to_end_rule"] == sm.PREDICTED_CLUSTER_RULE
+    assert set(salient["end_to_end_baselines"]) == {"all_salient", "min_mentions"}
+    for seed, per_paper in salient["per_paper_end_to_end_f1"].items():
+        records = sm.read_clusters_file(out / salient["end_to_end_files"][seed])
+        assert sm.compact_scores(sm.salient_cluster_scores(eval_docs, records))["per_paper"] == per_paper
+        ner = json.loads((out / "scirex-salient" / f"seed-{seed}" / "eval_results.json").read_text())
+        assert ner["end_to_end"]["ner_predictions"] == str(
+            out / "scirex-ner" / f"seed-{seed}" / "ner_predictions.jsonl"
+        )
+    mean_f1 = sum(sum(p.values()) / len(p) for p in salient["per_paper_end_to_end_f1"].values()) / 2
+    assert downstream["scirex-salient"]["end_to_end_f1"]["mean"] == pytest.approx(mean_f1)
 
 
 def test_finetune_step_refuses_an_unknown_structure_setting(scirex_file: Path, tmp_path: Path) -> None:
@@ -143,8 +156,8 @@ def fake_model(arm: str, seed: int, run: dict) -> dict:
         "seed": seed,
         "checkpoint": f"models/seed-{seed}/{arm}",
         "downstream": {
-            "scirex_ner": {m: summarize([0.3, 0.32]) for m in ("f1", "precision", "recall")},
-            "scirex_salient": {
+            "scirex-ner": {m: summarize([0.3, 0.32]) for m in ("f1", "precision", "recall")},
+            "scirex-salient": {
                 **{m: summarize([0.6, 0.62]) for m in ("f1", "precision", "recall")},
                 "cluster_f1": score,
                 "cluster_precision": summarize([0.5, 0.5]),
@@ -162,19 +175,19 @@ def test_report_section_shows_baselines_paper_and_the_paired_comparison(tmp_path
         # Below the best trivial baseline (0.398): the report must say so.
         "plain/seed-2": {"1": [0.3, 0.2, 0.4, 0.3, 0.2, 0.5], "2": [0.3, 0.3, 0.4, 0.4, 0.2, 0.4]},
     }
-    runs = {key: {"scirex_salient": fake_run(value)} for key, value in per_paper.items()}
+    runs = {key: {"scirex-salient": fake_run(value)} for key, value in per_paper.items()}
     results = {
         "settings": {"arms": ["structured", "plain"], "seeds": [1, 2], "finetune_seeds": [1, 2]},
         "models": {
-            key: fake_model(key.split("/")[0], int(key.split("-")[-1]), runs[key]["scirex_salient"])
+            key: fake_model(key.split("/")[0], int(key.split("-")[-1]), runs[key]["scirex-salient"])
             for key in per_paper
         },
     }
     (tmp_path / "figures").mkdir()
     text = "\n".join(_scirex_section(results, tmp_path, runs))
 
-    assert "| scirex_salient | cluster_f1 |" in text and "| scirex_ner | f1 |" in text
-    low = results["models"]["plain/seed-2"]["downstream"]["scirex_salient"]["cluster_f1"]
+    assert "| scirex-salient | cluster_f1 |" in text and "| scirex-ner | f1 |" in text
+    low = results["models"]["plain/seed-2"]["downstream"]["scirex-salient"]["cluster_f1"]
     assert low["mean"] < 0.398
     assert text.count("**at or below the best trivial baseline** (>= 9 mentions: 0.3980)") == 2  # both tables
     assert "0.7195" in text and "0.7185" in text and "gold clusters given" in text
@@ -198,8 +211,56 @@ def test_report_section_shows_baselines_paper_and_the_paired_comparison(tmp_path
         assert f"| {seed} | 6 | {boot['mean']:+.4f} [{boot['ci'][0]:+.4f}, {boot['ci'][1]:+.4f}] |" in text
     across = t_interval(per_seed)
     word = verdict(across["ci"], lower_is_better=False)
-    assert f"**structured - plain** (salient-cluster F1, higher is better): {word}" in text
+    assert (
+        f"**structured - plain** (salient-cluster F1, gold clusters given, higher is better): {word}" in text
+    )
     assert (tmp_path / "figures" / "scirex_f1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def with_end_to_end(
+    model: dict, run: dict, per_paper_by_seed: dict[str, list[float]], trivial: float
+) -> None:
+    """Add end-to-end scores (per paper, per fine-tuning seed) and the trivial predictors to a fake model."""
+    run["per_paper_end_to_end_f1"] = {seed: dict(zip(PAPERS, v)) for seed, v in per_paper_by_seed.items()}
+    run["end_to_end_baselines"] = {
+        "all_salient": summarize([trivial, trivial]),
+        "min_mentions": summarize([0.1, 0.1]),
+    }
+    run["end_to_end_rule"] = "RULE"
+    f1 = summarize([sum(v) / len(v) for v in per_paper_by_seed.values()])
+    model["downstream"]["scirex-salient"].update(
+        {"end_to_end_f1": f1, "end_to_end_precision": f1, "end_to_end_recall": f1}
+    )
+
+
+def test_report_section_end_to_end_with_baselines_paper_and_comparison(tmp_path: Path) -> None:
+    gold = {"1": [0.5] * 6, "2": [0.5] * 6}
+    runs = {key: {"scirex-salient": fake_run(gold)} for key in ("structured/seed-1", "plain/seed-1")}
+    results = {
+        "settings": {"arms": ["structured", "plain"], "seeds": [1], "finetune_seeds": [1, 2]},
+        "models": {key: fake_model(key.split("/")[0], 1, runs[key]["scirex-salient"]) for key in runs},
+    }
+    structured = {"1": [0.3, 0.2, 0.4, 0.3, 0.2, 0.5], "2": [0.3, 0.3, 0.4, 0.4, 0.2, 0.4]}
+    plain = {"1": [0.3, 0.2, 0.3, 0.3, 0.2, 0.5], "2": [0.3, 0.3, 0.4, 0.3, 0.2, 0.4]}
+    with_end_to_end(
+        results["models"]["structured/seed-1"], runs["structured/seed-1"]["scirex-salient"], structured, 0.2
+    )
+    # The plain model sits below the trivial predictor on its own predicted mentions: flagged.
+    with_end_to_end(results["models"]["plain/seed-1"], runs["plain/seed-1"]["scirex-salient"], plain, 0.4)
+    (tmp_path / "figures").mkdir()
+    text = "\n".join(_scirex_section(results, tmp_path, runs))
+    assert "### End to end: predicted mentions, predicted clusters" in text
+    assert "| scirex-salient | end_to_end_f1 |" in text
+    assert "0.3420" in text and "0.3180" in text and "0.3070" in text  # the paper's end-to-end numbers
+    assert "best trivial on its own predicted mentions: every predicted cluster salient 0.2000" in text
+    assert "**at or below the best trivial baseline** (every predicted cluster salient: 0.4000)" in text
+    assert "RULE" in text and "end-to-end setting" not in text  # measured, so not listed as missing
+    assert "### Arms compared paper by paper (salient-cluster F1, end to end)" in text
+    boot = paired_bootstrap(
+        [(a + b) / 2 for a, b in zip(structured["1"], structured["2"])],
+        [(a + b) / 2 for a, b in zip(plain["1"], plain["2"])],
+    )
+    assert f"| 1 | 6 | {boot['mean']:+.4f} [{boot['ci'][0]:+.4f}, {boot['ci'][1]:+.4f}] |" in text
 
 
 def test_report_section_without_scirex_and_without_runs(tmp_path: Path) -> None:
@@ -211,4 +272,4 @@ def test_report_section_without_scirex_and_without_runs(tmp_path: Path) -> None:
                "models": {"plain/seed-1": fake_model("plain", 1, run), "structured/seed-1": fake_model("structured", 1, run)}}  # fmt: skip
     (tmp_path / "figures").mkdir()
     text = "\n".join(_scirex_section(results, tmp_path, None))
-    assert "| scirex_salient | cluster_f1 |" in text and "not available" in text
+    assert "| scirex-salient | cluster_f1 |" in text and "not available" in text

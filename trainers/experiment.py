@@ -52,11 +52,11 @@ from structformer.trainers.pretrain import EVAL_DOCUMENTS_FILE, PretrainArgument
 from structformer.trainers.report import write_report
 from structformer.trainers.results import RESULTS_FILE, ExperimentResults, write_results
 from structformer.trainers.statistics import PAPER_BITS, assess_scale, paired_bootstrap, t_interval, verdict
+from structformer.trainers.tasks import CLUSTER_METRICS, END_TO_END_METRICS, SCIREX_TASKS, TASKS
 from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 
 logger = logging.getLogger(__name__)
 
-SCIREX_TASKS = ("scirex-ner", "scirex-salient")
 # The paper's structured arm: the title and every heading level it had (section, subsection, subsubsection).
 PAPER_GLOBAL_ATTENTION_TYPES = ("title", "section", "subsection", "subsubsection")
 
@@ -360,17 +360,22 @@ def read_pretrain_metrics(model_dir: Path) -> tuple[dict, dict]:
 def finetune_step(
     args: ExperimentArguments, arm: str, model_dir: Path, out: Path, runs: dict | None = None
 ) -> dict:
-    """Both SciREX tasks for one model: ``{task: {metric: {"mean", "std", "values"}}}`` over fine-tuning seeds.
+    """The SciREX tasks (``SCIREX_TASKS``) for one model: ``{task: {metric: {"mean", "std", "values"}}}`` over
+    fine-tuning seeds, the metrics of each task's ``TASKS`` entry.
 
-    Metrics: ``f1``, ``precision``, ``recall`` for both tasks (``scirex_salient``: over gold mentions),
-    and for ``scirex_salient`` also ``cluster_f1``, ``cluster_precision``, ``cluster_recall``: SciREX's
-    salient-entity-cluster metric with gold clusters given (``finetune``'s ``salient_clusters``).
+    Metrics: ``f1``, ``precision``, ``recall`` for both tasks (``scirex-salient``: over gold mentions),
+    and for ``scirex-salient`` also ``cluster_f1``, ``cluster_precision``, ``cluster_recall``: SciREX's
+    salient-entity-cluster metric with gold clusters given (``finetune``'s ``salient_clusters``), and
+    ``end_to_end_f1`` / ``_precision`` / ``_recall``: the same metric end to end, on the mentions that this
+    model's scirex-ner run predicted (paired by fine-tuning seed), clustered by ``PREDICTED_CLUSTER_RULE``.
 
     ``runs`` (when given) receives, per task, the split sizes, scored split, steps, the structure
     setting (``finetune_structure``, ``use_structure``) and the heading ``global_attention_types`` used;
-    for ``scirex_salient`` also ``eval_documents``, the model-independent ``baselines`` of the run,
+    for ``scirex-salient`` also ``eval_documents``, the model-independent ``baselines`` of the run,
     ``per_paper_cluster_f1`` (``{fine-tuning seed: {doc_id: F1}}``, to pair papers across models), the
-    ``cluster_rule`` and the clusters files (``cluster_files``, ``{seed: path relative to out}``).
+    ``cluster_rule`` and the clusters files (``cluster_files``, ``{seed: path relative to out}``); and, end
+    to end, ``end_to_end_baselines`` (trivial predictors on the same predicted clusters, mean over seeds),
+    ``per_paper_end_to_end_f1``, ``end_to_end_rule`` and ``end_to_end_files``.
     """
     runs = {} if runs is None else runs
     if arm not in ARMS:
@@ -391,6 +396,9 @@ def finetune_step(
     length = args.finetune_max_seq_length or args.max_seq_length
     downstream = {}
     for task in SCIREX_TASKS:
+        # scirex-ner runs first: scirex-salient is also scored end to end on its predicted mentions, seed by seed.
+        ner_out = Path(out) / "scirex-ner"
+        end_to_end = task == "scirex-salient" and "scirex-ner" in SCIREX_TASKS
         results = run_finetune(
             FinetuneArguments(
                 task=task,
@@ -408,9 +416,10 @@ def finetune_step(
                 global_attention_types=heading_types,
                 max_docs=args.scirex_max_docs,
                 max_steps=args.finetune_max_steps,
+                ner_predictions=str(ner_out) if end_to_end else None,
             )
         )
-        name = task.replace("-", "_")
+        name = task
         run = {
             "split_sizes": results.get("split_sizes"),
             "eval_split": results.get("eval_split"),
@@ -421,11 +430,30 @@ def finetune_step(
             "global_attention_types": heading_types if structure else [],
         }
         metrics = results["metrics"]
-        downstream[name] = {m: metrics[m] for m in ("f1", "precision", "recall")}
+        # The task's metrics (trainers/tasks.py): its own, then SciREX's cluster scores where it has them.
+        flat = {
+            **metrics,
+            **{key: metrics.get("salient_clusters", {}).get(key.split("_")[-1]) for key in CLUSTER_METRICS},
+            **{key: metrics.get("end_to_end", {}).get(key.split("_")[-1]) for key in END_TO_END_METRICS},
+        }
+        downstream[name] = {m: flat[m] for m in TASKS[task].metrics if flat.get(m) is not None}
+        if "end_to_end" in metrics:
+            run.update(
+                {
+                    "end_to_end_baselines": metrics["end_to_end"]["baselines"],
+                    "per_paper_end_to_end_f1": {
+                        str(entry["seed"]): dict(entry["end_to_end"]["per_paper"])
+                        for entry in results.get("per_seed", [])
+                    },
+                    "end_to_end_rule": (results.get("end_to_end") or {}).get("rule"),
+                    "end_to_end_files": {
+                        seed: f"{task}/{path}"
+                        for seed, path in ((results.get("end_to_end") or {}).get("files") or {}).items()
+                    },
+                }
+            )
         clusters = metrics.get("salient_clusters")
         if clusters:
-            for metric in ("f1", "precision", "recall"):
-                downstream[name][f"cluster_{metric}"] = clusters[metric]
             baselines = results.get("baselines") or {}
             run.update(
                 {

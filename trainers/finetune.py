@@ -1,18 +1,22 @@
 """Fine-tune a StructBERT checkpoint on SciREX or on your own files: an explicit Accelerate loop.
 
-Tasks:
+Tasks (one entry each of ``trainers/tasks.py``'s ``TASKS``, which names the head in ``structformer.modeling``):
 
 - ``scirex-ner``: BIO tagging of Method / Task / Metric / Material over whole SciREX papers,
   windowed with overlap and stitched back to words; seqeval micro F1 plus per-type scores.
 - ``scirex-salient``: for every gold mention, is its entity salient (in a ``coref`` cluster)?
-  A mention is the mean of its sub-token states, classified by a linear head on
-  ``StructBertModel``; binary F1 / precision / recall over mentions. Also SciREX's
+  A mention is the mean of its sub-token states, classified by a linear head
+  (``StructBertForMentionClassification``); binary F1 / precision / recall over mentions. Also SciREX's
   salient-entity-cluster P/R/F1 with gold clusters given (the paper's 0.7195 / 0.7185 setting):
   a gold cluster (``coref`` or ``coref_non_salient``) is predicted salient when one of its mentions
   is (``scirex_metric.CLUSTER_RULE``), scored per paper and averaged over papers by the port of
   SciREX's scorer (``metrics/scirex_salient_clusters``), under ``metrics["salient_clusters"]``;
   each seed writes its predicted clusters as a SciREX clusters file (``seed-N/salient_clusters.jsonl``),
   and ``results["baselines"]`` holds the trivial baselines and the oracle on the same split.
+  With ``--ner-predictions`` (a scirex-ner output folder, seeds paired, or one SciREX ``--ner-file``) it is
+  also scored end to end: the classifier labels the PREDICTED mentions, ``PREDICTED_CLUSTER_RULE`` clusters
+  them, the same metric scores them (``metrics["end_to_end"]``, beside the trivial predictors on the same
+  predicted clusters) and each seed writes ``seed-N/end_to_end_clusters.jsonl``.
 - ``sequence-classification``: one or two text columns and a label column from CSV / JSON /
   JSON-lines files (``run_glue`` style); accuracy and F1 / precision / recall (binary for two
   labels, with the second label in sorted order as positive; macro-averaged otherwise).
@@ -47,23 +51,16 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 from matplotlib.figure import Figure
-from safetensors.torch import load_file, save_file
 from seqeval.metrics import accuracy_score as seqeval_accuracy
 from seqeval.metrics import classification_report
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-import structformer.modeling  # noqa: F401  (registers StructBERT with the Auto classes)
+import structformer.modeling
 from structformer.errors import InputError, run_command
 from structformer.trainers.core import (
     EpochShuffleSampler,
@@ -89,31 +86,36 @@ from structformer.trainers.scirex import (
     json_lines,
     load_scirex_splits,
     make_windows,
+    read_ner_predictions,
     salient_mentions,
     scirex_windows,
     stitch_word_predictions,
 )
 from structformer.trainers.scirex_metric import (
     CLUSTER_RULE,
+    PREDICTED_CLUSTER_RULE,
     clusters_file_records,
     clusters_from_salient_mentions,
     compact_scores,
+    end_to_end_baselines,
     relation_entities,
     salient_baselines,
     salient_cluster_scores,
+    salient_predicted_clusters,
     write_clusters_file,
 )
+from structformer.trainers.tasks import TASKS, get_task
 
 logger = logging.getLogger(__name__)
 
-MENTION_HEAD = "mention_head.safetensors"
 # scirex-salient: each seed's predicted salient clusters, a SciREX --clusters-file.
 CLUSTERS_FILE = "salient_clusters.jsonl"
+# scirex-salient with --ner-predictions: each seed's salient clusters on predicted mentions (a --clusters-file).
+END_TO_END_FILE = "end_to_end_clusters.jsonl"
 # scirex-ner: each seed's predicted mentions, a SciREX --ner-file.
 NER_FILE = "ner_predictions.jsonl"
 # How the salient-cluster metric breaks ties between gold clusters (see scirex_metric.match_clusters).
 TIE_BREAK = "name"
-TASKS: tuple[str, ...] = ("scirex-ner", "scirex-salient", "sequence-classification", "token-classification")
 # Per-feature arrays the collator pads, with their padding values; everything else in a feature
 # (word_index, doc_index, mention_index, ...) stays on the host for evaluation.
 PAD_VALUES: dict[str, int] = {
@@ -135,7 +137,7 @@ PAD_VALUES: dict[str, int] = {
 class FinetuneArguments(TrainingArguments):
     """``structformer finetune`` options (the shared ones are in :class:`TrainingArguments`)."""
 
-    task: str = field(metadata={"help": f"one of {', '.join(TASKS)}"})
+    task: str = field(metadata={"help": f"one of {', '.join(TASKS)} (trainers/tasks.py)"})
     model: str = field(metadata={"help": "a StructBERT checkpoint folder"})
     tokenizer: str | None = field(
         default=None, metadata={"help": "a fast tokenizer folder (default: --model)"}
@@ -185,6 +187,13 @@ class FinetuneArguments(TrainingArguments):
             "the experiment sets the same for every model"
         },
     )
+    ner_predictions: str | None = field(
+        default=None,
+        metadata={
+            "help": "scirex-salient: also score end to end, on a NER model's predicted mentions: a scirex-ner "
+            "output folder (seed-N/ner_predictions.jsonl, paired by seed) or one SciREX --ner-file"
+        },
+    )
     seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "one fine-tuning run per seed"})
     per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "default: the train size"})
     num_train_epochs: float = field(
@@ -202,9 +211,12 @@ class FinetuneArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.task = self.task.replace("_", "-")
-        require(self.task in TASKS, f"--task: unknown task {self.task!r}; choose from {', '.join(TASKS)}")
-        if self.task.startswith("scirex"):
+        require(
+            self.task.replace("_", "-") in TASKS,
+            f"--task: unknown task {self.task!r}; choose from {', '.join(TASKS)}",
+        )
+        self.task = get_task(self.task).name
+        if TASKS[self.task].inputs == "scirex":
             require(
                 self.scirex is not None, f"--task {self.task} needs --scirex PATH (a SciREX JSON-lines file)"
             )
@@ -213,6 +225,10 @@ class FinetuneArguments(TrainingArguments):
                 self.train_file is not None and (self.validation_file or self.test_file) is not None,
                 f"--task {self.task} needs --train-file and --validation-file or --test-file",
             )
+        require(
+            self.ner_predictions is None or self.task == "scirex-salient",
+            "--ner-predictions goes with --task scirex-salient",
+        )
         require(self.max_seq_length >= 8, "--max-seq-length must be at least 8")
         if self.stride is None:
             self.stride = min(128, (self.max_seq_length - 2) // 2)
@@ -359,12 +375,17 @@ def aggregate_metrics(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
             result[key] = summarize([seed[key] for seed in per_seed])
         elif isinstance(value, str):
             result[key] = value
-    if "salient_clusters" in first:
-        rows = [seed["salient_clusters"] for seed in per_seed]
-        result["salient_clusters"] = {
-            m: summarize([row[m] for row in rows]) for m in ("f1", "precision", "recall")
+    for key in ("salient_clusters", "end_to_end"):
+        if key in first:
+            rows = [seed[key] for seed in per_seed]
+            result[key] = {m: summarize([row[m] for row in rows]) for m in ("f1", "precision", "recall")}
+            result[key]["n_papers"] = int(first[key]["n_papers"])
+    if "end_to_end" in first:
+        # The trivial predictors on each seed's predicted mentions (they depend on the NER model's seed).
+        result["end_to_end"]["baselines"] = {
+            name: summarize([seed["end_to_end"]["baselines"][name]["f1"] for seed in per_seed])
+            for name in first["end_to_end"]["baselines"]
         }
-        result["salient_clusters"]["n_papers"] = int(first["salient_clusters"]["n_papers"])
     if "per_type" in first:
         kinds = sorted({kind for seed in per_seed for kind in seed["per_type"]})
         empty = {"f1": 0.0, "precision": 0.0, "recall": 0.0, "number": 0}
@@ -382,71 +403,6 @@ def aggregate_metrics(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
-
-
-class StructBertForMentionClassification(nn.Module):
-    """``StructBertModel`` plus a linear head on the mean sub-token state of each mention.
-
-    ``mention_spans`` is ``(B, M, 2)``, ``[start, end)`` positions in the window; padded mentions
-    have ``mention_labels == -100`` and an empty span. Returns ``(loss, logits)`` with logits
-    ``(B, M, num_labels)``.
-    """
-
-    def __init__(self, encoder: nn.Module, num_labels: int = 2) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.config = encoder.config
-        self.num_labels = num_labels
-        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
-        self.classifier.weight.data.normal_(mean=0.0, std=encoder.config.initializer_range)
-        self.classifier.bias.data.zero_()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        mention_spans: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mention_labels: torch.Tensor | None = None,
-        **encoder_inputs: Any,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs
-        ).last_hidden_state
-        positions = torch.arange(hidden.shape[1], device=hidden.device)  # (L,)
-        inside = (positions >= mention_spans[..., :1]) & (positions < mention_spans[..., 1:])  # (B, M, L)
-        weights = inside.to(hidden.dtype)
-        pooled = weights @ hidden / weights.sum(-1, keepdim=True).clamp(min=1.0)  # (B, M, D)
-        logits = self.classifier(self.dropout(pooled))  # (B, M, num_labels)
-        loss = None
-        if mention_labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits.reshape(-1, self.num_labels), mention_labels.reshape(-1), ignore_index=-100
-            )
-        return loss, logits
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """The encoder as a StructBERT checkpoint, the head beside it in ``MENTION_HEAD``."""
-        self.encoder.save_pretrained(directory)
-        save_file(
-            {k: v.contiguous() for k, v in self.classifier.state_dict().items()},
-            Path(directory) / MENTION_HEAD,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, num_labels: int = 2, **kwargs: Any
-    ) -> StructBertForMentionClassification:
-        """The encoder of a StructBERT checkpoint; the head too when the folder holds one (a saved
-        ``scirex-salient`` model), else a fresh head of ``num_labels``."""
-        head_file = Path(directory) / MENTION_HEAD
-        head = load_file(head_file) if head_file.is_file() else None
-        if head is not None and head["weight"].shape[0] != num_labels:
-            raise InputError(f"{head_file}: a head of {head['weight'].shape[0]} labels, not {num_labels}")
-        model = cls(AutoModel.from_pretrained(directory, **kwargs), num_labels)
-        if head is not None:
-            model.classifier.load_state_dict(head)
-        return model
 
 
 def check_structbert(path: str) -> Any:
@@ -478,18 +434,14 @@ def check_structbert(path: str) -> Any:
 
 
 def build_model(args: FinetuneArguments, num_labels: int, id2label: dict[int, str]) -> nn.Module:
+    """The task's head (``TASKS[args.task].head`` in ``structformer.modeling``) on ``--model``; a head the
+    checkpoint lacks starts fresh."""
     kwargs: dict[str, Any] = {}
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
+    head = getattr(structformer.modeling, TASKS[args.task].head)
     with _quiet_transformers():
-        if args.task == "scirex-salient":
-            return StructBertForMentionClassification.from_pretrained(args.model, num_labels, **kwargs)
-        auto = (
-            AutoModelForSequenceClassification
-            if args.task == "sequence-classification"
-            else AutoModelForTokenClassification
-        )
-        return auto.from_pretrained(
+        return head.from_pretrained(
             args.model,
             num_labels=num_labels,
             id2label=id2label,
@@ -536,6 +488,20 @@ class TaskData:
     counts: dict[str, int] = field(default_factory=dict)
     write_predictions: Callable[[list[np.ndarray], Path], Path] | None = None
     extra_results: dict[str, Any] = field(default_factory=dict)
+    end_to_end: Callable[[int], EndToEnd] | None = None
+
+
+@dataclass
+class EndToEnd:
+    """scirex-salient with ``--ner-predictions``: one seed's second evaluation, on predicted mentions.
+
+    ``features`` are windows over the eval papers whose mentions are the NER model's spans; ``score`` and
+    ``write`` take one prediction array per feature, as :class:`TaskData`'s do.
+    """
+
+    features: list[dict[str, Any]]
+    score: Callable[[list[np.ndarray]], dict[str, Any]]
+    write: Callable[[list[np.ndarray], Path], Path]
 
 
 def _limit(items: list, limit: int | None) -> list:
@@ -561,9 +527,9 @@ def scirex_task_data(
             f"{args.scirex}: the split leaves {len(train_docs)} train and {len(eval_docs)} {args.eval_split} "
             "documents; use more documents (--max-docs)"
         )
-    task = "ner" if args.task == "scirex-ner" else "salient"
+    labels = TASKS[args.task].labels
     options = {
-        "task": task,
+        "labels": labels,
         "max_seq_length": args.max_seq_length,
         "stride": args.stride,
         "global_attention_types": global_attention_types,
@@ -574,7 +540,7 @@ def scirex_task_data(
     split_sizes = {name: len(split) for name, split in splits.items()}
     logger.info("SciREX split: %s (%s documents)", split_source, split_sizes)
 
-    if task == "ner":
+    if labels == "bio":
         windows_of = _group([int(window["doc_index"]) for window in evaluation])
 
         def word_tags(predictions: list[np.ndarray]) -> list[list[str]]:
@@ -618,18 +584,7 @@ def scirex_task_data(
     references = [label for mentions in eval_mentions for _, _, label in mentions]
 
     def mention_predictions(predictions: list[np.ndarray]) -> list[np.ndarray]:
-        """Per eval document, one bool per gold mention (``salient_mentions`` order): salient when any
-        window that scores the mention says so (``make_windows`` puts each mention in one window)."""
-        predicted = [np.zeros(len(mentions), dtype=bool) for mentions in eval_mentions]
-        scored = [np.zeros(len(mentions), dtype=bool) for mentions in eval_mentions]
-        for window, row in zip(evaluation, predictions):
-            doc_index, indices = int(window["doc_index"]), np.asarray(window["mention_index"])
-            np.logical_or.at(predicted[doc_index], indices, np.asarray(row)[: len(indices)] == 1)
-            scored[doc_index][indices] = True
-        unscored = sum(int((~flags).sum()) for flags in scored)
-        if unscored:
-            raise RuntimeError(f"{unscored} gold mentions were scored in no window")
-        return predicted
+        return _mention_flags(evaluation, predictions, [len(mentions) for mentions in eval_mentions])
 
     def predicted_clusters(predicted: list[np.ndarray]) -> dict[str, dict[str, list[tuple[int, int]]]]:
         return {
@@ -652,6 +607,12 @@ def scirex_task_data(
         return write_clusters_file(Path(folder) / CLUSTERS_FILE, records)
 
     counts = {"eval_mentions": len(references)}
+    baselines = salient_task_baselines(args, splits, train_docs, eval_docs, references)
+    end_to_end = None
+    if args.ner_predictions is not None:
+        end_to_end = _end_to_end(
+            args, tokenizer, options, eval_docs, baselines["salient_clusters"]["min_mentions"]["k"]
+        )
     extra = {
         "split_source": split_source,
         "salient_clusters": {
@@ -662,8 +623,16 @@ def scirex_task_data(
             "tie_break": TIE_BREAK,
             "clusters_file": CLUSTERS_FILE,
         },
-        "baselines": salient_task_baselines(args, splits, train_docs, eval_docs, references),
+        "baselines": baselines,
     }
+    if end_to_end is not None:
+        extra["end_to_end"] = {
+            "metric": "SciREX salient-entity-cluster precision/recall/F1 on PREDICTED mentions and clusters: "
+            "per paper, averaged over papers (the paper's 0.342 / 0.318 setting)",
+            "rule": PREDICTED_CLUSTER_RULE,
+            "ner_predictions": str(args.ner_predictions),
+            "clusters_file": END_TO_END_FILE,
+        }
     return TaskData(
         train,
         evaluation,
@@ -674,7 +643,98 @@ def scirex_task_data(
         counts,
         write_clusters,
         extra,
+        end_to_end,
     )
+
+
+def _mention_flags(
+    windows: Sequence[dict[str, Any]], predictions: Sequence[np.ndarray], counts: Sequence[int]
+) -> list[np.ndarray]:
+    """Per document, one bool per mention (in the order the windows were built with): salient when any
+    window that scores the mention says so (``make_windows`` puts each mention in exactly one window)."""
+    predicted = [np.zeros(count, dtype=bool) for count in counts]
+    scored = [np.zeros(count, dtype=bool) for count in counts]
+    for window, row in zip(windows, predictions):
+        doc_index, indices = int(window["doc_index"]), np.asarray(window["mention_index"])
+        np.logical_or.at(predicted[doc_index], indices, np.asarray(row)[: len(indices)] == 1)
+        scored[doc_index][indices] = True
+    unscored = sum(int((~flags).sum()) for flags in scored)
+    if unscored:
+        raise RuntimeError(f"{unscored} mentions were scored in no window")
+    return predicted
+
+
+def ner_predictions_file(path: str | Path, seed: int) -> Path:
+    """The ``--ner-predictions`` file for fine-tuning seed ``seed``: ``PATH/seed-<seed>/ner_predictions.jsonl``
+    when PATH is a scirex-ner output folder (seeds paired), else PATH itself (one file for every seed)."""
+    path = Path(path)
+    if path.is_dir():
+        paired = path / f"seed-{seed}" / NER_FILE
+        if not paired.is_file():
+            raise InputError(
+                f"--ner-predictions {path}: no seed-{seed}/{NER_FILE} there; run scirex-ner with the same --seeds"
+            )
+        return paired
+    if not path.is_file():
+        raise InputError(f"--ner-predictions {path}: no such file or scirex-ner output folder")
+    return path
+
+
+def _end_to_end(
+    args: FinetuneArguments,
+    tokenizer: Any,
+    options: dict[str, Any],
+    eval_docs: list[dict],
+    k: int,
+) -> Callable[[int], EndToEnd]:
+    """The end-to-end evaluation of one seed (:class:`EndToEnd`): the salient-mention classifier on the NER
+    model's predicted mentions, clustered by ``PREDICTED_CLUSTER_RULE``, scored by SciREX's metric beside
+    the trivial predictors on the same predicted clusters (``end_to_end_baselines``, ``k`` the gold-cluster
+    baseline's)."""
+
+    def for_seed(seed: int) -> EndToEnd:
+        source = ner_predictions_file(args.ner_predictions, seed)
+        try:
+            mentions = read_ner_predictions(source, eval_docs)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        # Salience labels are unknown for predicted spans: 1 where the span is a gold salient mention, for
+        # the record only (nothing trains on these features).
+        gold = [{(s, e) for s, e, label in salient_mentions(doc) if label} for doc in eval_docs]
+        labelled = [
+            [(start, end, int((start, end) in gold_spans)) for start, end, _ in doc_mentions]
+            for doc_mentions, gold_spans in zip(mentions, gold)
+        ]
+        windows = scirex_windows(eval_docs, tokenizer, **options, mentions=labelled)
+        features = [window for window in windows if len(window["mention_labels"])]
+        for index, feature in enumerate(features):
+            feature["feature_index"] = index
+        by_id = {str(doc["doc_id"]): doc_mentions for doc, doc_mentions in zip(eval_docs, mentions)}
+        trivial = end_to_end_baselines(eval_docs, by_id, k, tie_break=TIE_BREAK)
+
+        def clusters(predictions: list[np.ndarray]) -> dict[str, dict[str, list[tuple[int, int]]]]:
+            flags = _mention_flags(features, predictions, [len(m) for m in mentions])
+            return {
+                str(doc["doc_id"]): salient_predicted_clusters(doc, doc_mentions, doc_flags)
+                for doc, doc_mentions, doc_flags in zip(eval_docs, mentions, flags)
+            }
+
+        def score(predictions: list[np.ndarray]) -> dict[str, Any]:
+            scores = salient_cluster_scores(eval_docs, clusters(predictions), tie_break=TIE_BREAK)
+            return {
+                **compact_scores(scores),
+                "predicted_mentions": sum(len(m) for m in mentions),
+                "ner_predictions": str(source),
+                "baselines": trivial,
+            }
+
+        def write(predictions: list[np.ndarray], folder: Path) -> Path:
+            records = clusters_file_records(eval_docs, clusters(predictions))
+            return write_clusters_file(Path(folder) / END_TO_END_FILE, records)
+
+        return EndToEnd(features, score, write)
+
+    return for_seed
 
 
 def salient_task_baselines(
@@ -895,9 +955,11 @@ def collate(features: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[s
 
 def _model_inputs(batch: dict[str, torch.Tensor], with_labels: bool) -> dict[str, torch.Tensor]:
     inputs = {key: value for key, value in batch.items() if key != "feature_index"}
+    # Mention features carry their labels as mention_labels (padded to mentions, not tokens); the head reads labels.
+    if "mention_labels" in inputs:
+        inputs["labels"] = inputs.pop("mention_labels")
     if not with_labels:
         inputs.pop("labels", None)
-        inputs.pop("mention_labels", None)
     return inputs
 
 
@@ -910,10 +972,11 @@ def _logits(outputs: Any) -> torch.Tensor:
     return outputs[1] if isinstance(outputs, tuple) else outputs.logits
 
 
-def predict(model: nn.Module, dataloader: DataLoader, accelerator: Any, data: TaskData) -> list[np.ndarray]:
-    """The argmax predictions of every eval feature, gathered across processes, in feature order."""
+def predict(model: nn.Module, dataloader: DataLoader, accelerator: Any, count: int) -> list[np.ndarray]:
+    """The argmax predictions of the ``count`` features of ``dataloader``, gathered across processes, in
+    feature order (``feature_index``)."""
     model.eval()
-    predictions: list[np.ndarray | None] = [None] * len(data.eval)
+    predictions: list[np.ndarray | None] = [None] * count
     for batch in dataloader:
         with torch.no_grad():
             logits = _logits(model(**_model_inputs(batch, with_labels=False)))
@@ -934,7 +997,7 @@ def predict(model: nn.Module, dataloader: DataLoader, accelerator: Any, data: Ta
 def evaluate_model(
     model: nn.Module, dataloader: DataLoader, accelerator: Any, data: TaskData
 ) -> dict[str, Any]:
-    return data.score(predict(model, dataloader, accelerator, data))
+    return data.score(predict(model, dataloader, accelerator, len(data.eval)))
 
 
 def _batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -993,11 +1056,20 @@ def train_one_seed(
     train(accelerator, model, optimizer, scheduler, train_loader, seed_args, loop, state)
 
     progress.set_postfix(seed=seed, status="evaluating")
-    predictions = predict(model, eval_loader, accelerator, data)
+    predictions = predict(model, eval_loader, accelerator, len(data.eval))
     metrics = data.score(predictions)
+    end_to_end = data.end_to_end(seed) if data.end_to_end is not None else None
+    if end_to_end is not None:
+        loader = accelerator.prepare(
+            DataLoader(end_to_end.features, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn)
+        )
+        predicted = predict(model, loader, accelerator, len(end_to_end.features))
+        metrics["end_to_end"] = end_to_end.score(predicted)
     if accelerator.is_main_process:
         if data.write_predictions is not None:
             data.write_predictions(predictions, seed_dir)
+        if end_to_end is not None:
+            end_to_end.write(predicted, seed_dir)
         write_json_atomically(
             seed_dir / "eval_results.json",
             {"seed": seed, "step": total_steps, "split": data.eval_split, **metrics},
@@ -1109,12 +1181,12 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         write_json_atomically(output_dir / "training_args.json", args.to_dict())
 
     with accelerator.main_process_first():
-        if args.task.startswith("scirex"):
+        if TASKS[args.task].inputs == "scirex":
             types = args.global_attention_types
             data = scirex_task_data(
                 args, tokenizer, config.global_attention_types if types is None else types
             )
-        elif args.task == "sequence-classification":
+        elif TASKS[args.task].labels == "rows":
             data = sequence_task_data(args, tokenizer)
         else:
             data = token_task_data(args, tokenizer)
@@ -1151,8 +1223,12 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
             finished = _finished_seed(output_dir / f"seed-{seed}", total_steps) if resuming else None
             seed_dir = output_dir / f"seed-{seed}"
             if args.task == "scirex-salient" and finished is not None:
-                # A seed scored before salient clusters existed: score it again (from its last checkpoint).
+                # A seed scored without some of this run's scores: score it again (from its last checkpoint).
                 stale = "salient_clusters" not in finished or not (seed_dir / CLUSTERS_FILE).is_file()
+                if args.ner_predictions is not None:
+                    stale = (
+                        stale or "end_to_end" not in finished or not (seed_dir / END_TO_END_FILE).is_file()
+                    )
                 finished = None if stale else finished
             if finished is not None:
                 progress.update(total_steps)
@@ -1177,12 +1253,13 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         "per_seed": [{"seed": seed, **metrics} for seed, metrics in zip(args.seeds, per_seed)],
         **data.extra_results,
     }
-    if "salient_clusters" in results:
-        results["salient_clusters"]["files"] = {
-            str(seed): f"seed-{seed}/{CLUSTERS_FILE}"
-            for seed in args.seeds
-            if (output_dir / f"seed-{seed}" / CLUSTERS_FILE).is_file()
-        }
+    for key, name in (("salient_clusters", CLUSTERS_FILE), ("end_to_end", END_TO_END_FILE)):
+        if key in results:
+            results[key]["files"] = {
+                str(seed): f"seed-{seed}/{name}"
+                for seed in args.seeds
+                if (output_dir / f"seed-{seed}" / name).is_file()
+            }
     if accelerator.is_main_process:
         write_json_atomically(output_dir / "results.json", results)
         plot_results(results, output_dir / "results.png")
@@ -1205,6 +1282,18 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
                 cluster_f1["std"],
                 best["name"],
                 best["f1"],
+            )
+        if "end_to_end" in results["metrics"]:
+            entry = results["metrics"]["end_to_end"]
+            trivial = max(entry["baselines"].items(), key=lambda item: item[1]["mean"])
+            logger.info(
+                "%s: end-to-end salient-cluster F1 %.4f ± %.4f (best trivial baseline on the same predicted "
+                "mentions, %s: %.4f)",
+                args.task,
+                entry["f1"]["mean"],
+                entry["f1"]["std"],
+                trivial[0],
+                trivial[1]["mean"],
             )
     accelerator.wait_for_everyone()
     return results

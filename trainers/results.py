@@ -54,7 +54,7 @@ class ModelResults(TypedDict, total=False):
     seed: int  # pre-training seed
     checkpoint: str
     pretrain: PretrainScores
-    # task (``scirex_ner``, ``scirex_salient``) -> metric (``f1``, ``precision``, ``recall``) -> Score
+    # task (``scirex-ner``, ``scirex-salient``) -> metric (``f1``, ``precision``, ``recall``) -> Score
     downstream: dict[str, dict[str, Score]]
 
 

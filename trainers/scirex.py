@@ -293,6 +293,51 @@ def bio_spans(labels: Sequence[str]) -> list[list]:
     return spans
 
 
+def read_ner_predictions(path: str | Path, docs: Sequence[dict]) -> list[list[tuple[int, int, str]]]:
+    """For each paper of ``docs``, its predicted mentions ``(start, end, type)`` from a SciREX ``--ner-file``
+    (JSON lines with ``doc_id`` and ``ner``: ``[start, end, type]`` word spans, end exclusive), sorted.
+
+    A paper of ``docs`` missing from the file, a span outside its words or an unknown type is a
+    :class:`ScirexFormatError` naming the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScirexFormatError(f"{path}: no such NER predictions file")
+    words = {str(doc["doc_id"]): len(doc["words"]) for doc in docs}
+    found: dict[str, list[tuple[int, int, str]]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, record in json_lines(handle, path, ScirexFormatError):
+            where = f"{path}:{number}"
+            if (
+                not isinstance(record, dict)
+                or "doc_id" not in record
+                or not isinstance(record.get("ner"), list)
+            ):
+                raise ScirexFormatError(f"{where}: expected an object with doc_id and ner")
+            doc_id = str(record["doc_id"])
+            if doc_id not in words:
+                continue
+            spans = []
+            for span in record["ner"]:
+                try:
+                    start, end = _check_span(span, words[doc_id], f"{where}: ner span", n_fields=3)
+                except ValueError as error:
+                    raise ScirexFormatError(str(error)) from None
+                if span[2] not in ENTITY_TYPES:
+                    raise ScirexFormatError(
+                        f"{where}: ner type {span[2]!r} is not one of {', '.join(ENTITY_TYPES)}"
+                    )
+                spans.append((start, end, str(span[2])))
+            found[doc_id] = sorted(set(spans))
+    missing = [doc_id for doc_id in words if doc_id not in found]
+    if missing:
+        raise ScirexFormatError(
+            f"{path}: no predictions for {len(missing)} of {len(words)} papers (e.g. {missing[0]}); "
+            "it must come from the same split"
+        )
+    return [found[str(doc["doc_id"])] for doc in docs]
+
+
 def salient_mentions(doc: dict) -> list[tuple[int, int, int]]:
     """Every gold mention as ``(start, end, label)``, sorted; label 1 if its span is in ``coref``."""
     salient = {(start, end) for mentions in doc["coref"].values() for start, end in mentions}
@@ -484,21 +529,26 @@ def scirex_windows(
     docs: Sequence[dict],
     tokenizer: Any,
     *,
-    task: str,
+    labels: str,
     max_seq_length: int,
     stride: int,
     global_attention_types: Sequence[str] = (),
     use_structure: bool = True,
+    mentions: Sequence[Sequence[tuple[int, int, int]]] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Windows for every document, with ``doc_index`` (position in ``docs``) added.
 
-    ``task`` is ``"ner"`` (BIO ``labels`` over ``NER_LABELS``) or ``"salient"`` (mentions).
+    ``labels`` is ``"bio"`` (BIO ``labels`` over ``NER_LABELS``, the scirex-ner task) or ``"mentions"``
+    (a label per mention span, scirex-salient): the gold mentions of :func:`salient_mentions`, or, when
+    ``mentions`` is given, ``mentions[i]`` for ``docs[i]`` (e.g. a NER model's predicted spans).
     With ``use_structure``, sub-tokens of headings whose level is in ``global_attention_types``
     are global and ``section_ids`` follow SciREX's sections; without it, no token is global and
     every token is in section 0, as in the plain corpus.
     """
-    if task not in ("ner", "salient"):
-        raise ValueError(f"unknown SciREX task {task!r}; expected 'ner' or 'salient'")
+    if labels not in ("bio", "mentions"):
+        raise ValueError(f"unknown SciREX labels {labels!r}; expected 'bio' or 'mentions'")
+    if mentions is not None and len(mentions) != len(docs):
+        raise ValueError(f"{len(mentions)} mention lists for {len(docs)} documents")
     label_ids = {label: index for index, label in enumerate(NER_LABELS)}
     global_types = set(global_attention_types)
     all_windows: list[dict[str, np.ndarray]] = []
@@ -508,15 +558,18 @@ def scirex_windows(
             word_sections: list[int] | None = section_ids(doc)
         else:
             word_global, word_sections = None, None
+        doc_mentions = None
+        if labels == "mentions":
+            doc_mentions = salient_mentions(doc) if mentions is None else list(mentions[doc_index])
         windows = make_windows(
             tokenizer,
             doc["words"],
             max_seq_length=max_seq_length,
             stride=stride,
-            word_labels=[label_ids[label] for label in bio_labels(doc)] if task == "ner" else None,
+            word_labels=[label_ids[label] for label in bio_labels(doc)] if labels == "bio" else None,
             word_global=word_global,
             word_sections=word_sections,
-            mentions=salient_mentions(doc) if task == "salient" else None,
+            mentions=doc_mentions,
         )
         for window in windows:
             window["doc_index"] = np.int64(doc_index)

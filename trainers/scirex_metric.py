@@ -21,6 +21,11 @@ For a model that classifies gold mentions ("gold clusters given", the setting of
 0.7185), :func:`clusters_from_salient_mentions` turns its salient mentions into predicted salient
 clusters (:data:`CLUSTER_RULE`), and :func:`clusters_file_records` / :func:`write_clusters_file` /
 :func:`read_clusters_file` store them as a SciREX ``--clusters-file`` that anyone can re-score.
+
+End to end (the paper's 0.342 / 0.318 setting), the mentions are a NER model's: :func:`cluster_predicted_mentions`
+groups them by :data:`PREDICTED_CLUSTER_RULE` (type and normalized text, since SciREX's coreference model is not
+available offline), :func:`salient_predicted_clusters` keeps the clusters with a mention predicted salient, and
+:func:`end_to_end_baselines` scores the trivial predictors on the same predicted clusters.
 """
 
 from __future__ import annotations
@@ -81,15 +86,18 @@ __all__ = [
     "CLUSTER_RULE",
     "EPS",
     "METRIC_PATH",
+    "PREDICTED_CLUSTER_RULE",
     "SPAN_MATCH_THRESHOLD",
     "TIE_BREAKS",
     "USED_ENTITIES",
     "all_clusters_salient",
     "choose_k_on",
     "cluster_overlap_scores",
+    "cluster_predicted_mentions",
     "clusters_file_records",
     "clusters_from_salient_mentions",
     "compact_scores",
+    "end_to_end_baselines",
     "gold_mention_clusters",
     "gold_salient_clusters",
     "load_metric",
@@ -97,6 +105,7 @@ __all__ = [
     "match_clusters",
     "min_mentions_salient",
     "min_mentions_sweep",
+    "normalize_mention",
     "oracle_salient",
     "paper_cluster_scores",
     "predicted_clusters_from_record",
@@ -105,6 +114,7 @@ __all__ = [
     "relation_scores",
     "salient_baselines",
     "salient_cluster_scores",
+    "salient_predicted_clusters",
     "span_match",
     "write_clusters_file",
 ]
@@ -296,6 +306,77 @@ def clusters_from_salient_mentions(
         if any(s in salient for s in spans)
     }
     return dict(sorted(predicted.items(), key=lambda item: int(item[0].split("-")[1])))
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: predicted mentions, clustered by one fixed rule
+# --------------------------------------------------------------------------------------------
+
+PREDICTED_CLUSTER_RULE = (
+    "end to end: the candidate clusters are the PREDICTED mentions (the NER model's spans) grouped by entity "
+    "type and normalized text (lowercased, every character that is not a letter or a digit removed; a "
+    "mention with no letter or digit is a cluster of its own); a cluster is predicted salient when at least "
+    "one of its mentions is predicted salient by the salient-mention classifier. SciREX's coreference model "
+    "is not available offline, so this fixed string-match rule clusters for every model alike"
+)
+
+
+def normalize_mention(words: Sequence[str]) -> str:
+    """The clustering key of a mention's words: lowercased letters and digits only ("BERT-base" == "bert base")."""
+    return "".join(ch for ch in " ".join(words).lower() if ch.isalnum())
+
+
+def cluster_predicted_mentions(
+    doc: Mapping[str, Any], mentions: Iterable[Sequence[Any]]
+) -> dict[str, list[tuple[int, int]]]:
+    """The predicted mentions of ``doc`` (``[start, end, type]`` word spans) clustered by
+    :data:`PREDICTED_CLUSTER_RULE`, named neutrally (``cluster-<i>``, numbered by sorted spans), spans sorted."""
+    words = doc["words"]
+    groups: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for mention in mentions:
+        start, end, kind = int(mention[0]), int(mention[1]), str(mention[2])
+        key = normalize_mention(words[start:end]) or f"@{start}:{end}"
+        groups.setdefault((kind, key), set()).add((start, end))
+    clusters = {f"{kind}:{key}": sorted(spans) for (kind, key), spans in groups.items()}
+    names = _neutral_names(clusters)
+    return {
+        names[name]: clusters[name] for name in sorted(clusters, key=lambda n: int(names[n].split("-")[1]))
+    }
+
+
+def salient_predicted_clusters(
+    doc: Mapping[str, Any], mentions: Sequence[Sequence[Any]], salient: Sequence[bool]
+) -> Clusters:
+    """The clusters of :func:`cluster_predicted_mentions` that hold a mention flagged in ``salient`` (one flag
+    per entry of ``mentions``)."""
+    if len(mentions) != len(salient):
+        raise ValueError(f"{len(mentions)} mentions but {len(salient)} salience flags")
+    flagged = {(int(m[0]), int(m[1])) for m, flag in zip(mentions, salient) if flag}
+    clusters = cluster_predicted_mentions(doc, mentions)
+    return {name: spans for name, spans in clusters.items() if any(span in flagged for span in spans)}
+
+
+def end_to_end_baselines(
+    docs: Sequence[Mapping[str, Any]],
+    mentions: Mapping[str, Sequence[Sequence[Any]]],
+    k: int,
+    tie_break: str = "name",
+) -> dict[str, Any]:
+    """Trivial predictors on the same predicted mentions and clusters (:data:`PREDICTED_CLUSTER_RULE`), by the
+    same metric (:func:`compact_scores`): ``all_salient`` (every predicted cluster) and ``min_mentions``
+    (predicted clusters with at least ``k`` distinct spans; ``k`` is the gold-cluster baseline's, chosen on
+    another split). ``mentions`` maps doc_id to ``[start, end, type]`` spans; a paper without any is empty."""
+    clusters = {
+        str(d["doc_id"]): cluster_predicted_mentions(d, mentions.get(str(d["doc_id"]), [])) for d in docs
+    }
+    frequent = {
+        doc_id: {name: spans for name, spans in doc_clusters.items() if len(spans) >= k}
+        for doc_id, doc_clusters in clusters.items()
+    }
+    return {
+        "all_salient": compact_scores(_score(docs, clusters, tie_break)),
+        "min_mentions": {"k": int(k), **compact_scores(_score(docs, frequent, tie_break))},
+    }
 
 
 def clusters_file_records(
