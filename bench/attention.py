@@ -10,8 +10,12 @@ window 256 and one global token per 128 tokens (batch 1, fp32, CPU):
 - the self-attention layer alone (mask construction, forward and backward): the linear ``blocked`` path
   against the dense ``eager`` and ``sdpa`` paths.
 
+On a GPU (``--device cuda``, e.g. ``--dtype bf16 --lengths 4096 8192 16384``) the same configurations run
+there, plus FlexAttention (``structbert-flex``, ``attention-flex``: what "auto" picks on CUDA, compiled by
+transformers); memory is then ``torch.cuda.max_memory_allocated``. Without a CUDA device it refuses at once.
+
 Every configuration runs in its own subprocess, so peak memory (``ru_maxrss``) is its own, under an
-address-space cap (``--max-memory-gb``). A configuration predicted to exceed the cap (or the time limit)
+address-space cap (``--max-memory-gb``, CPU only). A configuration predicted to exceed the cap (or the time limit)
 from its smaller lengths is skipped, and a run that hits the cap is recorded as OOM; both report the
 estimated memory. Results go to a JSON file, a PNG plot and a markdown table; ``--write-benchmarks``
 puts the table into BENCHMARKS.md:
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 SECTION = "## Attention and training step (`bench/attention.py`)"
+SECTION_CUDA = "## Attention and training step on a GPU (`bench/attention.py --device cuda`)"
 DEFAULT_LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]
 HIDDEN, HEADS, LAYERS, INTERMEDIATE, WINDOW, GLOBAL_EVERY = 768, 12, 2, 3072, 256, 128
 
@@ -45,7 +50,11 @@ CONFIGS = {
     "attention-blocked": ("layer", "blocked", False),
     "attention-eager": ("layer", "eager", True),
     "attention-sdpa": ("layer", "sdpa", True),
+    # FlexAttention has no backward on CPU: GPU only.
+    "structbert-flex": ("step", "flex_attention", False),
+    "attention-flex": ("layer", "flex_attention", False),
 }
+GPU_ONLY = ("structbert-flex", "attention-flex")
 LABELS = {
     "structbert": "StructBERT (default path)",
     "structbert-eager": "StructBERT eager",
@@ -54,6 +63,8 @@ LABELS = {
     "attention-blocked": "attention layer, blocked",
     "attention-eager": "attention layer, eager",
     "attention-sdpa": "attention layer, sdpa",
+    "structbert-flex": "StructBERT flex_attention",
+    "attention-flex": "attention layer, flex_attention",
 }
 GIB = 1024**3
 
@@ -61,7 +72,13 @@ GIB = 1024**3
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=DEFAULT_LENGTHS)
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=None, help="default: all that run on --device"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="fp32", help="parameters and activations"
+    )
     parser.add_argument(
         "--max-memory-gb",
         type=float,
@@ -87,7 +104,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="re-render the report from an earlier run's JSON, run nothing",
     )
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "LENGTH"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.configs is None:
+        args.configs = [name for name in CONFIGS if args.device == "cuda" or name not in GPU_ONLY]
+    elif args.device == "cpu" and set(args.configs) & set(GPU_ONLY):
+        parser.error(
+            f"{', '.join(sorted(set(args.configs) & set(GPU_ONLY)))}: FlexAttention has no CPU backward"
+        )
+    return args
+
+
+def check_device(device: str) -> None:
+    """Refuse at once, in one line, a device this machine does not have."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            "bench/attention.py --device cuda: no CUDA device here (torch.cuda.is_available() is False)"
+        )
 
 
 # --------------------------------------------------------------------------- measuring subprocess
@@ -108,7 +142,7 @@ def _cap_address_space(max_memory_gb: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
-def _inputs(length: int, vocab_size: int):
+def _inputs(length: int, vocab_size: int, device: str = "cpu"):
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -118,15 +152,23 @@ def _inputs(length: int, vocab_size: int):
     labels = torch.full_like(input_ids, -100)
     masked = torch.rand(1, length, generator=generator) < 0.15
     labels[masked] = input_ids[masked]
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "global_attention_mask": global_attention_mask,
         "labels": labels,
     }
+    return {key: value.to(device) for key, value in batch.items()}
 
 
-def _training_step(name: str, implementation: str | None, length: int, vocab_size: int):
+def _training_step(
+    name: str,
+    implementation: str | None,
+    length: int,
+    vocab_size: int,
+    device: str = "cpu",
+    dtype: str = "fp32",
+):
     """A closure running one masked-LM forward and backward."""
     import torch
     from transformers import LongformerConfig, LongformerForMaskedLM
@@ -146,11 +188,15 @@ def _training_step(name: str, implementation: str | None, length: int, vocab_siz
         model = LongformerForMaskedLM(LongformerConfig(**sizes, max_position_embeddings=length + 2))
     else:
         # The global tokens come from global_attention_mask alone, exactly as for Longformer.
-        config = StructBertConfig(**sizes, max_position_embeddings=length, global_attention_types=[])
+        # FlexAttention has no attention dropout: its step runs without it (the others keep BERT's 0.1).
+        dropout = {"attention_probs_dropout_prob": 0.0} if implementation == "flex_attention" else {}
+        config = StructBertConfig(
+            **sizes, **dropout, max_position_embeddings=length, global_attention_types=[]
+        )
         kwargs = {} if implementation is None else {"attn_implementation": implementation}
         model = StructBertForMaskedLM._from_config(config, **kwargs)
-    model.train()
-    inputs = _inputs(length, vocab_size)
+    model.to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).train()
+    inputs = _inputs(length, vocab_size, device)
     labels = inputs.pop("labels")
     selected = labels != -100
     encoder = getattr(model, model.base_model_prefix)
@@ -166,7 +212,7 @@ def _training_step(name: str, implementation: str | None, length: int, vocab_siz
     return step, torch
 
 
-def _attention_layer(implementation: str, length: int):
+def _attention_layer(implementation: str, length: int, device: str = "cpu", dtype: str = "fp32"):
     """Closures running the self-attention layer alone (its mask, forward and backward), and its core.
 
     The core is what differs between the paths: the mask and the attention given the projected
@@ -180,11 +226,17 @@ def _attention_layer(implementation: str, length: int):
     config = StructBertConfig(
         hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=1, attention_window=WINDOW
     )
-    layer = structbert.StructBertSelfAttention(config, layer_idx=0).train()
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    layer = (
+        structbert.StructBertSelfAttention(config, layer_idx=0).to(device=device, dtype=torch_dtype).train()
+    )
+    if implementation == "flex_attention":
+        layer.dropout.p = 0.0  # FlexAttention has no attention dropout
     generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(1, length, HIDDEN, generator=generator, requires_grad=True)
-    key_ok = torch.ones(1, length, dtype=torch.bool)
-    is_global = torch.zeros(1, length, dtype=torch.bool)
+    hidden = torch.randn(1, length, HIDDEN, generator=generator).to(device=device, dtype=torch_dtype)
+    hidden.requires_grad_()
+    key_ok = torch.ones(1, length, dtype=torch.bool, device=device)
+    is_global = torch.zeros(1, length, dtype=torch.bool, device=device)
     is_global[:, ::GLOBAL_EVERY] = True
 
     def step() -> None:
@@ -196,7 +248,10 @@ def _attention_layer(implementation: str, length: int):
 
     # The core: the same module with identity projections, so that Q = K = V = the input and only the
     # mask and the attention itself are timed, through the model's own dispatch.
-    core_layer = structbert.StructBertSelfAttention(config, layer_idx=0).train()
+    core_layer = (
+        structbert.StructBertSelfAttention(config, layer_idx=0).to(device=device, dtype=torch_dtype).train()
+    )
+    core_layer.dropout.p = layer.dropout.p
     core_layer.query = core_layer.key = core_layer.value = torch.nn.Identity()
 
     def core() -> None:
@@ -208,13 +263,15 @@ def _attention_layer(implementation: str, length: int):
     return step, core, torch
 
 
-def _timed(step, repeats: int) -> list[float]:
-    """Seconds of `repeats` calls after one warm-up call."""
+def _timed(step, repeats: int, synchronize=lambda: None) -> list[float]:
+    """Seconds of `repeats` calls after one warm-up call (`synchronize` waits for a GPU's queued work)."""
     step()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
+        synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)
 
@@ -226,21 +283,32 @@ def run_worker(name: str, length: int, args: argparse.Namespace) -> dict:
 
     import structformer.modeling  # noqa: F401
 
-    _cap_address_space(args.max_memory_gb)
+    cuda = args.device == "cuda"
+    if not cuda:  # an address-space cap breaks CUDA's initialisation
+        _cap_address_space(args.max_memory_gb)
     core = None
     try:
         if kind == "step":
-            step, torch = _training_step(name, implementation, length, args.vocab_size)
+            step, torch = _training_step(
+                name, implementation, length, args.vocab_size, args.device, args.dtype
+            )
         else:
-            step, core, torch = _attention_layer(implementation, length)
+            step, core, torch = _attention_layer(implementation, length, args.device, args.dtype)
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(0)
-        rss_before = _rss_bytes()
-        times = _timed(step, args.repeats)
-        # ru_maxrss is read before the core runs, so the peak is the layer's (the core needs less).
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        core_times = _timed(core, args.repeats) if core else None
+        synchronize = torch.cuda.synchronize if cuda else lambda: None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        rss_before = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+        times = _timed(step, args.repeats, synchronize)
+        # The peak is read before the core runs, so it is the layer's (the core needs less).
+        peak = (
+            torch.cuda.max_memory_allocated()
+            if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        core_times = _timed(core, args.repeats, synchronize) if core else None
     except (RuntimeError, MemoryError) as error:
         if isinstance(error, MemoryError) or "alloc" in str(error).lower() or "memory" in str(error).lower():
             return {"status": "oom", "error": str(error).splitlines()[0][:200]}
@@ -315,6 +383,12 @@ def run_one(name: str, length: int, args: argparse.Namespace) -> dict:
         str(args.repeats),
         "--vocab-size",
         str(args.vocab_size),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--configs",
+        name,
     ]
     if args.threads:
         command += ["--threads", str(args.threads)]
@@ -405,6 +479,8 @@ SHORT = {
     "attention-blocked": "blocked",
     "attention-eager": "eager",
     "attention-sdpa": "sdpa",
+    "structbert-flex": "flex",
+    "attention-flex": "flex",
 }
 
 
@@ -486,19 +562,24 @@ def markdown(results: dict, args: argparse.Namespace, command: str) -> str:
     lengths = sorted(args.lengths)
     threads = {r.get("threads") for runs in results.values() for r in runs.values() if r.get("threads")}
     lines = [
-        SECTION,
+        SECTION_CUDA if args.device == "cuda" else SECTION,
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {sorted(threads) or '-'}, "
-        f"python {platform.python_version()}, 5-minute load average {_load(args)}. Batch 1, fp32, hidden {HIDDEN}, {HEADS} heads, {LAYERS} layers, "
+        f"python {platform.python_version()}, 5-minute load average {_load(args)}. Batch 1, {args.dtype}, device {args.device}, hidden {HIDDEN}, {HEADS} heads, {LAYERS} layers, "
         f"intermediate {INTERMEDIATE}, window {WINDOW}, one global token per {GLOBAL_EVERY} tokens, "
         f"MLM vocabulary {args.vocab_size} with the head on the 15% masked positions only (as "
         f"`trainers/pretrain.py` does), dropout on. Times are the median of {args.repeats} steps after a "
         f"warm-up. Memory is the peak RSS of a fresh process per cell in GiB, with the step's own part "
         f"(peak minus the RSS before the first step) in brackets; each process is capped at "
         f"{args.max_memory_gb:g} GiB beyond its start-up size. Cells predicted from the smaller lengths to "
-        f"exceed the cap or the {args.timeout:g} s limit are skipped, with the estimate (a*L + b*L^2 fit).",
+        f"exceed the cap or the {args.timeout:g} s limit are skipped, with the estimate (a*L + b*L^2 fit)."
+        + (
+            " On the GPU, memory is torch.cuda.max_memory_allocated (no cap) in place of the RSS."
+            if args.device == "cuda"
+            else ""
+        ),
         *(["", f"Note: {args.note}"] if args.note else []),
         "",
         "Masked-LM training step (forward + backward, no optimizer); `default` is StructBERT's default path, ratios are "
@@ -583,11 +664,12 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_section(benchmarks_file: Path, section: str) -> None:
-    """Replace the text under this script's heading, up to the next ``## `` heading."""
+    """Replace the text under the section's heading, up to the next ``## `` heading (a new heading is appended)."""
     lines = benchmarks_file.read_text(encoding="utf-8").splitlines()
-    if SECTION not in lines:
-        raise ValueError(f"{benchmarks_file}: heading {SECTION!r} not found")
-    start = lines.index(SECTION)
+    heading = section.splitlines()[0]
+    if heading not in lines:
+        lines += ["", heading]
+    start = lines.index(heading)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     new = lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]
     benchmarks_file.write_text("\n".join(new) + "\n", encoding="utf-8")
@@ -617,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     result["reason"] = "memory cap"
     else:
+        check_device(args.device)
         command = shlex.join(["python", "bench/attention.py", *(sys.argv[1:] if argv is None else argv)])
         load_before = os.getloadavg()[1]
         results = run_all(args)
@@ -629,8 +712,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": {name: {str(L): r for L, r in runs.items()} for name, runs in results.items()},
         "command": command,
     }
-    (args.output_dir / "attention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    plot(results, args.output_dir / "attention.png")
+    stem = "attention" if args.device == "cpu" else f"attention-{args.device}-{args.dtype}"
+    (args.output_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    plot(results, args.output_dir / f"{stem}.png")
     section = markdown(results, args, command)
     print(section)
     if args.write_benchmarks:

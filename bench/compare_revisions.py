@@ -30,7 +30,6 @@ from benchmarks_md import write_section
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 
 SECTION = "## Attention code against an earlier revision (`bench/compare_revisions.py`)"
-MODELING_FILES = ("configuration_structbert.py", "modeling_structbert.py")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,7 +55,14 @@ def load_base(revision: str, folder: Path) -> type:
     """``StructBertForMaskedLM`` of ``modeling/`` at ``revision``, imported as the package ``base_modeling``."""
     package = folder / "base_modeling"
     package.mkdir()
-    for name in MODELING_FILES:
+    listing = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "--name-only", f"{revision}:modeling"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # Every remote-code file of that revision (the kernels got their own module later).
+    for name in (n for n in listing if n.endswith(".py") and n != "__init__.py"):
         source = subprocess.run(
             ["git", "-C", str(REPO), "show", f"{revision}:modeling/{name}"],
             capture_output=True,

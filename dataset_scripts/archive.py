@@ -1,9 +1,11 @@
 """Papers out of arXiv bulk archives, folders and loose ``.tex`` files, safely.
 
 Every input yields one :class:`PaperInput`: either the paper's text files (name -> bytes,
-paths relative to the paper's root) or a reject reason. Archives are streamed with
-:mod:`tarfile` stream mode and held in memory one paper at a time; nothing is ever
-extracted to disk. Sources come from strangers, so:
+paths relative to the paper's root) or a reject reason; an input that is no paper (a README, a
+``.zip``), a second tar member of the same name or a name that is not UTF-8 is a reject too, so
+that inputs = records + rejects. arXiv bulk archives are streamed with :mod:`tarfile` stream mode
+and held in memory one paper at a time; a plain tar of paper folders is read folder by folder.
+Nothing is ever extracted to disk. Sources come from strangers, so:
 
 - tar members with absolute paths, ``..``, links or device nodes are skipped with a warning;
 - decompressed bytes are capped per paper and per kept file (gzip and tar bombs become
@@ -11,9 +13,11 @@ extracted to disk. Sources come from strangers, so:
 - folder inputs never follow a symlink that leaves the paper's folder, and only regular files are
   read: a dangling link, a link loop, a FIFO (which would block the build forever), a socket or a
   device is an ``unreadable`` reject, or a skipped file with a warning inside a paper's folder.
+  The user's own links are followed: the sources named, and the entries of a folder of papers
+  (but not a link to a folder that holds the link).
 
-Each input carries a ``stamp`` (sizes and modification times of its files) so that a resumed build
-parses again the papers edited since the interrupted run.
+Each input carries a ``stamp`` (a digest of its files' bytes) so that a resumed build parses again
+the papers edited since the interrupted run, even by an edit that kept sizes and times.
 
 Only files whose extension is in ``ArchiveLimits.text_extensions`` (or that have no extension,
 for ``\\input{name}`` of an extension-less file) are kept; images and other binaries are
@@ -32,8 +36,10 @@ import re
 import stat
 import tarfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 logger = logging.getLogger(__name__)
@@ -42,12 +48,17 @@ _NEW_ID = re.compile(r"^(?P<id>\d{4}\.\d{4,5})(?P<version>v\d+)?$")
 # Old-style ids appear in bulk archives without their slash: ``hep-th9901001`` is
 # ``hep-th/9901001``; a subject class (``math.GT``) is not part of the id.
 _OLD_ID = re.compile(r"^(?P<archive>[a-z][a-z\-]*)(?:\.[A-Za-z\-]+)?/?(?P<number>\d{7})(?P<version>v\d+)?$")
-_GENERIC_VERSION = re.compile(r"^(?P<id>.+?)(?P<version>v\d+)$")
+_ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z][a-z\-]*/\d{7})$")
 _CHUNK = 1 << 20
+# A plain tar of paper folders may hold this many times a paper's member cap.
+_FOLDER_TAR_MEMBERS = 50
 _TAR_BLOCK = 512
 _TEX_SUFFIXES = (".tex", ".ltx", ".latex")
-# What a folder of papers may hold besides paper folders; other files (README, MANIFEST) are not papers.
+# A paper on its own, besides paper folders; other files (README, MANIFEST) are unsupported_format rejects.
 _PAPER_FILES = (*_TEX_SUFFIXES, ".gz", ".tgz", ".pdf", ".tar")
+# Where an input came from: a member of an arXiv bulk tar, a file or folder named by an arXiv id,
+# any other paper folder or file, a folder of a plain tar of paper folders.
+SOURCE_KINDS = ("arxiv_bulk_tar", "arxiv_id_file", "folder", "file", "tar_of_folders")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class PaperInput:
 
     ``key`` is unique over a build and stable between runs (source path plus member or
     folder name); it is what the resume journal records, with ``stamp`` (see :func:`entry_stamp`).
+    ``kind`` is one of :data:`SOURCE_KINDS`. Names that are not valid UTF-8 are kept with their odd
+    bytes escaped (``\\xff``), so that every string of an input can be written as JSON.
     """
 
     key: str
@@ -85,6 +98,20 @@ class PaperInput:
     detail: str = ""
     warnings: list[str] = field(default_factory=list)
     stamp: str = ""
+    kind: str = "file"
+
+    def __post_init__(self) -> None:
+        self.key, self.source, self.paper_id = map(printable, (self.key, self.source, self.paper_id))
+        self.detail = printable(self.detail)
+
+
+def printable(name: str) -> str:
+    """``name`` with the bytes that are not UTF-8 (surrogate escapes of the file system) as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _undecodable(name: str) -> bool:
+    return printable(name) != name
 
 
 class _Reject(Exception):
@@ -94,18 +121,29 @@ class _Reject(Exception):
         self.detail = detail
 
 
+def _strip_suffixes(stem: str) -> str:
+    """``stem`` without its archive and format suffixes: ``a.tex.gz``, ``a.tar.gz``, ``a.tgz`` -> ``a``."""
+    lower = stem.lower()
+    for suffix in (".tar.gz", ".tgz"):
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    if lower.endswith(".gz") and len(stem) > 3:
+        stem, lower = stem[:-3], lower[:-3]
+    for suffix in (".tar", ".tex", ".ltx", ".latex", ".pdf", ".zip"):
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def parse_paper_id(name: str) -> tuple[str, str | None]:
     """``(id, version)`` from a member, file or folder name.
 
     ``2101/2101.00001v2.gz`` -> ``("2101.00001", "v2")``; ``0001/hep-th0001001.gz`` ->
-    ``("hep-th/0001001", None)``; anything else keeps its stem (and a trailing ``vN``).
+    ``("hep-th/0001001", None)``. A version is split off arXiv ids only: any other name keeps its
+    stem whole (``mobilenetv2`` stays ``mobilenetv2``).
     """
     path = PurePosixPath(name.replace("\\", "/"))
-    stem = path.name
-    for suffix in (".tar.gz", ".tgz", ".gz", ".tar", ".tex", ".ltx", ".latex", ".pdf"):
-        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    stem = _strip_suffixes(path.name)
     # An id written with its slash (``hep-th/9901001``) spans the last two path parts.
     if len(path.parts) >= 2 and _OLD_ID.match(f"{path.parts[-2]}/{stem}"):
         stem = f"{path.parts[-2]}/{stem}"
@@ -115,10 +153,12 @@ def parse_paper_id(name: str) -> tuple[str, str | None]:
     match = _OLD_ID.match(stem)
     if match:
         return f"{match['archive']}/{match['number']}", match["version"]
-    match = _GENERIC_VERSION.match(stem)
-    if match:
-        return match["id"], match["version"]
     return stem, None
+
+
+def is_arxiv_id(paper_id: str) -> bool:
+    """Whether ``paper_id`` is an arXiv identifier (``2403.00007``, ``hep-th/9901001``), versionless."""
+    return _ARXIV_ID.match(paper_id) is not None
 
 
 def safe_member_name(name: str) -> str | None:
@@ -167,39 +207,51 @@ def _looks_like_tar(block: bytes) -> bool:
 
 def _files_from_tar(stream: io.BufferedIOBase, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
     """Text files of a paper's tar (a stream), with warnings for skipped members."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            return _files_from_members(tar, tar, limits, label, "")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise _Reject("decode_error", f"{label}: corrupt archive ({error})") from error
+
+
+def _files_from_members(
+    tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], limits: ArchiveLimits, label: str, prefix: str
+) -> tuple[dict, list[str]]:
+    """Text files of one paper's ``members`` (their names less ``prefix``), the caps applied."""
     files: dict[str, bytes] = {}
     warnings: list[str] = []
     total = pdfs = 0
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for count, member in enumerate(tar, start=1):
-                if count > limits.max_members:
-                    raise _Reject("too_large", f"{label}: more than {limits.max_members} tar members")
-                if member.isdir():
-                    continue
-                name = safe_member_name(member.name)
-                if name is None or not member.isfile():
-                    kind = "unsafe path" if name is None else "link or special file"
-                    warnings.append(f"skipped tar member {member.name!r} ({kind})")
-                    logger.warning("%s: skipped tar member %r (%s)", label, member.name, kind)
-                    continue
-                # The header's size is what the member will decompress to: refuse before reading.
-                total += member.size
-                if total > limits.max_paper_bytes:
-                    raise _Reject(
-                        "too_large", f"{label}: members add up to more than {limits.max_paper_bytes} bytes"
-                    )
-                if not _keep(name, limits):
-                    pdfs += name.lower().endswith(".pdf")
-                    continue
-                if member.size > limits.max_file_bytes:
-                    raise _Reject(
-                        "too_large", f"{label}: {name} is larger than {limits.max_file_bytes} bytes"
-                    )
-                handle = tar.extractfile(member)
-                files[name] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-        raise _Reject("decode_error", f"{label}: corrupt archive ({error})") from error
+    for count, member in enumerate(members, start=1):
+        if count > limits.max_members:
+            raise _Reject(
+                "too_large",
+                f"{label}: more than {limits.max_members} tar members (the cap on a paper's tar members)",
+            )
+        if member.isdir():
+            continue
+        name = safe_member_name(member.name)
+        if name is None or not member.isfile():
+            kind = "unsafe path" if name is None else "link or special file"
+            warnings.append(printable(f"skipped tar member {member.name!r} ({kind})"))
+            logger.warning("%s: skipped tar member %r (%s)", label, member.name, kind)
+            continue
+        name = printable(name[len(prefix) :])
+        # The header's size is what the member will decompress to: refuse before reading.
+        total += member.size
+        if total > limits.max_paper_bytes:
+            raise _Reject(
+                "too_large",
+                f"{label}: members add up to more than {limits.max_paper_bytes} bytes (--max-paper-mb)",
+            )
+        if not _keep(name, limits):
+            pdfs += name.lower().endswith(".pdf")
+            continue
+        if member.size > limits.max_file_bytes:
+            raise _Reject(
+                "too_large", f"{label}: {name} is larger than {limits.max_file_bytes} bytes (--max-file-mb)"
+            )
+        handle = tar.extractfile(member)
+        files[name] = handle.read() if handle is not None else b""
     _check_not_pdf_only(files, pdfs, label)
     return files, warnings
 
@@ -229,6 +281,21 @@ def _files_from_gzip(data: bytes, limits: ArchiveLimits, label: str) -> tuple[di
     return {"main.tex": text}, []
 
 
+def _single_file_problem(name: str) -> str | None:
+    """Why a file cannot be a paper on its own, or ``None`` when it can.
+
+    A paper file is TeX, a ``.gz``/``.tgz``/``.tar`` (arXiv's shapes), a PDF (a ``pdf_only`` reject), or a
+    name without an extension (old arXiv submissions); a file named by an arXiv id is always tried.
+    """
+    base = PurePosixPath(name).name
+    lower = base.lower()
+    if lower.endswith(_PAPER_FILES) or "." not in base or is_arxiv_id(parse_paper_id(name)[0]):
+        return None
+    if lower.endswith((".zip", ".7z", ".rar", ".tar.bz2", ".tar.xz", ".tbz2", ".txz", ".bz2", ".xz")):
+        return f"{base}: this archive format is not read; unpack it into a paper folder"
+    return f"{base}: not a paper (TeX, .gz, .tar or a paper folder)"
+
+
 def _paper_from_bytes(name: str, data: bytes, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
     """Files of one paper stored as a single archive member or file named ``name``."""
     lower = name.lower()
@@ -238,21 +305,160 @@ def _paper_from_bytes(name: str, data: bytes, limits: ArchiveLimits, label: str)
         return _files_from_gzip(data, limits, label)
     if lower.endswith(".tar") or _looks_like_tar(data[:_TAR_BLOCK]):
         return _files_from_tar(io.BytesIO(data), limits, label)
+    problem = _single_file_problem(name)
+    if problem:
+        raise _Reject("unsupported_format", f"{label}: {problem}")
     if len(data) > limits.max_file_bytes:
-        raise _Reject("too_large", f"{label}: larger than {limits.max_file_bytes} bytes")
-    return {PurePosixPath(name).name if _keep(name, limits) else "main.tex": data}, []
+        raise _Reject("too_large", f"{label}: larger than {limits.max_file_bytes} bytes (--max-file-mb)")
+    return {printable(PurePosixPath(name).name) if _keep(name, limits) else "main.tex": data}, []
+
+
+def _kind(paper_id: str, kind: str) -> str:
+    return "arxiv_id_file" if kind in ("folder", "file") and is_arxiv_id(paper_id) else kind
 
 
 def _make(
-    key: str, source: str, name: str, build: Callable[[], tuple[dict, list[str]]], stamp: str
+    key: str, source: str, name: str, build: Callable[[], tuple[dict, list[str]]], stamp: str, kind: str
 ) -> PaperInput:
     paper_id, version = parse_paper_id(name)
-    paper = PaperInput(key=key, source=source, paper_id=paper_id, version=version, stamp=stamp)
+    paper = PaperInput(key, source, paper_id, version, stamp=stamp, kind=_kind(paper_id, kind))
+    if _undecodable(name):
+        paper.reason = "bad_name"
+        paper.detail = printable(f"{source}: the name is not valid UTF-8; rename it to read it")
+        return paper
     try:
         paper.files, paper.warnings = build()
     except _Reject as reject:
-        paper.reason, paper.detail = reject.reason, reject.detail
+        paper.reason, paper.detail = reject.reason, printable(reject.detail)
     return paper
+
+
+def _reject(key: str, source: str, name: str, reason: str, detail: str, stamp: str, kind: str) -> PaperInput:
+    paper_id, version = parse_paper_id(name)
+    return PaperInput(key, source, paper_id, version, reason=reason, detail=detail, stamp=stamp, kind=kind)
+
+
+def _tar_layout(path: Path) -> str:
+    """``"bulk"`` for arXiv's layout (every paper one ``.gz`` or ``.pdf`` member), ``"folders"`` else.
+
+    Decided by the first file member; a tar that cannot be read is ``"bulk"``, whose reader reports it.
+    """
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                base = PurePosixPath(member.name).name.lower()
+                arxiv = is_arxiv_id(parse_paper_id(member.name)[0])
+                return "bulk" if arxiv or base.endswith((".gz", ".tgz", ".pdf")) else "folders"
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        pass
+    return "bulk"
+
+
+def iter_tar(
+    path: Path, limits: ArchiveLimits, skip: Mapping[str, str] | None = None
+) -> Iterator[PaperInput]:
+    """Papers of a ``.tar``: arXiv's bulk layout (:func:`iter_bulk_archive`) or a tar of paper folders."""
+    if _tar_layout(path) == "bulk":
+        yield from iter_bulk_archive(path, limits, skip)
+    else:
+        yield from iter_folder_tar(path, limits, skip)
+
+
+def iter_folder_tar(
+    path: Path, limits: ArchiveLimits, skip: Mapping[str, str] | None = None
+) -> Iterator[PaperInput]:
+    """Papers of a plain tar of paper folders: each top-level folder is one paper, each top-level file
+    a single-file paper (or a reject), as if the tar were unpacked into a folder of papers. One folder
+    holding every member is looked into; a tar with files only and no folder is one paper."""
+    skip = skip or {}
+    source, stamp = str(path), entry_stamp(path)
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            members = []
+            # The headers are held to group them by folder: a tar of countless empty members is refused.
+            for member in tar:
+                members.append(member)
+                if len(members) > _FOLDER_TAR_MEMBERS * limits.max_members:
+                    detail = f"{path.name}: more than {len(members) - 1} members ({_FOLDER_TAR_MEMBERS} times the cap on a paper's tar members)"
+                    yield _reject(
+                        f"{source}::<members>",
+                        path.name,
+                        path.name,
+                        "too_large",
+                        detail,
+                        stamp,
+                        "tar_of_folders",
+                    )
+                    return
+            names = [safe_member_name(member.name) for member in members]
+            prefix = _common_folder(names)
+            groups: dict[str, list[tarfile.TarInfo]] = {}
+            folders: set[str] = set()
+            for member, name in zip(members, names):
+                if prefix and name == prefix[:-1]:
+                    continue
+                relative = name[len(prefix) :] if name and name.startswith(prefix) else (name or member.name)
+                top = relative.split("/", 1)[0]
+                groups.setdefault(top, []).append(member)
+                if name and ("/" in relative or member.isdir()):
+                    folders.add(top)
+            if not folders:
+                key = printable(f"{source}::<whole>")
+                if skip.get(key) != stamp:
+                    build = partial(_files_from_members, tar, members, limits, path.name, "")
+                    yield _make(key, path.name, path.name, build, stamp, "file")
+                return
+            for top in sorted(groups):
+                key, label = f"{source}::{prefix}{top}", f"{path.name}:{prefix}{top}"
+                if skip.get(printable(key)) == stamp:
+                    continue
+                if top in folders:
+                    build = partial(_files_from_members, tar, groups[top], limits, label, f"{prefix}{top}/")
+                    yield _make(key, label, top, build, stamp, "tar_of_folders")
+                else:
+                    yield _tar_file_member(tar, groups[top][0], key, label, limits, stamp)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        key = f"{source}::<unreadable>"
+        if skip.get(printable(key)) != stamp:
+            detail = f"{path.name}: the archive is unreadable ({error})"
+            yield _reject(key, path.name, path.name, "decode_error", detail, stamp, "tar_of_folders")
+
+
+def _common_folder(names: list[str | None]) -> str:
+    """``"top/"`` when every member lies in one folder that is a folder of papers rather than a paper: it
+    holds sub-folders and no TeX file of its own (``tar cf papers.tar papers/``)."""
+    tops = {name.split("/", 1)[0] for name in names if name}
+    if len(tops) != 1 or None in names:
+        return ""
+    top = tops.pop()
+    inner = [name[len(top) + 1 :] for name in names if name and name != top]
+    own = [rest for rest in inner if "/" not in rest]
+    if len(own) < len(inner) and not any(rest.lower().endswith(_TEX_SUFFIXES) for rest in own):
+        return f"{top}/"
+    return ""
+
+
+def _tar_file_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, key: str, label: str, limits: ArchiveLimits, stamp: str
+) -> PaperInput:
+    name = safe_member_name(member.name)
+    if name is None or not member.isfile():
+        detail = f"{label}: absolute path, '..', link or special file"
+        return _reject(key, label, member.name, "unsafe_archive", detail, stamp, "tar_of_folders")
+    if member.size > limits.max_paper_bytes:
+        return _make(
+            key, label, name, lambda: _too_large(member.size, limits, label), stamp, "tar_of_folders"
+        )
+    problem = _single_file_problem(name)
+    if problem:
+        return _reject(key, label, name, "unsupported_format", f"{label}: {problem}", stamp, "tar_of_folders")
+    handle = tar.extractfile(member)
+    data = handle.read() if handle is not None else b""
+    return _make(
+        key, label, name, lambda: _paper_from_bytes(name, data, limits, label), stamp, "tar_of_folders"
+    )
 
 
 def iter_bulk_archive(
@@ -262,29 +468,38 @@ def iter_bulk_archive(
 
     Members that ``skip`` maps to the archive's current stamp (done in an interrupted run) are not
     decompressed. An archive that is unreadable or truncated yields one ``decode_error`` input for
-    the unreadable rest, so the build reports it instead of stopping.
+    the unreadable rest, so the build reports it instead of stopping. A second member of the same
+    name is a ``duplicate_member`` reject (the first one is read).
     """
     skip = skip or {}
     source = str(path)
     stamp = entry_stamp(path)
     last = "<start>"
+    seen: Counter[str] = Counter()
     try:
         with tarfile.open(path, mode="r|*") as tar:
             for member in tar:
                 last = member.name
                 if member.isdir():
                     continue
+                seen[member.name] += 1
                 key = f"{source}::{member.name}"
-                if skip.get(key) != stamp:
-                    yield _bulk_member(tar, member, key, f"{path.name}:{member.name}", limits, stamp)
+                label = f"{path.name}:{member.name}"
+                if seen[member.name] > 1:
+                    key = f"{key}#{seen[member.name]}"
+                    if skip.get(printable(key)) != stamp:
+                        detail = f"{label}: member {seen[member.name]} of that name in the archive; the first was read"
+                        yield _reject(
+                            key, label, member.name, "duplicate_member", detail, stamp, "arxiv_bulk_tar"
+                        )
+                elif skip.get(printable(key)) != stamp:
+                    yield _bulk_member(tar, member, key, label, limits, stamp)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         key = f"{source}::<unreadable after {last}>"
-        if skip.get(key) != stamp:
-            logger.warning("%s: unreadable after member %s (%s)", path, last, error)
-            yield PaperInput(
-                key, path.name, path.name, None, reason="decode_error",
-                detail=f"{path.name}: the archive is unreadable after member {last} ({error})", stamp=stamp,
-            )  # fmt: skip
+        if skip.get(printable(key)) != stamp:
+            logger.warning("%s: unreadable after member %s (%s)", path, printable(last), error)
+            detail = f"{path.name}: the archive is unreadable after member {last} ({error})"
+            yield _reject(key, path.name, path.name, "decode_error", detail, stamp, "arxiv_bulk_tar")
 
 
 def _bulk_member(
@@ -292,47 +507,65 @@ def _bulk_member(
 ) -> PaperInput:
     name = safe_member_name(member.name)
     if name is None or not member.isfile():
-        logger.warning("%s: skipped unsafe member", label)
-        paper_id, version = parse_paper_id(member.name)
+        logger.warning("%s: skipped unsafe member", printable(label))
         detail = f"{label}: absolute path, '..', link or special file"
-        return PaperInput(key, label, paper_id, version, reason="unsafe_archive", detail=detail, stamp=stamp)
+        return _reject(key, label, member.name, "unsafe_archive", detail, stamp, "arxiv_bulk_tar")
     if member.size > limits.max_paper_bytes:
-        return _make(key, label, name, lambda: _too_large(member.size, limits, label), stamp)
+        return _make(
+            key, label, name, lambda: _too_large(member.size, limits, label), stamp, "arxiv_bulk_tar"
+        )
     handle = tar.extractfile(member)
     data = handle.read() if handle is not None else b""
     if len(data) != member.size:
         raise tarfile.ReadError(f"{member.name} is cut short ({len(data)} of {member.size} bytes)")
-    return _make(key, label, name, lambda: _paper_from_bytes(name, data, limits, label), stamp)
+    return _make(
+        key, label, name, lambda: _paper_from_bytes(name, data, limits, label), stamp, "arxiv_bulk_tar"
+    )
 
 
 def _too_large(size: int, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
-    raise _Reject("too_large", f"{label}: {size} bytes compressed, the cap is {limits.max_paper_bytes}")
+    raise _Reject(
+        "too_large", f"{label}: {size} bytes compressed, the cap is {limits.max_paper_bytes} (--max-paper-mb)"
+    )
+
+
+def _digest_file(path: Path) -> str:
+    """SHA-1 of a regular file's bytes; a FIFO or device is never opened."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # opening a device can act on it
+        return "not a regular file"
+    digest = hashlib.sha1()
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return "not a regular file"
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def entry_stamp(path: Path) -> str:
-    """Size and modification time (ns) of a file, or a digest of those of every file under a folder.
+    """A digest of the bytes of a file, or of the names and bytes of every file under a folder.
 
     A resumed build parses an input again when its stamp changed: an edited paper is never taken
-    from the journal of an interrupted run. Empty when ``path`` cannot be stat'ed (it is then
-    reported as ``unreadable`` when read).
+    from the journal of an interrupted run, even when the edit kept its size and modification time
+    (``cp -p``, ``rsync -a``, ``touch -r``). A link out of the folder is stamped by its target's name,
+    never read. Empty when ``path`` cannot be read (it is then reported as ``unreadable`` when read).
     """
     try:
-        info = path.stat()
+        if not path.is_dir():
+            return f"{path.stat().st_size}:{_digest_file(path)}"
     except OSError:
         return ""
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{info.st_size}:{info.st_mtime_ns}"
     digest = hashlib.sha1()
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
         for filename in sorted(filenames):
             file = Path(dirpath) / filename
             try:
-                info = file.stat()
-                seen = f"{info.st_size}:{info.st_mtime_ns}"
+                seen = _digest_file(file) if _inside(file, path) else f"-> {os.path.realpath(file)}"
             except OSError:
                 seen = "unreadable"
-            digest.update(f"{file.relative_to(path).as_posix()}\0{seen}\n".encode())
+            name = file.relative_to(path).as_posix()
+            digest.update(f"{name}\\0{seen}\\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -364,7 +597,7 @@ def _read_regular(path: Path, cap: int, label: str) -> bytes:
             if not stat.S_ISREG(info.st_mode):
                 raise special
             if info.st_size > cap:
-                raise _Reject("too_large", f"{label}: {info.st_size} bytes, the cap is {cap}")
+                raise _Reject("too_large", f"{label}: {info.st_size} bytes, the cap is {cap} (--max-file-mb)")
             return _read_capped(handle, cap, label)
     except OSError as error:
         raise _Reject("unreadable", f"{label}: {_os_problem(path, error)}") from error
@@ -383,7 +616,7 @@ def _files_from_folder(root: Path, limits: ArchiveLimits, label: str) -> tuple[d
         dirnames.sort()
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
-            relative = path.relative_to(root).as_posix()
+            relative = printable(path.relative_to(root).as_posix())
             if not _inside(path, root):
                 warnings.append(f"skipped {relative!r} (a link out of the paper folder)")
                 logger.warning("%s: skipped %r (a link out of the paper folder)", label, relative)
@@ -401,7 +634,10 @@ def _files_from_folder(root: Path, limits: ArchiveLimits, label: str) -> tuple[d
                 continue
             total += len(data)
             if total > limits.max_paper_bytes:
-                raise _Reject("too_large", f"{label}: {relative} takes the paper over the size cap")
+                raise _Reject(
+                    "too_large",
+                    f"{label}: {relative} takes the paper over {limits.max_paper_bytes} bytes (--max-paper-mb)",
+                )
             files[relative] = data
     _check_not_pdf_only(files, pdfs, label)
     return files, warnings
@@ -424,37 +660,47 @@ def _is_paper_folder(folder: Path, limits: ArchiveLimits) -> bool:
     for child in tex:
         try:
             mains += b"\\begin{document}" in _read_regular(child, limits.max_file_bytes, str(child))
-        except _Reject:
-            continue  # reported when the file is read as a paper
+        except _Reject as reject:
+            # Over the cap it may well be a paper: counted, so that it is reported rather than absorbed
+            # into a neighbour's folder (where it would make that paper too_large).
+            mains += reject.reason == "too_large"
     if mains:
         return mains == 1
     return bool(tex) and not any(child.is_dir() for child in children)
 
 
-def _entry_files(entry: Path, limits: ArchiveLimits, label: str) -> tuple[dict, list[str]]:
-    """Files of a paper folder or a single paper file; only a folder or a regular file inside its
-    parent folder is read."""
-    if not _inside(entry, entry.parent):
+def _entry_files(entry: Path, limits: ArchiveLimits, label: str, follow: bool) -> tuple[dict, list[str]]:
+    """Files of a paper folder or a single paper file. Only a folder or a regular file inside its parent
+    folder is read, or, with ``follow`` (a link the user made: a source, or a child of a source folder),
+    wherever the link points, but never a folder that holds the link itself."""
+    if not follow and not _inside(entry, entry.parent):
         raise _Reject("unsafe_archive", f"{label}: a link out of its folder")
+    if follow and _inside(entry.parent, entry):
+        raise _Reject("unsafe_archive", f"{label}: a link to a folder that holds it")
     try:
         mode = entry.stat().st_mode
     except OSError as error:
         raise _Reject("unreadable", f"{label}: {_os_problem(entry, error)}") from error
     if stat.S_ISDIR(mode):
         return _files_from_folder(entry, limits, label)
+    problem = _single_file_problem(entry.name)
+    if problem:
+        raise _Reject("unsupported_format", f"{label}: {problem}")
     data = _read_regular(entry, limits.max_paper_bytes, label)
     return _paper_from_bytes(entry.name, data, limits, label)
 
 
 def _iter_folder_entry(
-    entry: Path, limits: ArchiveLimits, skip: Mapping[str, str], label: str
+    entry: Path, limits: ArchiveLimits, skip: Mapping[str, str], label: str, follow: bool = True
 ) -> Iterator[PaperInput]:
     """One paper folder or file. ``label`` names it in the report without the local path above it."""
-    key = str(entry)
-    # Not stamped when it leaves its folder: a link to / would have the whole disk walked.
-    stamp = entry_stamp(entry) if _inside(entry, entry.parent) else ""
+    key = printable(str(entry))
+    # Not stamped when it may not be read: a link to / would have the whole disk walked.
+    readable = _inside(entry, entry.parent) or (follow and not _inside(entry.parent, entry))
+    stamp = entry_stamp(entry) if readable else ""
     if skip.get(key) != stamp:
-        yield _make(key, label, entry.name, lambda: _entry_files(entry, limits, label), stamp)
+        kind = "folder" if entry.is_dir() else "file"
+        yield _make(key, label, entry.name, lambda: _entry_files(entry, limits, label, follow), stamp, kind)
 
 
 def iter_papers(
@@ -462,13 +708,16 @@ def iter_papers(
     limits: ArchiveLimits | None = None,
     skip: Mapping[str, str] | None = None,
 ) -> Iterator[PaperInput]:
-    """Every paper of every source, in a deterministic order.
+    """Every input of every source, in a deterministic order.
 
-    A source is an arXiv bulk ``.tar``, a paper folder (exactly one of its top-level
-    ``.tex`` files has ``\\begin{document}``), a folder of papers (sub-folders, ``.tex``, ``.gz``, ``.tar.gz`` and ``.pdf`` files,
-    and bulk ``.tar`` archives, in name order), or a single paper file of those kinds.
-    Inputs that ``skip`` maps to their current stamp (``{key: stamp}`` of a resumed build) are not
-    read again.
+    A source is a ``.tar`` (arXiv's bulk layout, or a plain tar of paper folders), a paper folder
+    (exactly one of its top-level ``.tex`` files has ``\\begin{document}``), a folder of papers
+    (sub-folders, ``.tex``, ``.gz``, ``.tar.gz`` and ``.pdf`` files, and ``.tar`` archives, in name
+    order), or a single paper file of those kinds. Every entry of a folder of papers but hidden ones is
+    an input: a file that is no paper (a README, a ``.zip``) is an ``unsupported_format`` reject. The
+    sources, and the entries of a folder of papers, may be symbolic links (they are the user's own);
+    inside a paper, links that leave it are never followed. Inputs that ``skip`` maps to their current
+    stamp (``{key: stamp}`` of a resumed build) are not read again.
     """
     limits = limits or ArchiveLimits()
     skip = skip or {}
@@ -476,21 +725,20 @@ def iter_papers(
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
-        if path.is_dir():
+        if path.is_dir() and not _undecodable(path.name):
             if _is_paper_folder(path, limits):
                 yield from _iter_folder_entry(path, limits, skip, path.name)
                 continue
             for child in sorted(path.iterdir(), key=lambda p: p.name):
-                if child.name.startswith(".") or not (
-                    child.is_dir() or child.name.lower().endswith(_PAPER_FILES)
-                ):
-                    logger.info("%s: not a paper (no paper folder or file), skipped", child)
+                if child.name.startswith("."):
+                    logger.debug("%s: hidden, skipped", child)
                     continue
-                if child.name.lower().endswith(".tar") and _inside(child, path) and child.is_file():
-                    yield from iter_bulk_archive(child, limits, skip)
+                label = f"{path.name}/{child.name}"
+                if child.name.lower().endswith(".tar") and child.is_file() and not _undecodable(child.name):
+                    yield from iter_tar(child, limits, skip)
                 else:
-                    yield from _iter_folder_entry(child, limits, skip, f"{path.name}/{child.name}")
-        elif path.name.lower().endswith(".tar") and path.is_file():
-            yield from iter_bulk_archive(path, limits, skip)
+                    yield from _iter_folder_entry(child, limits, skip, label)
+        elif path.name.lower().endswith(".tar") and path.is_file() and not _undecodable(path.name):
+            yield from iter_tar(path, limits, skip)
         else:
             yield from _iter_folder_entry(path, limits, skip, path.name)

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -57,7 +58,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from structformer.dataset_scripts import latex, records
-from structformer.dataset_scripts.archive import ArchiveLimits, PaperInput, iter_papers
+from structformer.dataset_scripts.archive import ArchiveLimits, PaperInput, is_arxiv_id, iter_papers
 from structformer.dataset_scripts.schema import (
     CARD_FILE,
     CONFIG_NAMES,
@@ -88,11 +89,13 @@ _PARQUET_SETTINGS = {
     "write_statistics": ["id"],
 }
 # 2: every line carries the input's stamp, so that a resume parses edited papers again.
-_JOURNAL_FORMAT = 2
+# 3: stamps are content digests; lines carry the source kind and the parser's warnings.
+_JOURNAL_FORMAT = 3
 # Seconds between two checks of a worker whose OS cannot kill it when the build dies.
 _PARENT_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _RUN_ONLY = ("num_proc", "progress", "resume", "max_tasks_per_worker")
+_WARNINGS_PER_PAPER = 20
 
 
 @dataclass
@@ -105,7 +108,8 @@ class BuildOptions:
         min_words / max_words: bounds on whitespace-separated words of ``text``. The paper kept
             documents of 2,000 to 12,000 tokens; with a WordPiece vocabulary that is about
             1,500 to 9,000 words, or 10k to 60k characters.
-        dedupe: keep one record per arXiv id, the one with the latest version.
+        dedupe: keep one record per arXiv id, the one with the latest version, and one per parsed text
+            (a digest of it), whatever the inputs' names.
         validation_fraction: share of ids (by a SHA-1 of the id) in the validation split.
         min_validation: the validation split holds at least this many records (the ids with the
             lowest hashes) as long as the corpus has more records than that; tiny corpora need it.
@@ -172,6 +176,7 @@ def parse_one(paper_id: str, files: dict[str, bytes], options: latex.LatexOption
     try:
         parsed = latex.parse_paper(files, options)
         row = records.to_record(parsed, paper_id)
+        warnings = parsed.warnings
     except latex.PaperError as error:
         return {"reason": error.reason, "detail": error.detail}
     except UnicodeError as error:
@@ -182,7 +187,7 @@ def parse_one(paper_id: str, files: dict[str, bytes], options: latex.LatexOption
         return {"reason": "parse_error", "detail": f"{type(error).__name__}: {error}"[:500]}
     if not row.get("text", "").strip():
         return {"reason": "empty", "detail": "no text left after cleaning"}
-    return {"record": row}
+    return {"record": row, "parse_warnings": warnings} if warnings else {"record": row}
 
 
 def _encode_task(paper_id: str, files: dict[str, bytes]) -> bytes:
@@ -406,6 +411,9 @@ class _Entry:
     words: int = 0
     sections: int = 0
     warnings: int = 0
+    parse_warnings: list[str] = field(default_factory=list)
+    kind: str = ""
+    digest: str = ""
     reason: str | None = None
     detail: str = ""
 
@@ -417,12 +425,16 @@ def _index_journal(journal: Path) -> list[_Entry]:
         offset = 0
         for line in handle:
             item = json.loads(line)
-            entry = _Entry(item["key"], item["source"], item["id"], item["version"])
+            entry = _Entry(
+                item["key"], item["source"], item["id"], item["version"], kind=item.get("kind", "")
+            )
             entry.warnings = len(item.get("warnings", ()))
+            entry.parse_warnings = item.get("parse_warnings", [])
             if "record" in item:
                 text = item["record"].get("text", "")
                 entry.offset = offset
                 entry.chars, entry.words = len(text), len(text.split())
+                entry.digest = hashlib.sha1(text.encode()).hexdigest()
                 entry.sections = len(item["record"].get("sections") or [])
             else:
                 entry.reason, entry.detail = item["reason"], item["detail"]
@@ -439,14 +451,17 @@ def _version_number(version: str | None) -> int:
 
 
 def _dedupe(entries: list[_Entry]) -> None:
-    """Reject all but the latest version of each id (ties: the last key, for a stable choice).
+    """Reject all but the latest version of each arXiv id, then all but one copy of each text.
 
     Only parsed papers compete: when the latest version failed to parse, the newest version that
-    parsed is kept, so an id is never lost to a broken revision.
+    parsed is kept, so an id is never lost to a broken revision (ties: the last key, for a stable
+    choice). Names that are not arXiv ids say nothing about the paper (two ``paper.tex`` of two
+    projects); the parsed text does, so two inputs with the same text are one paper whatever their
+    names (an arXiv id is preferred, then the first id and source).
     """
     by_id: dict[str, list[_Entry]] = {}
     for entry in entries:
-        if entry.reason is None:
+        if entry.reason is None and is_arxiv_id(entry.id):
             by_id.setdefault(entry.id, []).append(entry)
     for group in by_id.values():
         keep = max(group, key=lambda e: (_version_number(e.version), e.key))
@@ -454,6 +469,25 @@ def _dedupe(entries: list[_Entry]) -> None:
             if entry is not keep:
                 entry.reason = "duplicate"
                 entry.detail = f"{entry.id} {entry.version or ''} superseded by {keep.version or 'another copy'} ({keep.source})"
+    by_text: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        if entry.reason is None:
+            by_text.setdefault(entry.digest, []).append(entry)
+    for group in by_text.values():
+        keep = min(group, key=lambda e: (not is_arxiv_id(e.id), e.id, e.key))
+        for entry in group:
+            if entry is not keep:
+                entry.reason = "duplicate"
+                entry.detail = f"the same text as {keep.id} ({keep.source})"
+
+
+def _unique_ids(kept: list[_Entry]) -> None:
+    """Give records that share an id (two folders named alike, or ``--no-dedupe``) ids of their own:
+    the id and a short digest of the input's source path, so that no record hides another."""
+    counts = Counter(entry.id for entry in kept)
+    for entry in kept:
+        if counts[entry.id] > 1:
+            entry.id = f"{entry.id}@{hashlib.sha1(entry.key.encode()).hexdigest()[:8]}"
 
 
 def _filter_length(entries: list[_Entry], options: BuildOptions) -> None:
@@ -537,9 +571,11 @@ def _write_shards(
     splits: dict[str, list[_Entry]],
     metadata: dict[str, dict],
     options: BuildOptions,
+    unchanged: str,
 ) -> None:
     for config in CONFIG_NAMES:
-        shard_dir(staging, config).mkdir(parents=True)
+        with _naming_write_errors(shard_dir(staging, config), unchanged):
+            shard_dir(staging, config).mkdir(parents=True)
     with journal.open("rb") as handle:
         for split, entries in splits.items():
             # No shard for an empty split: datasets cannot load a Parquet file without rows, and the
@@ -554,12 +590,14 @@ def _write_shards(
                     row["categories"] = known.get("categories") or row.get("categories")
                     row["license"] = known.get("license") or row.get("license")
                     row["version"] = entry.version or known.get("version") or row.get("version")
+                    row["source_kind"] = entry.kind or None
                     rows.append(row)
                 name = shard_name(split, index, count)
                 tables = {STRUCTURED: rows, PLAIN: [records.to_plain(row) for row in rows]}
                 for config, config_rows in tables.items():
                     table = pa.Table.from_pylist(config_rows, schema=FEATURES[config].arrow_schema)
-                    pq.write_table(table, shard_dir(staging, config) / name, **_PARQUET_SETTINGS)
+                    with _naming_write_errors(shard_dir(staging, config) / name, unchanged):
+                        pq.write_table(table, shard_dir(staging, config) / name, **_PARQUET_SETTINGS)
 
 
 def _stats(kept: list[_Entry]) -> dict[str, Any]:
@@ -572,6 +610,8 @@ def _stats(kept: list[_Entry]) -> dict[str, Any]:
         "sections": sum(entry.sections for entry in kept),
         "records_with_sections": sum(1 for entry in kept if entry.sections > 0),
         "records_with_skipped_archive_members": sum(1 for entry in kept if entry.warnings),
+        "records_with_parser_warnings": sum(1 for entry in kept if entry.parse_warnings),
+        "parser_warnings": sum(len(entry.parse_warnings) for entry in kept),
         "characters_min": chars[0],
         "characters_median": chars[len(chars) // 2],
         "characters_max": chars[-1],
@@ -630,6 +670,10 @@ def _lock_output(output_dir: Path) -> int:
                     return fd
             os.close(fd)
     except OSError as error:
+        if error.errno == errno.EEXIST:  # a path on the way is a file or a link to nothing
+            raise InputError(
+                f"{output_dir}: not a folder, and cannot be made one; choose another --output-dir"
+            ) from error
         raise InputError(
             f"{output_dir}: cannot write the corpus there ({error.strerror or error})"
         ) from error
@@ -707,6 +751,10 @@ def build_corpus(
         raise InputError(f"--metadata {options.metadata}: no such file")
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"{output_dir}: exists and is not a folder; choose another --output-dir")
+    if output_dir.is_symlink() and not output_dir.exists():
+        raise InputError(
+            f"{output_dir}: a symbolic link to nothing, not a folder; choose another --output-dir"
+        )
     created = not output_dir.exists()
     lock = _lock_output(output_dir)
     try:
@@ -731,7 +779,8 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
 
     papers = iter_papers(sources, options.limits, skip=done)
     with (
-        journal.open("ab") as sink,
+        # Unbuffered: a failed write (disk full) leaves nothing queued for close() to retry.
+        journal.open("ab", buffering=0) as sink,
         tqdm(desc="Parsing papers", unit=" papers", disable=not options.progress) as bar,
     ):
         bar.update(len(done))
@@ -743,12 +792,15 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
                 "source": paper.source,
                 "id": paper.paper_id,
                 "version": paper.version,
+                "kind": paper.kind,
             }
             line.update(outcome)
             if paper.warnings:
                 line["warnings"] = paper.warnings
-            sink.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
-            sink.flush()
+            data = memoryview(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            with _naming_write_errors(journal, "the papers parsed before are kept in it, so a rerun resumes"):
+                while data:
+                    data = data[sink.write(data) :]
             bar.update(1)
 
         _parse_all(papers, options, emit)
@@ -759,6 +811,7 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
     _filter_length(entries, options)
     kept = [entry for entry in entries if entry.reason is None]
     rejected = [entry for entry in entries if entry.reason is not None]
+    _unique_ids(kept)
     reasons = dict(sorted(Counter(entry.reason for entry in rejected).items()))
     if not kept:
         raise InputError(
@@ -774,7 +827,38 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
     for leftover in (staging, replaced):  # of a run killed while it wrote
         if leftover.exists():
             shutil.rmtree(leftover)
-    _write_shards(staging, journal, splits, metadata, options)
+    unchanged = (
+        f"nothing half-written was kept ({output_dir} is as it was), and the journal in {work} is, "
+        "so a rerun after freeing space does not parse again"
+    )
+    try:
+        _write_outputs(
+            staging, journal, splits, metadata, options, entries, kept, rejected, reasons, unchanged
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    with _naming_write_errors(output_dir, f"it could not be moved into place; {unchanged}"):
+        _install(staging, output_dir, replaced)
+    shutil.rmtree(work)
+    logger.info("built %s: %d records, %d rejects", output_dir, len(kept), len(rejected))
+    return json.loads((output_dir / REPORT_FILE).read_text(encoding="utf-8"))
+
+
+def _write_outputs(
+    staging: Path,
+    journal: Path,
+    splits: dict[str, list[_Entry]],
+    metadata: dict[str, dict],
+    options: BuildOptions,
+    entries: list[_Entry],
+    kept: list[_Entry],
+    rejected: list[_Entry],
+    reasons: dict[str, int],
+    unchanged: str,
+) -> None:
+    """Shards, ``build_report.json`` and the card, staged; a write that fails names its file."""
+    _write_shards(staging, journal, splits, metadata, options, unchanged)
     report = {
         "inputs": len(entries),
         "records": len(kept),
@@ -783,6 +867,18 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
         "rejected": [
             {"id": entry.id, "source": entry.source, "reason": entry.reason, "detail": entry.detail}
             for entry in rejected
+        ],
+        # What the parser skipped or repaired in each paper (a heading's over-deep nesting flattened,
+        # an include not found, a macro dropped); the first few messages, and how many there were.
+        "warnings": [
+            {
+                "id": entry.id,
+                "source": entry.source,
+                "count": len(entry.parse_warnings),
+                "warnings": entry.parse_warnings[:_WARNINGS_PER_PAPER],
+            }
+            for entry in entries
+            if entry.parse_warnings
         ],
         "splits": {name: len(ids) for name, ids in splits.items()},
         "stats": _stats(kept) | {"metadata_joined": sum(1 for entry in kept if entry.id in metadata)},
@@ -794,14 +890,21 @@ def _build(sources: list[Path], output_dir: Path, options: BuildOptions) -> dict
         raise AssertionError(
             f"inputs {report['inputs']} != records {report['records']} + rejects {report['rejects']}"
         )
-    (staging / REPORT_FILE).write_text(
-        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    _write_card(staging)
-    _install(staging, output_dir, replaced)
-    shutil.rmtree(work)
-    logger.info("built %s: %d records, %d rejects", output_dir, report["records"], report["rejects"])
-    return report
+    with _naming_write_errors(staging / REPORT_FILE, unchanged):
+        (staging / REPORT_FILE).write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    with _naming_write_errors(staging / CARD_FILE, unchanged):
+        _write_card(staging)
+
+
+@contextlib.contextmanager
+def _naming_write_errors(path: Path, consequence: str) -> Iterator[None]:
+    """Turn an ``OSError`` (disk full, quota, read-only) into one line naming ``path`` and what it means."""
+    try:
+        yield
+    except OSError as error:
+        raise InputError(f"{path}: cannot write it ({error.strerror or error}); {consequence}") from error
 
 
 def _write_card(corpus_dir: Path) -> Path:
@@ -809,6 +912,24 @@ def _write_card(corpus_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+class _LibraryToDebug(logging.Filter):
+    """Treat pylatexenc's records as DEBUG: it logs every construct its tolerant mode repairs at INFO
+    (hundreds on a real corpus); what matters of it is counted in ``build_report.json``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] != "pylatexenc":
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _quiet_parser_log() -> None:
+    """On the root handlers (a logger's own filter does not see its children's records)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _LibraryToDebug) for f in handler.filters):
+            handler.addFilter(_LibraryToDebug())
 
 
 def _optional_int(value: str) -> int | None:
@@ -847,7 +968,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--min-words", type=_optional_int, default=defaults.min_words)
     parser.add_argument("--max-words", type=_optional_int, default=defaults.max_words)
-    parser.add_argument("--no-dedupe", action="store_true", help="keep every version of an id")
+    parser.add_argument(
+        "--no-dedupe", action="store_true", help="keep every version of an id and every copy of a text"
+    )
     parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
     parser.add_argument("--min-validation", type=int, default=defaults.min_validation)
     parser.add_argument("--shard-size", type=int, default=defaults.shard_size, help="rows per Parquet shard")
@@ -902,6 +1025,7 @@ def _latex_options(pairs: list[str]) -> latex.LatexOptions:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_parser_log()
     options = BuildOptions(
         num_proc=args.num_proc,
         min_chars=args.min_chars,

@@ -105,11 +105,6 @@ def parse_paper(files: Mapping[str, bytes], options: LatexOptions | None = None)
     texts: dict[str, str] = {}
     for path in sorted(sources):
         data = sources[path]
-        if len(data) > options.max_file_bytes:
-            warnings.append(
-                f"{path}: skipped, {len(data)} bytes is over max_file_bytes={options.max_file_bytes}"
-            )
-            continue
         try:
             texts[path] = remove_disabled_blocks(strip_comments(decode_bytes(data, path)))
         except UnicodeDecodeError as error:

@@ -516,6 +516,34 @@ class Macro:
     body: str
 
 
+_TOKEN = re.compile(r"\\(?:[A-Za-z@]+\*?|.)|[{}]|[^\\{}]+", re.DOTALL)
+
+
+def flatten_nesting(text: str, max_depth: int) -> tuple[str, int]:
+    """``text`` with every brace group nested deeper than ``max_depth`` unwrapped, and how many were.
+
+    An unwrapped group loses its braces and the command right before them (``\\emph{x}`` -> ``x``)
+    and keeps its text. The parser's recursion gives up on a few hundred nested commands; this lets a
+    line that holds them (a heading, often) be parsed rather than dropped. ``\\{`` is text, not a group.
+    """
+    out: list[str] = []
+    kept: list[bool] = []
+    removed = 0
+    for token in _TOKEN.findall(text):
+        if token == "{":
+            if len(kept) >= max_depth:
+                if out and out[-1].startswith("\\") and out[-1][1:2].isalpha():
+                    out.pop()
+                kept.append(False)
+                removed += 1
+                continue
+            kept.append(True)
+        elif token == "}" and kept and not kept.pop():
+            continue
+        out.append(token)
+    return "".join(out), removed
+
+
 def read_group(text: str, pos: int, open_char: str = "{", close_char: str = "}") -> tuple[str, int] | None:
     """``(content, end)`` of the balanced group opening at ``text[pos]``, or ``None`` if it is not
     there or never closes. Escaped braces do not count."""

@@ -24,7 +24,7 @@ from pylatexenc.latex2text import (
 
 from structformer.errors import InputError
 
-from .latex_source import mask_verbatim, read_group
+from .latex_source import flatten_nesting, mask_verbatim, read_group
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class LatexOptions:
         ref_placeholder: replaces ``\\ref``, ``\\eqref``, ``\\cref`` and friends.
         max_macro_depth: how many times a user macro's replacement is expanded again.
         max_include_depth: how deep ``\\input`` may nest.
-        max_file_bytes: source files larger than this are skipped with a warning.
         max_paper_chars: inlining of includes stops once the paper's text would pass this.
+
+    The size of a source file is capped once, where it is read (``build-corpus --max-file-mb``).
     """
 
     footnotes: Literal["inline", "drop"] = "inline"
@@ -52,7 +53,6 @@ class LatexOptions:
     ref_placeholder: str = "[REF]"
     max_macro_depth: int = 10
     max_include_depth: int = 16
-    max_file_bytes: int = 4_000_000
     max_paper_chars: int = 20_000_000
 
     def __post_init__(self) -> None:
@@ -61,9 +61,8 @@ class LatexOptions:
         for name in ("max_linear_math_chars", "max_macro_depth", "max_include_depth"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_file_bytes", "max_paper_chars"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_paper_chars <= 0:
+            raise InputError(f"max_paper_chars must be > 0, got {self.max_paper_chars}")
 
 
 @dataclass
@@ -546,20 +545,42 @@ def inline_text(latex: str, options: LatexOptions | None = None, warnings: list[
     options = options or LatexOptions()
     notes = warnings if warnings is not None else []
     try:
-        nodes = parse_nodes(latex)
+        nodes = _parse_flattening(latex, notes)
     except Exception as error:
-        notes.append(f"could not parse {latex[:40]!r}: {error}")
+        notes.append(f"could not parse {latex[:40]!r}: {type(error).__name__}")
         return ""
     return normalize_space(_safe_text(_converter(options, True), nodes, notes))
+
+
+# Groups nested deeper than this are unwrapped when pylatexenc's recursion gives up on a text; the
+# converter recurses too, so the depth must leave it room under Python's recursion limit.
+_MAX_GROUP_DEPTH = 32
 
 
 def _chars(text: str) -> latexwalker.LatexCharsNode:
     return latexwalker.LatexCharsNode(chars=text, parsing_state=None, pos=0, len=len(text))
 
 
+def _parse_flattening(latex: str, warnings: list[str]) -> list:
+    """Parse ``latex``; should pylatexenc's recursion give up on deep nesting, parse it again with the
+    groups deeper than ``_MAX_GROUP_DEPTH`` unwrapped (their text kept), and say so."""
+    try:
+        return parse_nodes(latex)
+    except RecursionError:
+        flat, removed = flatten_nesting(latex, _MAX_GROUP_DEPTH)
+        if not removed:
+            raise
+    nodes = parse_nodes(flat)
+    warnings.append(
+        f"unwrapped {removed} group(s) nested deeper than {_MAX_GROUP_DEPTH} levels, text kept: {latex[:60]!r}"
+    )
+    return nodes
+
+
 def _parse_or_chunks(latex: str, warnings: list[str]) -> list:
     """Parse the whole text; should pylatexenc give up anyway (deep nesting), parse it paragraph
-    by paragraph, and a failing paragraph line by line, losing only the lines that fail."""
+    by paragraph, unwrapping groups nested too deep, and a failing paragraph line by line, losing
+    only the lines that fail (each named in ``warnings``)."""
     try:
         return parse_nodes(latex)
     except Exception as error:
@@ -567,11 +588,11 @@ def _parse_or_chunks(latex: str, warnings: list[str]) -> list:
     nodes: list = []
     for chunk in re.split(r"\n\s*\n", latex):
         try:
-            nodes.extend(parse_nodes(chunk))
+            nodes.extend(_parse_flattening(chunk, warnings))
         except Exception:
             for line in chunk.split("\n"):
                 try:
-                    nodes.extend(parse_nodes(line))
+                    nodes.extend(_parse_flattening(line, warnings))
                 except Exception as error:
                     warnings.append(
                         f"dropped a line that does not parse: {type(error).__name__}: {line[:60]!r}"

@@ -9,6 +9,9 @@ heading) adds paragraphs but no span.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +29,93 @@ def _latest_version(metadata: Mapping[str, Any]) -> str | None:
     if not names:
         return None
     return max(names, key=lambda n: int(n.lstrip("v")) if n.lstrip("v").isdigit() else -1)
+
+
+# Frequent English function words: their share of a text's Latin words tells English from other
+# languages written in Latin script (formulas and placeholders count as neither).
+_ENGLISH_WORDS = frozenset(
+    [
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "a",
+        "is",
+        "that",
+        "for",
+        "we",
+        "it",
+        "with",
+        "as",
+        "are",
+        "on",
+        "this",
+        "by",
+        "be",
+        "an",
+        "from",
+        "at",
+        "which",
+        "our",
+        "can",
+        "not",
+        "or",
+        "these",
+        "its",
+        "has",
+        "have",
+        "was",
+        "were",
+        "each",
+        "all",
+        "than",
+        "then",
+        "there",
+        "their",
+        "also",
+        "such",
+    ]
+)
+# Unicode script -> ISO 639-1 code, for scripts that name their language well enough.
+_SCRIPTS = {"CYRILLIC": "ru", "HANGUL": "ko", "HIRAGANA": "ja", "KATAKANA": "ja", "CJK": "zh", "GREEK": "el"}
+
+
+def detect_language(text: str, min_letters: int = 50) -> str:
+    """An ISO 639-1 code for ``text`` (``"en"``, ``"ru"``, ``"zh"``, ``"ja"``, ``"ko"``...), or ``"und"``.
+
+    A small heuristic without dependencies: the script of most letters, Japanese when kana are
+    present among CJK characters, and for Latin script English when its function words make up at
+    least a tenth of the words. Scientific text quotes Latin-script formulas and names, so a
+    non-Latin script wins from a quarter of the letters.
+    """
+    scripts: Counter[str] = Counter()
+    for char in text:
+        if char.isalpha():
+            name = unicodedata.name(char, "")
+            scripts[
+                next(
+                    (s for s in _SCRIPTS if name.startswith(s)),
+                    "LATIN" if name.startswith("LATIN") else "OTHER",
+                )
+            ] += 1
+    letters = sum(scripts.values())
+    if letters < min_letters:
+        return "und"
+    if (
+        scripts["HIRAGANA"] + scripts["KATAKANA"]
+        and (scripts["HIRAGANA"] + scripts["KATAKANA"] + scripts["CJK"]) * 4 >= letters
+    ):
+        return "ja"
+    for script in ("HANGUL", "CJK", "CYRILLIC", "GREEK"):
+        if scripts[script] * 4 >= letters:
+            return _SCRIPTS[script]
+    words = re.findall(r"[A-Za-z]+", text)
+    if scripts["LATIN"] * 2 >= letters and words:
+        common = sum(1 for word in words if word.lower() in _ENGLISH_WORDS)
+        if common * 10 >= len(words):
+            return "en"
+    return "und"
 
 
 def linearize(title: str, abstract: str, sections: list[Section]) -> tuple[str, list[dict[str, Any]]]:
@@ -86,6 +176,8 @@ def to_record(parsed: Any, paper_id: str, metadata: Mapping[str, Any] | None = N
         "categories": str(categories) if categories is not None else None,
         "license": str(license_) if license_ is not None else None,
         "version": _latest_version(metadata),
+        "source_kind": None,
+        "language": detect_language(text),
     }
 
 

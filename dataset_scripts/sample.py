@@ -1,5 +1,7 @@
 """The bundled sample: 22 small papers written for this project, and an arXiv-style archive of them.
 
+Their ids (``sample-0001`` ...) are not arXiv ids: the papers are not on arXiv.
+
 ``sample/`` holds 20 parseable papers (one folder each, several templates and multi-file
 projects), one broken draft (unbalanced braces, no ``\\begin{document}``) and one PDF-only
 submission. :func:`pack_sample_archive` packs them the way arXiv's bulk source archives are
@@ -16,7 +18,9 @@ from importlib.resources import files
 from pathlib import Path
 
 ARCHIVE_NAME = "arXiv_src_2411_001.tar"
-ID_PREFIX = "2411"
+# The folder of the archive's members and the prefix of the ids: ``sample/sample-0001.gz``. Not an
+# arXiv id on purpose: made-up ``2411.0000N`` ids would point readers to unrelated real papers.
+ID_PREFIX = "sample"
 # Expected outcome of building the sample: every paper folder but the broken one is a record.
 SAMPLE_RECORDS = 20
 SAMPLE_REJECTS = {"no_main_file": 1, "pdf_only": 1}
@@ -40,8 +44,8 @@ def sample_entries() -> list[Path]:
 
 
 def sample_ids() -> dict[str, str]:
-    """``{entry name: arXiv-style id}``, e.g. ``{"01-spectral-pruning": "2411.00001", ...}``."""
-    return {entry.name: f"{ID_PREFIX}.{index:05d}" for index, entry in enumerate(sample_entries(), start=1)}
+    """``{entry name: id}``, e.g. ``{"01-spectral-pruning": "sample-0001", ...}``."""
+    return {entry.name: f"{ID_PREFIX}-{index:04d}" for index, entry in enumerate(sample_entries(), start=1)}
 
 
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -75,7 +79,7 @@ def _paper_files(folder: Path) -> list[tuple[str, bytes]]:
 def pack_sample_archive(dest_dir: str | os.PathLike) -> Path:
     """Write ``arXiv_src_2411_001.tar`` into ``dest_dir`` and return its path.
 
-    One member per paper, named like arXiv's (``2411/2411.00001.gz``): a gzipped tar for a
+    One member per paper, laid out like arXiv's (``sample/sample-0001.gz``): a gzipped tar for a
     multi-file paper, a gzipped ``.tex`` for a single-file one, the bare ``.pdf`` for the
     PDF-only entry. Every timestamp is fixed, so the bytes are the same on every call.
     """

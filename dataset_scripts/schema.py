@@ -49,6 +49,9 @@ STRUCTURED_FEATURES = Features(
         "categories": Value("string"),
         "license": Value("string"),
         "version": Value("string"),
+        # Where the paper came from (archive.SOURCE_KINDS) and its language (records.detect_language).
+        "source_kind": Value("string"),
+        "language": Value("string"),
     }
 )
 PLAIN_FEATURES = Features({"id": Value("string"), "text": Value("string")})
@@ -67,7 +70,10 @@ REJECT_REASONS: dict[str, str] = {
     "duplicate": "another version of the same id was kept",
     "parse_error": "the parser failed on the paper",
     "unsafe_archive": "an absolute path, '..', link or special file in an archive, or a link out of its folder",
-    "too_large": "over a decompression cap (per paper, per file or tar members)",
+    "too_large": "over a size cap: --max-paper-mb, --max-file-mb or the number of tar members",
+    "unsupported_format": "a file that is not a paper (README, .tsv) or an archive format that is not read (.zip)",
+    "duplicate_member": "a second member of the same name in a tar; the first is read",
+    "bad_name": "a file, folder or archive member whose name is not valid UTF-8",
     "unreadable": "a dangling link, a link loop, a FIFO, socket or device, or a file the OS refuses to read",
 }
 

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 # CONFIG_NAMES, PLAIN and find_shards are also read through this module (publish, tests).
+from structformer.dataset_scripts.archive import is_arxiv_id
+from structformer.dataset_scripts.records import detect_language
 from structformer.dataset_scripts.schema import (
     CARD_FILE,
     DEFAULT_CONFIG,
@@ -44,6 +46,7 @@ from structformer.dataset_scripts.schema import PLAIN as PLAIN
 from structformer.dataset_scripts.schema import find_shards as find_shards
 from structformer.errors import InputError
 from structformer.trainers.results import check_results, read_results
+from structformer.trainers.statistics import SMOKE_MAX_TOKENS
 from structformer.trainers.tasks import TASKS
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -143,6 +146,9 @@ def _structured_stats(shards: Mapping[str, list[Path]], tokenizer: Any = None) -
     levels: Counter[str] = Counter()
     licenses: Counter[str] = Counter()
     categories: Counter[str] = Counter()
+    languages: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    arxiv_ids = 0
     unknown_license = 0
     split_rows: list[tuple[str, int]] = []
     total_rows = sum(pq.ParquetFile(p).metadata.num_rows for paths in shards.values() for p in paths)
@@ -155,7 +161,11 @@ def _structured_stats(shards: Mapping[str, list[Path]], tokenizer: Any = None) -
             if missing:
                 raise InputError(f"{path}: missing column(s) {sorted(missing)} of {STRUCTURED}")
             # The sections repeat the text; reading only what the statistics need bounds memory.
-            wanted = [c for c in ("text", "headers", "license", "categories") if c in names]
+            wanted = [
+                c
+                for c in ("id", "text", "headers", "license", "categories", "language", "source_kind")
+                if c in names
+            ]
             table = pq.read_table(path, columns=wanted)
             rows += table.num_rows
             text = table.column("text")
@@ -175,6 +185,14 @@ def _structured_stats(shards: Mapping[str, list[Path]], tokenizer: Any = None) -
                 unknown_license += sum(1 for v in values if not v)
             if "categories" in names:
                 categories.update(v.split()[0] for v in table.column("categories").to_pylist() if v)
+            # A corpus built before the column existed: the same heuristic, on the text.
+            if "language" in names:
+                languages.update(v or "und" for v in table.column("language").to_pylist())
+            else:
+                languages.update(detect_language(v) for v in text.to_pylist())
+            if "source_kind" in names:
+                kinds.update(v for v in table.column("source_kind").to_pylist() if v)
+            arxiv_ids += sum(1 for v in table.column("id").to_pylist() if is_arxiv_id(v))
             bar.update(table.num_rows)
         split_rows.append((split, rows))
     bar.close()
@@ -194,6 +212,9 @@ def _structured_stats(shards: Mapping[str, list[Path]], tokenizer: Any = None) -
         "licenses": licenses,
         "unknown_license": unknown_license,
         "categories": categories,
+        "languages": languages,
+        "source_kinds": kinds,
+        "arxiv_ids": arxiv_ids,
     }
 
 
@@ -268,18 +289,26 @@ def dataset_card_data(
             "field of each paper before reusing its text, and keep only the rows whose license allows your use."
         )
 
-    name = pretty_name or "arXiv structured and plain full text"
+    arxiv_only = stats["arxiv_ids"] == stats["documents"]
+    languages = sorted(stats["languages"].items(), key=lambda kv: (-kv[1], kv[0]))
+    codes = [code for code, _ in languages if code != "und"]
+    name = pretty_name or (
+        "arXiv structured and plain full text"
+        if arxiv_only
+        else "Scientific papers: structured and plain full text"
+    )
     data = DatasetCardData(
-        language=["en"],
+        language=codes or None,
         pretty_name=name,
         size_categories=[_size_category(stats["documents"])],
         task_categories=["fill-mask", "feature-extraction"],
         task_ids=["masked-language-modeling"],
         annotations_creators=["no-annotation"],
         language_creators=["found"],
-        multilinguality=["monolingual"],
+        multilinguality=["multilingual" if len(codes) > 1 else "monolingual"],
         source_datasets=["original"],
-        tags=["arxiv", "latex", "scientific-papers", "long-document", "document-structure", "structformer"],
+        tags=["arxiv"] * bool(stats["arxiv_ids"])
+        + ["latex", "scientific-papers", "long-document", "document-structure", "structformer"],
         configs=configs,
         **license_meta,
     )
@@ -318,8 +347,15 @@ def dataset_card_data(
         "math_text": math_text,
         "cite_text": cite_text,
         "footnote_text": footnote_text,
-        "repo_ref": ".",
-        "repo_is_local": True,
+        "repo_ref": None,
+        "local_files": {
+            config: {split: shard_glob(config, split) for split in splits}
+            for config, splits in shards.items()
+        },
+        "arxiv_only": arxiv_only,
+        "arxiv_ids": stats["arxiv_ids"],
+        "languages": languages,
+        "source_kinds": sorted(stats["source_kinds"].items(), key=lambda kv: (-kv[1], kv[0])),
         "split_names": split_names,
         "configs": [
             {
@@ -358,9 +394,7 @@ def render_dataset_card(
 ) -> DatasetCard:
     """The dataset card of a built corpus folder (see ``docs/ARCHITECTURE.md``), not yet written."""
     data, values = dataset_card_data(Path(corpus_dir), pretty_name=pretty_name, tokenizer=tokenizer)
-    if repo_id:
-        values["repo_ref"] = repo_id
-        values["repo_is_local"] = False
+    values["repo_ref"] = repo_id
     return DatasetCard(_render("dataset_card.md", card_data=data.to_yaml(), **values))
 
 
@@ -369,9 +403,11 @@ def write_dataset_card(
 ) -> Path:
     """Write ``corpus_dir/README.md``: the dataset card whose YAML ``configs`` make the folder loadable.
 
-    ``datasets.load_dataset(corpus_dir)`` then gives ``arxiv_structured`` (the default config) and
-    ``load_dataset(corpus_dir, "arxiv_plain")`` its text-only twin. ``repo_id`` only changes the name
-    shown in the card's loading example. With a ``tokenizer`` (a tokenizer or a folder holding one), the
+    On the Hub, ``datasets.load_dataset(repo_id)`` then gives ``arxiv_structured`` (the default config)
+    and ``load_dataset(repo_id, "arxiv_plain")`` its text-only twin. The card of a local folder shows
+    ``load_dataset("parquet", data_files=...)`` instead: ``load_dataset(".")`` fails in datasets 5.x, and
+    ``load_dataset(folder, config)`` caches by the folder's name, so it can serve a rebuilt folder's old
+    rows. ``repo_id`` adds the Hub's loading example. With a ``tokenizer`` (a tokenizer or a folder holding one), the
     statistics include token counts.
     """
     corpus_dir = Path(corpus_dir)
@@ -487,15 +523,28 @@ def _mask_token(model_dir: Path) -> str:
 
 def _option_value(value: Any) -> str:
     # Absolute paths only mean something on the training machine; their last component still says what it was.
-    if isinstance(value, str) and value.startswith("/"):
+    if isinstance(value, str) and value.startswith(("/", "~")):
         return Path(value).name
     return str(value)
 
 
-def _training(model_dir: Path) -> dict[str, Any] | None:
+def _training_args(model_dir: Path) -> dict[str, Any]:
     args_path = model_dir / "training_args.json"
-    args = _read_json(args_path) if args_path.is_file() else {}
-    options = [(k, _option_value(v)) for k, v in _flatten("", args) if v is not None]
+    return _read_json(args_path) if args_path.is_file() else {}
+
+
+def _training(model_dir: Path, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    args = _training_args(model_dir)
+    options = []
+    for k, v in _flatten("", args):
+        if v is None:
+            continue
+        # An option that the saved model overrides (--vocab-size only sizes a tokenizer the run trains
+        # itself) shows what the model has, from config.json.
+        if k in config and _is_number(config[k]) and _is_number(v) and config[k] != v:
+            options.append((k, f"{config[k]} (config.json; the option was {v})"))
+        else:
+            options.append((k, _option_value(v)))
     data_keys = [
         k for k, _ in options if any(w in k for w in ("dataset", "corpus", "train_file", "use_headers"))
     ]
@@ -519,16 +568,89 @@ def _training(model_dir: Path) -> dict[str, Any] | None:
             for r in rows
             if _is_number(r.get("step")) and _is_number(r.get("eval_bits_per_mask_token"))
         ]
-        if train:
+        if len({step for step, _ in train}) >= 2:
             summary.append(
                 f"The training loss went from {_fmt(float(train[0][1]))} at step {train[0][0]:,} to "
                 f"{_fmt(float(train[-1][1]))} at step {train[-1][0]:,} (`metrics.jsonl`)."
             )
-        if len(train) >= 2:
             curve = _loss_curve_png(train, evals)
+        elif train:  # one logged step shows no trend
+            summary.append(
+                f"The training loss was logged once: {_fmt(float(train[-1][1]))} at step {train[-1][0]:,} "
+                "(`metrics.jsonl`)."
+            )
     if not (options or summary):
         return None
-    return {"data": data, "summary": " ".join(summary), "args": options, "curve": curve}
+    trained_length = args.get("max_seq_length")
+    return {
+        "data": data,
+        "summary": " ".join(summary),
+        "args": options,
+        "curve": curve,
+        "trained_length": trained_length if _is_number(trained_length) else None,
+    }
+
+
+def _build_report(model_dir: Path, args: Mapping[str, Any], results_dir: Path | None) -> dict | None:
+    """The training corpus's ``build_report.json``: beside the recorded ``--dataset``, or in the
+    experiment's ``corpus/`` (EXP/models/seed-N/ARM is three levels below EXP)."""
+    candidates = [Path(str(args["dataset"]))] if args.get("dataset") else []
+    candidates += [base / "corpus" for base in (results_dir, *model_dir.resolve().parents[2:3]) if base]
+    for folder in candidates:
+        path = folder / "build_report.json"
+        if path.is_file():
+            report = _read_json(path)
+            if _is_number(report.get("records")):
+                return report
+    return None
+
+
+def _corpus_text(report: Mapping[str, Any] | None) -> tuple[str | None, list[str]]:
+    """What the training corpus was, from its build report, and the languages it recorded (none: no claim)."""
+    if not report:
+        return None, []
+    splits = report.get("splits") or {}
+    split_text = ", ".join(f"{_fmt(n)} {name}" for name, n in splits.items() if _is_number(n))
+    text = f"{_fmt(report['records'])} papers converted from LaTeX" + (
+        f" ({split_text})" if split_text else ""
+    )
+    if _is_number(report.get("inputs")):
+        text += f", built from {_fmt(report['inputs'])} inputs"
+        reasons = report.get("reasons") or {}
+        if reasons:
+            text += " (rejected: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) + ")"
+    languages = (report.get("stats") or {}).get("languages")
+    codes = sorted(k for k in languages if k != "und") if isinstance(languages, Mapping) else []
+    return text + " (`build_report.json`)", codes
+
+
+def _base_model(args: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``--init-from`` as (a Hub id for the metadata, or the name of a local checkpoint for the text)."""
+    init_from = args.get("init_from")
+    if not isinstance(init_from, str) or not init_from:
+        return None, None
+    local = init_from.startswith(("/", ".", "~")) or Path(init_from).exists()
+    if not local and re.fullmatch(r"[\w.-]+/[\w.-]+", init_from):
+        return init_from, None
+    return None, Path(init_from).name
+
+
+def _smoke_test(
+    model_dir: Path, results: Mapping[str, Any], training: Mapping[str, Any] | None
+) -> list[str] | None:
+    """Why this model is a smoke test (the experiment's ``bits.scale``, else its tokens seen); None if not."""
+    scale = (results.get("bits") or {}).get("scale") if results else None
+    if isinstance(scale, Mapping) and "smoke_test" in scale:
+        return (
+            list(scale.get("reasons") or ["the experiment calls it a smoke test"])
+            if scale["smoke_test"]
+            else None
+        )
+    path = model_dir / "eval_results.json"
+    tokens = _read_json(path).get("train_tokens_seen") if path.is_file() else None
+    if _is_number(tokens) and tokens < SMOKE_MAX_TOKENS:
+        return [f"{_fmt(int(tokens))} training tokens, under {_fmt(SMOKE_MAX_TOKENS)}"]
+    return None
 
 
 def _loss_curve_png(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> bytes:
@@ -723,7 +845,11 @@ def render_model_card(
 
     results_dict, results_dir = _load_results(results)
     key = _select_model(results_dict, model_dir, model_key)
-    training = _training(model_dir)
+    training = _training(model_dir, config)
+    args = _training_args(model_dir)
+    corpus_text, languages = _corpus_text(_build_report(model_dir, args, results_dir))
+    recorded_base, init_local = _base_model(args)
+    base_model = base_model or recorded_base
     dataset_ref = datasets[0] if datasets else STRUCTURED
     name = model_name or (repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
     evaluation, eval_results, figures = _evaluation(
@@ -733,7 +859,7 @@ def render_model_card(
         license=license,
         library_name="transformers",
         pipeline_tag="fill-mask",
-        language=["en"],
+        language=languages or None,  # only what the corpus build recorded
         tags=list(TAGS),
         datasets=list(datasets) if datasets else None,
         base_model=base_model,
@@ -746,6 +872,11 @@ def render_model_card(
         model_name=name,
         arch=_architecture(model_dir, config),
         base_model=base_model,
+        init_local=None if base_model else init_local,
+        smoke_test=_smoke_test(model_dir, results_dict, training),
+        corpus_text=corpus_text,
+        languages=languages,
+        steps=args.get("max_steps") if _is_number(args.get("max_steps")) else None,
         repo_ref=repo_id or ".",
         repo_is_local=repo_id is None,
         revision=revision or "main",

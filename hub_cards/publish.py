@@ -23,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub
 import torch
@@ -31,6 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
+from transformers.dynamic_module_utils import get_relative_import_files
 
 import structformer.modeling
 from structformer.errors import USER_ERRORS, InputError, run_command
@@ -40,7 +42,16 @@ from structformer.modeling.modeling_structbert import AUTO_MAP
 
 # Marks a folder this command created, so that a re-run may clear it; never uploaded.
 STAGING_MARKER = ".structformer-staging"
-MODELING_FILES = ("configuration_structbert.py", "modeling_structbert.py")
+
+
+def remote_code_files() -> tuple[str, ...]:
+    """The remote-code files a model needs: modeling_structbert.py and what it imports relatively, found as
+    transformers' save_pretrained finds them (so a new module in modeling/ is uploaded without a list to edit)."""
+    model_file = Path(structformer.modeling.__file__).parent / "modeling_structbert.py"
+    return tuple(sorted({model_file.name, *(Path(f).name for f in get_relative_import_files(model_file))}))
+
+
+MODELING_FILES = remote_code_files()
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -80,6 +91,27 @@ def prepare_staging_dir(staging_dir: str | Path | None, kind: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     (path / STAGING_MARKER).write_text("made by structformer publish; safe to delete\n", encoding="utf-8")
     return path
+
+
+def without_local_paths(value: Any) -> Any:
+    """A JSON value with every absolute path cut to its last component: the run records name folders of
+    the publisher's machine (``--output-dir /home/me/...``), which mean nothing elsewhere and leak its layout."""
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return Path(value).name
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    return value
+
+
+def _strip_local_paths(staged: Path) -> None:
+    """Rewrite a staged JSON record with :func:`without_local_paths` (a missing file is left missing)."""
+    if not staged.is_file():
+        return
+    record = json.loads(staged.read_text(encoding="utf-8"))
+    staged.unlink()  # it may be a hard link to the source: write a new file
+    staged.write_text(json.dumps(without_local_paths(record), indent=2) + "\n", encoding="utf-8")
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -151,6 +183,8 @@ def stage_model(
     if index.is_file():
         pairs.append((index, staging / index.name))
     _place_all(pairs, "stage model")
+    for name in MODEL_EXTRA_FILES:
+        _strip_local_paths(staging / name)
 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     # Older folders may predate auto_map; the Hub needs it to find the remote code.
@@ -191,6 +225,7 @@ def stage_dataset(
     if report.is_file():
         pairs.append((report, staging / report.name))
     _place_all(pairs, "stage dataset")
+    _strip_local_paths(staging / "build_report.json")  # its options and rejects name local files
     cards.write_dataset_card(staging, repo_id=repo_id, tokenizer=tokenizer)
     return staged_files(staging)
 
@@ -521,13 +556,33 @@ def check_arguments(args: argparse.Namespace) -> None:
 def publish(args: argparse.Namespace) -> Path:
     """Run the three steps; returns the staging folder.
 
+    A staging folder made in the temp directory (no ``--staging-dir``) is removed when the command ends,
+    after success, failure or Ctrl-C alike; a ``--staging-dir`` is kept for inspection.
     Raises InputError (or an OSError of :data:`USER_ERRORS`) for bad input and PublishError when a step fails.
     """
     check_arguments(args)
     source = args.dir.resolve()
     # The model must load here first: a folder that does not load gives no reference to compare with.
     reference = model_reference(source) if args.kind == "model" else None
+    temporary = args.staging_dir is None
     staging = prepare_staging_dir(args.staging_dir, args.kind)
+    try:
+        _stage_validate_upload(args, source, reference, staging)
+    except PublishError as err:
+        if not temporary:
+            raise
+        raise PublishError(
+            f"{err} (that folder was temporary and is removed; pass --staging-dir to keep one)"
+        ) from err
+    finally:
+        if temporary:
+            shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def _stage_validate_upload(
+    args: argparse.Namespace, source: Path, reference: dict | None, staging: Path
+) -> None:
     try:
         if args.kind == "model":
             files = stage_model(
@@ -569,7 +624,7 @@ def publish(args: argparse.Namespace) -> Path:
     visibility = "private" if args.private else "public"
     if args.dry_run:
         print(f"dry run: would upload to {visibility} {target}:\n{describe(staging, files)}")
-        return staging
+        return
     print(f"uploading to {visibility} {target}:\n{describe(staging, files)}")
     url = upload(
         staging,
@@ -581,7 +636,6 @@ def publish(args: argparse.Namespace) -> Path:
         token=args.token,
     )
     print(f"published: {url}")
-    return staging
 
 
 def main(argv: list[str] | None = None) -> int:

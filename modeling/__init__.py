@@ -13,10 +13,10 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .attention_structbert import StructBertAttentionInterface, StructBertMaskInterface
 from .configuration_structbert import StructBertConfig
 from .modeling_structbert import (
     MentionClassifierOutput,
-    StructBertAttentionInterface,
     StructBertForMaskedLM,
     StructBertForMentionClassification,
     StructBertForSequenceClassification,
@@ -43,6 +43,7 @@ __all__ = [
     "StructBertForMentionClassification",
     "StructBertForSequenceClassification",
     "StructBertForTokenClassification",
+    "StructBertMaskInterface",
     "StructBertModel",
     "StructBertPreTrainedModel",
 ]

@@ -58,6 +58,12 @@ class StructBertConfig(PreTrainedConfig):
             `query_global`/`key_global`/`value_global` projections for the rows of global tokens
             (needed to import Longformer weights exactly).
         tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings.
+        sparse_prediction (`bool`, defaults to `False`): with `labels`, the masked-LM head projects only the
+            positions whose label is not `sparse_pred_ignore_index` (ModernBERT's option): `logits` is then
+            `(M, vocab_size)` for those M positions in row-major order, and `loss` their mean. A 4096-token row
+            has ~15% masked positions, so this saves most of the head's memory and time; pre-training turns it
+            on. Without labels the head always returns `(B, L, vocab_size)`.
+        sparse_pred_ignore_index (`int`, defaults to -100): the label of positions that are not predicted.
 
     Example:
 
@@ -88,6 +94,8 @@ class StructBertConfig(PreTrainedConfig):
     global_attention_types: list[str] | None = None
     separate_global_projections: bool = False
     tie_word_embeddings: bool = True
+    sparse_prediction: bool = False
+    sparse_pred_ignore_index: int = -100
 
     def __post_init__(self, **kwargs):
         if self.global_attention_types is None:
@@ -132,6 +140,15 @@ class StructBertConfig(PreTrainedConfig):
                 raise ValueError(
                     f"attention_window must be a positive even number (a token attends to +-window/2), got {window}"
                 )
+        for name in ("separate_global_projections", "sparse_prediction"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.sparse_pred_ignore_index, bool) or not isinstance(
+            self.sparse_pred_ignore_index, int
+        ):
+            raise ValueError(
+                f"sparse_pred_ignore_index must be an integer, got {self.sparse_pred_ignore_index!r}"
+            )
         if self.local_attention_scope not in LOCAL_ATTENTION_SCOPES:
             raise ValueError(
                 f"local_attention_scope must be one of {LOCAL_ATTENTION_SCOPES}, got {self.local_attention_scope!r}"

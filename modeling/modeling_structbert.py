@@ -1,52 +1,48 @@
 """StructBERT: a BERT encoder whose self-attention is local for ordinary tokens and global for the tokens of
 a document's structure (title, section headings, optionally [CLS]).
 
-This file is Hub remote code: it imports only torch, transformers and (relatively) its configuration.
+This file is Hub remote code: it imports only torch, transformers and (relatively) its configuration and its
+attention kernels (`attention_structbert.py`: the structure mask, each path's mask builder, the paths).
 
 Notation used in the shape comments:
     B  batch size          L  sequence length      E  hidden size (H * D)
     H  attention heads     D  head dimension       W  attention window (total width, even)
-    C  block size of the blocked path, W / 2       N  number of query blocks, ceil(L / C)
-    G  global tokens per row, padded to the largest count in the batch
     M  mentions per row (mention classification), padded to the largest count in the batch
 
 Attention definition: query i may attend to key j iff j is not padding and (i is global, or j is global, or
 |i - j| <= W / 2 and (scope is "window" or section_ids[i] == section_ids[j])). A row with no allowed key
-(e.g. a padding query far from any real token) outputs zeros. `structure_mask_function` writes this rule
-once; every mask (dense, FlexAttention's mask_mod, the blocked path's band bias) is derived from it.
+(e.g. a padding query far from any real token) outputs zeros. The masks are built once per forward, at the top
+of the model (`StructBertModel._attention_patterns`), from padding and structure.
 
 Attention implementations, chosen with ``attn_implementation=`` in ``from_pretrained``/``from_config`` and
-looked up in `ALL_ATTENTION_FUNCTIONS` (a `StructBertAttentionInterface`; register your own path there):
+looked up in `ALL_ATTENTION_FUNCTIONS` (register your own path, and its mask, in `attention_structbert`):
     "eager"           dense reference: softmax over the allowed keys of a dense (B, H, L, L) score matrix.
                       It *is* the definition; every other path is tested against it.
     "sdpa"            torch's scaled_dot_product_attention with a dense boolean (B, 1, L, L) mask.
     "flex_attention"  FlexAttention with a BlockMask (compiled through transformers on GPU). On CPU it runs
                       uncompiled and torch has no FlexAttention backward there: CPU use is inference only.
-    "blocked"         linear cost: query blocks of C = W / 2 tokens attend (batched matmuls, the structure as
+    "blocked"         linear cost: query blocks of W / 2 tokens attend (batched matmuls, the structure as
                       an additive bias) to their own and the two neighbouring key blocks plus the global
                       keys; the rows of global tokens attend to all keys. Works with autograd on CPU.
-    "auto"            what the model uses when no implementation is requested: per layer, "blocked" when
-                      L > 2 * W, else "sdpa" (up to 2 * W the dense scores are at most 4/3 of the band's,
-                      and one dense call beats the blocked path's gathers and copies).
+    "auto"            what the model uses when no implementation is requested, per layer (`AUTO_RULE`):
+                      "flex_attention" on CUDA without attention dropout; else "blocked" when L > 2 * W, else
+                      "sdpa" (up to 2 * W the dense scores are at most 4/3 of the band's, and one dense call
+                      beats the blocked path's gathers and copies).
 
 With ``output_attentions=True`` every layer runs the eager math (dense memory) whatever the implementation,
 and ``attentions`` holds one (B, H, L, L) tensor per layer: probabilities that sum to 1 over the allowed keys
 of each row and are exactly 0 elsewhere.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.integrations.flex_attention import flex_attention_forward
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -56,9 +52,15 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import ModelOutput
 
+from .attention_structbert import (
+    ALL_ATTENTION_FUNCTIONS,
+    AttentionPattern,
+    StructBertDropout,
+    auto_implementation,
+    build_attention_pattern,
+    eager_structure_attention,
+)
 from .configuration_structbert import StructBertConfig
-
-MaskFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class StructBertEmbeddings(nn.Module):
@@ -98,500 +100,6 @@ class StructBertEmbeddings(nn.Module):
             + self.position_embeddings(position_ids)
         )
         return self.dropout(self.LayerNorm(embeddings))
-
-
-def structure_mask_function(
-    window: int, key_ok: torch.Tensor, is_global: torch.Tensor, section_ids: torch.Tensor | None
-) -> MaskFunction:
-    """The attention definition, written once: `may_attend(b, q_idx, kv_idx)` is True where query q_idx of row
-    b may attend key kv_idx. The three index tensors broadcast against each other, so one call gives a whole
-    mask; FlexAttention calls it with scalars. key_ok, is_global: (B, L) bool; section_ids: (B, L) or None for
-    the "window" scope (locality is then position distance alone)."""
-    half = window // 2
-
-    def may_attend(b: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        # |q_idx - kv_idx| <= half as two comparisons: no integer tensor of the mask's size.
-        local = (kv_idx >= q_idx - half) & (kv_idx <= q_idx + half)
-        if section_ids is not None:
-            local = local & (section_ids[b, q_idx] == section_ids[b, kv_idx])
-        return key_ok[b, kv_idx] & (is_global[b, q_idx] | is_global[b, kv_idx] | local)
-
-    return may_attend
-
-
-@dataclass
-class AttentionPattern:
-    """The structure mask of one window, in the form its attention path needs. Built once per forward."""
-
-    implementation: str  # a key of ALL_ATTENTION_FUNCTIONS
-    window: int
-    key_ok: torch.Tensor  # (B, L) bool: the key is not padding
-    is_global: torch.Tensor  # (B, L) bool
-    global_index: torch.Tensor  # (B, G) long: positions of the global tokens, in order; L marks an empty slot
-    may_attend: MaskFunction  # the rule (`structure_mask_function`), for paths that build their own mask
-    # eager and registered paths: (B, 1, L, L) bool, query i may attend key j; sdpa: the same with key-less rows
-    # opened.
-    allowed: torch.Tensor | None = None
-    row_has_key: torch.Tensor | None = None  # sdpa: (B, L, 1, 1) bool, the row has an allowed key
-    block_mask: object | None = None  # flex_attention: the BlockMask
-    # blocked: (B * N, 1, C, 3C + G) float, 0 where a query block may attend a key and -inf elsewhere
-    # (key-less rows opened), shared by the heads and by the layers of this window; and (B, N, 1, C, 1) bool,
-    # the queries without any allowed key.
-    band_bias: torch.Tensor | None = None
-    band_row_empty: torch.Tensor | None = None
-
-
-def build_attention_pattern(
-    implementation: str,
-    window: int,
-    key_ok: torch.Tensor,
-    is_global: torch.Tensor,
-    section_ids: torch.Tensor | None,
-) -> AttentionPattern:
-    """Turn padding, global and section information into the mask of one attention path: FlexAttention's
-    BlockMask, the blocked path's band bias, and for every other path the dense mask.
-
-    `section_ids` is None for the "window" scope; then locality is position distance alone.
-    """
-    batch_size, length = key_ok.shape
-    device = key_ok.device
-    counts = is_global.sum(dim=1)  # (B,)
-    num_global = int(counts.max()) if length > 0 else 0
-    # A stable sort on "not global" puts the global positions first, in document order.
-    order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :num_global]  # (B, G)
-    slot_used = torch.arange(num_global, device=device)[None, :] < counts[:, None]  # (B, G)
-    global_index = torch.where(slot_used, order, length)  # (B, G)
-    may_attend = structure_mask_function(window, key_ok, is_global, section_ids)
-    pattern = AttentionPattern(implementation, window, key_ok, is_global, global_index, may_attend)
-
-    if implementation == "flex_attention":
-        # Imported here: FlexAttention is a prototype API that older torch builds lack, and only this path needs it.
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return may_attend(b, q_idx, kv_idx)
-
-        pattern.block_mask = create_block_mask(mask_mod, batch_size, None, length, length, device=device)
-    elif implementation == "blocked":
-        block = window // 2
-        num_blocks = math.ceil(length / block)
-        batch = torch.arange(batch_size, device=device)[:, None, None, None]  # (B, 1, 1, 1)
-        # Query rows past L (padding of the last block) repeat row L - 1; the path drops their output.
-        q_idx = torch.arange(num_blocks * block, device=device).clamp(max=length - 1)
-        q_idx = q_idx.view(1, num_blocks, block, 1)  # (1, N, C, 1)
-        # Query block n sees key blocks n - 1, n and n + 1.
-        k_pos = (torch.arange(num_blocks, device=device)[:, None] - 1) * block
-        k_pos = k_pos + torch.arange(3 * block, device=device)  # (N, 3C)
-        k_idx = k_pos.clamp(0, length - 1)[None, :, None, :]  # (1, N, 1, 3C)
-        # Global keys are left out of the band: they come once, through the global columns.
-        in_range = ((k_pos >= 0) & (k_pos < length))[None, :, None, :]  # (1, N, 1, 3C)
-        band_key = in_range & ~is_global[batch, k_idx]  # (B, N, 1, 3C)
-        band = may_attend(batch, q_idx, k_idx) & band_key  # (B, N, C, 3C)
-        global_key = global_index.clamp(max=length - 1)[:, None, None, :]  # (B, 1, 1, G)
-        global_columns = may_attend(batch, q_idx, global_key) & slot_used[:, None, None, :]  # (B, N, C, G)
-        band = torch.cat([band, global_columns], dim=-1)  # (B, N, C, 3C + G)
-        row_empty = ~band.any(dim=-1, keepdim=True)  # (B, N, C, 1)
-        # Softmax over a row of -inf is NaN: open key-less rows, then zero their output. -inf (not finfo.min)
-        # is exact in every float dtype the scores may have, and every row keeps at least one finite entry.
-        band = (band | row_empty).view(batch_size * num_blocks, 1, block, -1)  # (B * N, 1, C, 3C + G)
-        pattern.band_bias = torch.zeros(band.shape, device=device).masked_fill_(~band, -math.inf)
-        pattern.band_row_empty = row_empty[:, :, None]  # (B, N, 1, C, 1)
-    else:
-        batch = torch.arange(batch_size, device=device)[:, None, None]  # (B, 1, 1)
-        positions = torch.arange(length, device=device)
-        allowed = may_attend(batch, positions[None, :, None], positions[None, None, :])  # (B, L, L)
-        pattern.allowed = allowed[:, None]  # (B, 1, L, L)
-        if implementation == "sdpa":
-            pattern.row_has_key = allowed.any(dim=-1)[:, :, None, None]  # (B, L, 1, 1)
-            # SDPA returns NaN for a row without any allowed key: open such rows, then zero their output.
-            pattern.allowed = pattern.allowed | ~pattern.row_has_key.transpose(1, 2)
-    return pattern
-
-
-def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Softmax over the allowed entries; exactly 0 elsewhere, and 0 for rows with no allowed entry."""
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
-
-
-def dropout_mask(shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
-    """A bool mask that is True (drop) with probability p, independently per entry.
-
-    Four 16-bit draws come from each random 64-bit integer, which on CPU is about 3x cheaper than
-    `bernoulli_` (one generator call per entry); attention dropout draws a mask as large as the scores. The
-    probability is rounded to a multiple of 2**-16 (FlashAttention rounds it to 2**-8).
-    """
-    if p >= 1:  # the threshold 2**15 would not fit the int16 draws
-        return torch.ones(shape, dtype=torch.bool, device=device)
-    numel = math.prod(shape)
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    draws = words.view(torch.int16)[:numel].view(shape)  # uniform over [-2**15, 2**15)
-    return draws < round(p * 2**16) - 2**15
-
-
-def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout with `dropout_mask`: zero entries with probability p, scale the rest by 1 / (1 - p).
-    p is 0 in eval mode, and then nothing is drawn."""
-    if p == 0:
-        return x
-    return x.masked_fill(dropout_mask(x.shape, p, x.device), 0.0) * (1 / (1 - p) if p < 1 else 0.0)
-
-
-class StructBertDropout(nn.Dropout):
-    """nn.Dropout with the cheaper mask of `dropout_mask` (the hidden states get dropout 3 times a layer)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_dropout(x, self.p if self.training else 0.0)
-
-
-# Every attention path has this signature, the transformers one with the structure pattern as the mask:
-#     path(module, query, key, value, pattern, scaling=..., dropout=..., global_qkv=...) -> (output, probs)
-# query, key, value: (B, H, L, D); pattern: the `AttentionPattern` of the layer's window, built for this path;
-# dropout: the attention dropout probability (0 in eval mode); global_qkv: None, or the (query, key, value) of
-# the separate global projections, for the rows of the global tokens. output: (B, L, H, D), right for every row;
-# probs: (B, H, L, L) or None.
-
-
-def eager_structure_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pattern: AttentionPattern,
-    scaling: float,
-    dropout: float = 0.0,
-    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference: a dense masked softmax. Returns the output and the probabilities."""
-    probs = masked_softmax(query @ key.transpose(-1, -2) * scaling, pattern.allowed)  # (B, H, L, L)
-    if global_qkv is None:
-        out = fast_dropout(probs, dropout) @ value  # (B, H, L, D)
-        return out.transpose(1, 2), probs
-    q_global, k_global, v_global = global_qkv
-    # A global row may attend every non-padding key, which is exactly what `allowed` says for that row.
-    probs_global = masked_softmax(q_global @ k_global.transpose(-1, -2) * scaling, pattern.allowed)
-    rows = pattern.is_global[:, None, :, None]  # (B, 1, L, 1)
-    probs = torch.where(rows, probs_global, probs)  # (B, H, L, L)
-    dropped = fast_dropout(probs, dropout)
-    out = torch.where(rows, dropped @ v_global, dropped @ value)  # (B, H, L, D)
-    return out.transpose(1, 2), probs
-
-
-def sdpa_structure_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pattern: AttentionPattern,
-    scaling: float,
-    dropout: float = 0.0,
-    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, None]:
-    """Dense SDPA (transformers' wrapper) with a boolean mask."""
-    out, _ = sdpa_attention_forward(
-        module, query, key, value, pattern.allowed, dropout=dropout, scaling=scaling, is_causal=False
-    )
-    out = out * pattern.row_has_key  # (B, L, H, D)
-    if global_qkv is not None:
-        out = with_global_rows(out, global_qkv, pattern, scaling, dropout)
-    return out, None
-
-
-def flex_structure_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pattern: AttentionPattern,
-    scaling: float,
-    dropout: float = 0.0,
-    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, None]:
-    """FlexAttention with the BlockMask; rows with no allowed key give 0."""
-    if dropout > 0:
-        raise ValueError(
-            "flex_attention has no attention dropout; use model.eval() or attention_probs_dropout_prob=0"
-        )
-    if query.device.type == "cpu":
-        # transformers' wrapper compiles flex_attention, which on CPU needs a C++ toolchain and minutes of
-        # compilation; the uncompiled function is torch's reference implementation (no backward on CPU).
-        from torch.nn.attention.flex_attention import flex_attention
-
-        out = flex_attention(query, key, value, block_mask=pattern.block_mask, scale=scaling).transpose(1, 2)
-    else:
-        out, _ = flex_attention_forward(module, query, key, value, pattern.block_mask, scaling=scaling)
-    if global_qkv is not None:
-        out = with_global_rows(out, global_qkv, pattern, scaling, dropout)
-    return out, None  # (B, L, H, D)
-
-
-def blocks_of(x: torch.Tensor, block: int, num_blocks: int, margin: int) -> torch.Tensor:
-    """(B, H, L, D) -> (B, N + 2 * margin, H, C, D): x cut into blocks of C, zero-padded, with `margin` zero
-    blocks on each side."""
-    batch_size, num_heads, length, head_dim = x.shape
-    out = x.new_empty(batch_size, num_blocks + 2 * margin, num_heads, block, head_dim)
-    full, rest = divmod(length, block)
-    # Splitting L into (full, C) is a view of x, so each block is copied once.
-    head = x[:, :, : full * block].view(batch_size, num_heads, full, block, head_dim)  # (B, H, full, C, D)
-    out[:, margin : margin + full] = head.transpose(1, 2)
-    if rest:
-        out[:, margin + full, :, :rest] = x[:, :, full * block :]  # (B, H, rest, D)
-        out[:, margin + full, :, rest:] = 0
-    out[:, :margin] = 0
-    out[:, margin + math.ceil(length / block) :] = 0
-    return out
-
-
-def keys_of_blocks(x: torch.Tensor, index: torch.Tensor, block: int, num_blocks: int) -> torch.Tensor:
-    """(B, H, L, D) -> (B * N, H, 3C + G, D): per query block, its 3 neighbouring key blocks, then the
-    global keys at `index` (B, H, G, D)."""
-    batch_size, num_heads, length, head_dim = x.shape
-    blocks = blocks_of(x, block, num_blocks, margin=1)  # (B, N + 2, H, C, D)
-    global_keys = x.gather(2, index)[:, None].expand(-1, num_blocks, -1, -1, -1)  # (B, N, H, G, D)
-    parts = [blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:], global_keys]
-    return torch.cat(parts, dim=3).view(batch_size * num_blocks, num_heads, -1, head_dim)
-
-
-def fold_keys(grad: torch.Tensor, index: torch.Tensor, block: int, length: int) -> torch.Tensor:
-    """The adjoint of `keys_of_blocks`: (B * N, H, 3C + G, D) -> (B, H, L, D), summing each key's copies."""
-    _, num_heads, _, head_dim = grad.shape
-    batch_size = index.shape[0]
-    grad = grad.view(batch_size, -1, num_heads, grad.shape[2], head_dim)  # (B, N, H, 3C + G, D)
-    num_blocks = grad.shape[1]
-    blocks = grad[:, :, :, block : 2 * block].clone()  # (B, N, H, C, D): each block as its own block's keys
-    blocks[:, 1:] += grad[:, :-1, :, 2 * block : 3 * block]  # ... as the next block's left neighbour
-    blocks[:, :-1] += grad[:, 1:, :, :block]  # ... as the previous block's right neighbour
-    out = blocks.transpose(1, 2).reshape(batch_size, num_heads, num_blocks * block, head_dim)[:, :, :length]
-    # The global keys: one copy per query block. Empty slots point at L - 1 with zero gradient.
-    return out.scatter_add(2, index, grad[:, :, :, 3 * block :].sum(dim=1))  # (B, H, L, D)
-
-
-def private_aten_op(name: str, overload: str) -> Callable | None:
-    """`torch.ops.aten.<name>.<overload>`, or None where this torch lacks it (private ops may change)."""
-    try:
-        return getattr(getattr(torch.ops.aten, name), overload)
-    except (AttributeError, RuntimeError):
-        return None
-
-
-# Private aten ops: softmax and its backward in place (CPU), and softmax's backward as a function (torch has no
-# public one). Where they are missing, `softmax_` and `softmax_backward_` compute the same with public calls.
-SOFTMAX_OUT = private_aten_op("_softmax", "out")
-SOFTMAX_BACKWARD = private_aten_op("_softmax_backward_data", "default")
-SOFTMAX_BACKWARD_OUT = private_aten_op("_softmax_backward_data", "out")
-
-
-def softmax_(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim, in place on CPU (tested there against the functional form, which other
-    devices use)."""
-    if scores.device.type != "cpu" or SOFTMAX_OUT is None:
-        return torch.softmax(scores, dim=-1)
-    return SOFTMAX_OUT(scores, -1, False, out=scores)
-
-
-def softmax_backward_(grad: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """The gradient of the scores given that of `probs = softmax(scores)`, in place of `grad` on CPU."""
-    if grad.device.type == "cpu" and SOFTMAX_BACKWARD_OUT is not None:
-        return SOFTMAX_BACKWARD_OUT(grad, probs, -1, probs.dtype, grad_input=grad)
-    if SOFTMAX_BACKWARD is not None:
-        return SOFTMAX_BACKWARD(grad, probs, -1, probs.dtype)
-    return grad.sub_((grad * probs).sum(dim=-1, keepdim=True)).mul_(probs)  # probs * (grad - <grad, probs>)
-
-
-def graph_is_kept() -> bool:
-    """Whether the running backward keeps the graph (retain_graph=True), so saved tensors must survive it.
-    Asks torch's autograd engine (a private call); if that is gone, assumes the graph is kept."""
-    try:
-        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
-    except (AttributeError, RuntimeError):
-        return True
-
-
-class BandAttention(torch.autograd.Function):
-    """The blocked path's local rows: softmax(q k^T * scaling + bias) v over the band, with dropout.
-
-    Autograd would allocate five score-sized tensors per layer (scores, softmax, dropout and their
-    gradients) and pad, slice and concatenate the blocks; this allocates two score-sized tensors in forward
-    and one in backward, and folds the block gradients back in one pass each. On CPU a fresh tensor of that
-    size costs more in page faults than the softmax computed into it.
-    Inputs: q, k, v (B, H, L, D); bias (B * N, 1, C, K) with K = 3C + G, 0 or -inf; row_empty (B, N, 1, C, 1)
-    bool; drop None or (B * N, H, C, K) bool; index (B, H, G, D) long. Returns (B, L, H, D).
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, row_empty, drop, index, scaling, dropout_p):
-        batch_size, num_heads, length, head_dim = q.shape
-        num_blocks, block = row_empty.shape[1], row_empty.shape[3]
-        # Scale q (L x D entries) rather than the scores (L x K); the same for dropout's 1 / (1 - p) on v.
-        q_blocks = blocks_of(q, block, num_blocks, margin=0).mul_(scaling)  # (B, N, H, C, D)
-        q_blocks = q_blocks.view(batch_size * num_blocks, num_heads, block, head_dim)  # (B * N, H, C, D)
-        keys = keys_of_blocks(k, index, block, num_blocks)  # (B * N, H, K, D)
-        values = keys_of_blocks(v, index, block, num_blocks)  # (B * N, H, K, D)
-        value_scale = 1 / (1 - dropout_p) if drop is not None else 1.0
-        values.mul_(value_scale)
-        probs = softmax_(torch.matmul(q_blocks, keys.transpose(-1, -2)).add_(bias))  # (B * N, H, C, K)
-        dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
-        out = torch.matmul(dropped, values)  # (B * N, H, C, D)
-        # A query without any allowed key (padding far from any token) outputs 0, as in the eager reference.
-        out = out.view(batch_size, num_blocks, num_heads, block, head_dim).masked_fill_(row_empty, 0.0)
-        ctx.save_for_backward(q_blocks, keys, values, probs, dropped, drop, index, row_empty)
-        ctx.scaling, ctx.value_scale, ctx.length = scaling, value_scale, length
-        # (B, N, H, C, D) -> (B, N * C, H, D) -> (B, L, H, D)
-        out = out.transpose(2, 3).reshape(batch_size, num_blocks * block, num_heads, head_dim)
-        return out[:, :length]
-
-    @staticmethod
-    @once_differentiable  # the backward works in place: no double backward
-    def backward(ctx, grad_out):
-        q_blocks, keys, values, probs, dropped, drop, index, row_empty = ctx.saved_tensors
-        batch_size, num_blocks, _, block, _ = row_empty.shape
-        num_heads, head_dim = q_blocks.shape[1], q_blocks.shape[3]
-        grad_out = blocks_of(grad_out.transpose(1, 2), block, num_blocks, margin=0)  # (B, N, H, C, D)
-        grad_out = grad_out.masked_fill_(row_empty, 0.0).view_as(q_blocks)  # (B * N, H, C, D)
-        grad_values = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B * N, H, K, D)
-        grad_values.mul_(ctx.value_scale)
-        # Unless the graph is kept for another backward, the saved tensors die here: reuse their memory
-        # (a fresh score-sized tensor costs as much in page faults as the matmul that fills it).
-        kept = graph_is_kept()
-        # (B * N, H, C, K); `dropped` is `probs` itself without dropout, and softmax's backward needs that.
-        grad = torch.matmul(grad_out, values.transpose(-1, -2), out=None if kept or drop is None else dropped)
-        if drop is not None:
-            grad.masked_fill_(drop, 0.0)
-        grad = softmax_backward_(grad, probs)
-        grad_q = torch.matmul(grad, keys).mul_(ctx.scaling)  # (B * N, H, C, D)
-        grad_q = grad_q.view(batch_size, num_blocks, num_heads, block, head_dim).transpose(1, 2)
-        grad_q = grad_q.reshape(batch_size, num_heads, num_blocks * block, head_dim)[:, :, : ctx.length]
-        # (B * N, H, K, D)
-        grad_keys = torch.matmul(grad.transpose(-1, -2), q_blocks, out=None if kept else keys)
-        grad_k = fold_keys(grad_keys, index, block, ctx.length)  # (B, H, L, D)
-        grad_v = fold_keys(grad_values, index, block, ctx.length)  # (B, H, L, D)
-        return grad_q, grad_k, grad_v, None, None, None, None, None, None
-
-
-def band_attention(q, k, v, pattern, scaling, dropout_p):
-    """Local blocks plus global columns, for the rows of local tokens. Returns (B, L, H, D).
-
-    Each block of C queries attends to its own and the two neighbouring key blocks plus the global keys
-    (`BandAttention`: batched matmuls over B * N small problems, the structure as an additive bias shared by
-    all heads). The rows of global tokens come out wrong here and are replaced by `global_rows_attention`.
-    """
-    batch_size, num_heads, length, head_dim = q.shape
-    num_blocks, block = pattern.band_row_empty.shape[1], pattern.band_row_empty.shape[3]
-    index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
-    drop = None
-    if dropout_p > 0:
-        shape = (batch_size * num_blocks, num_heads, block, pattern.band_bias.shape[-1])
-        drop = dropout_mask(shape, dropout_p, q.device)
-    return BandAttention.apply(
-        q, k, v, pattern.band_bias, pattern.band_row_empty, drop, index, scaling, dropout_p
-    )
-
-
-class GlobalRowsAttention(torch.autograd.Function):
-    """The rows of the global tokens, each over every non-padding key, computed in place as in
-    `BandAttention`. Inputs: q, k, v (B, H, L, D); index (B, H, G, D) long; key_bias (B, 1, 1, L) 0 or -inf,
-    with rows that have no key at all opened; drop None or (B, H, G, L) bool. Returns (B, H, G, D).
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, index, key_bias, drop, scaling, dropout_p):
-        q_rows = q.gather(2, index).mul_(scaling)  # (B, H, G, D)
-        probs = softmax_(torch.matmul(q_rows, k.transpose(-1, -2)).add_(key_bias))  # (B, H, G, L)
-        dropped = probs if drop is None else probs.masked_fill(drop, 0.0)
-        value_scale = 1 / (1 - dropout_p) if drop is not None else 1.0
-        ctx.save_for_backward(q_rows, k, v, probs, dropped, drop, index)
-        ctx.scaling, ctx.value_scale = scaling, value_scale
-        return torch.matmul(dropped, v).mul_(value_scale)  # (B, H, G, D)
-
-    @staticmethod
-    @once_differentiable  # the backward works in place: no double backward
-    def backward(ctx, grad_out):
-        q_rows, k, v, probs, dropped, drop, index = ctx.saved_tensors
-        grad_out = grad_out * ctx.value_scale  # (B, H, G, D)
-        grad_v = torch.matmul(dropped.transpose(-1, -2), grad_out)  # (B, H, L, D)
-        grad = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, G, L)
-        if drop is not None:
-            grad.masked_fill_(drop, 0.0)
-        grad = softmax_backward_(grad, probs)
-        grad_k = torch.matmul(grad.transpose(-1, -2), q_rows)  # (B, H, L, D)
-        grad_rows = torch.matmul(grad, k).mul_(ctx.scaling)  # (B, H, G, D)
-        # Empty slots point at L - 1 with zero gradient.
-        grad_q = torch.zeros_like(grad_k).scatter_add_(2, index, grad_rows)  # (B, H, L, D)
-        return grad_q, grad_k, grad_v, None, None, None, None, None
-
-
-def global_rows_attention(q, k, v, pattern, scaling, dropout_p):
-    """Rows of the global tokens: each attends to every non-padding key. Returns (B, G, H, D)."""
-    batch_size, num_heads, length, head_dim = q.shape
-    index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, num_heads, -1, head_dim)
-    # A sequence of padding alone has no key: open its rows (softmax of -inf rows is NaN), then zero them.
-    has_key = pattern.key_ok.any(dim=1)[:, None]  # (B, 1)
-    key_bias = torch.zeros(batch_size, 1, 1, length, dtype=q.dtype, device=q.device)
-    key_bias.masked_fill_((~pattern.key_ok & has_key)[:, None, None, :], -math.inf)  # (B, 1, 1, L)
-    drop = None
-    if dropout_p > 0:
-        drop = dropout_mask((batch_size, num_heads, index.shape[2], length), dropout_p, q.device)
-    out = GlobalRowsAttention.apply(q, k, v, index, key_bias, drop, scaling, dropout_p)  # (B, H, G, D)
-    out = out.masked_fill(~has_key[:, :, None, None], 0.0)
-    return out.transpose(1, 2)  # (B, G, H, D)
-
-
-def replace_rows(out: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Put `rows` (B, G, H, D) into `out` (B, L, H, D) at positions `index` (B, G); index L is a dropped slot."""
-    batch_size, length, num_heads, head_dim = out.shape
-    padded = torch.cat([out, out.new_zeros(batch_size, 1, num_heads, head_dim)], dim=1)  # (B, L + 1, H, D)
-    index = index[:, :, None, None].expand(-1, -1, num_heads, head_dim)  # (B, G, H, D)
-    return padded.scatter(1, index, rows)[:, :length]  # (B, L, H, D)
-
-
-def with_global_rows(
-    out: torch.Tensor,
-    qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    pattern: AttentionPattern,
-    scaling: float,
-    dropout: float,
-) -> torch.Tensor:
-    """`out` (B, L, H, D) with the rows of the global tokens recomputed from `qkv`, each over every key."""
-    rows = global_rows_attention(*qkv, pattern, scaling, dropout)  # (B, G, H, D)
-    return replace_rows(out, rows, pattern.global_index)
-
-
-def blocked_structure_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    pattern: AttentionPattern,
-    scaling: float,
-    dropout: float = 0.0,
-    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, None]:
-    """Linear cost: the band for the rows of local tokens, then the rows of global tokens over all keys."""
-    out = band_attention(query, key, value, pattern, scaling, dropout)  # (B, L, H, D)
-    rows_qkv = global_qkv if global_qkv is not None else (query, key, value)
-    out = with_global_rows(out, rows_qkv, pattern, scaling, dropout)
-    return out, None
-
-
-class StructBertAttentionInterface(AttentionInterface):
-    """StructBERT's attention paths by name: transformers' `AttentionInterface`, with a mapping of its own because
-    every path here takes the structure pattern (see the signature above `eager_structure_attention`) rather
-    than transformers' attention mask. Add a path with `StructBertAttentionInterface.register("name", path)`,
-    then load or set the model with `attn_implementation="name"`; it gets the dense mask, as eager does
-    (`pattern.allowed`), and the rule itself (`pattern.may_attend`).
-    """
-
-    _global_mapping = {
-        "eager": eager_structure_attention,
-        "sdpa": sdpa_structure_attention,
-        "flex_attention": flex_structure_attention,
-        "blocked": blocked_structure_attention,
-    }
-
-
-# Named as in transformers: `set_attn_implementation` only works for models whose source shows
-# `ALL_ATTENTION_FUNCTIONS.get_interface(` (the sign that attention is looked up by name).
-ALL_ATTENTION_FUNCTIONS = StructBertAttentionInterface()
 
 
 class StructBertSelfAttention(nn.Module):
@@ -858,6 +366,7 @@ class StructBertModel(StructBertPreTrainedModel):
             raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}, expected (B, L)")
         if inputs_embeds is not None and inputs_embeds.dim() != 3:
             raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}, expected (B, L, E)")
+        self._check_embedding_inputs(input_ids, inputs_embeds, token_type_ids, position_ids)
         embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
 
         patterns = self._attention_patterns(
@@ -874,6 +383,27 @@ class StructBertModel(StructBertPreTrainedModel):
         sequence_output = outputs.last_hidden_state
         outputs.pooler_output = self.pooler(sequence_output) if self.pooler is not None else None
         return outputs if return_dict else outputs.to_tuple()
+
+    def _check_embedding_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> None:
+        """A ValueError naming the input, instead of an IndexError or a size mismatch deep in the embeddings."""
+        name, tensor = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+        batch_size, length = tensor.shape[:2]
+        if batch_size == 0 or length == 0:
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}: at least one row of at least one token is needed"
+            )
+        # (1, L) broadcasts over the batch, as BERT's default position ids do.
+        for other, value in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if value is not None and tuple(value.shape) not in ((batch_size, length), (1, length)):
+                raise ValueError(
+                    f"{other} has shape {tuple(value.shape)}, expected (B, L) = ({batch_size}, {length}) or (1, L)"
+                )
 
     def _attention_patterns(
         self,
@@ -928,7 +458,8 @@ class StructBertModel(StructBertPreTrainedModel):
             if window not in patterns:
                 chosen = implementation
                 if chosen == "auto":
-                    chosen = "blocked" if length > 2 * window else "sdpa"
+                    dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
+                    chosen = auto_implementation(length, window, device, dropout)
                 patterns[window] = build_attention_pattern(chosen, window, key_ok, is_global, section_ids)
         return [patterns[self.config.layer_window(i)] for i in range(self.config.num_hidden_layers)]
 
@@ -992,11 +523,18 @@ class StructBertForMaskedLM(StructBertTaskModel):
         self.cls.predictions.bias = new_embeddings.bias
 
     def task_output(self, outputs: BaseModelOutputWithPooling, labels: torch.Tensor | None) -> MaskedLMOutput:
-        r"""labels (`(B, L)` long): token ids to predict; -100 (padding, unmasked tokens) is ignored."""
-        logits = self.cls(outputs.last_hidden_state)  # (B, L, vocab)
+        r"""labels (`(B, L)` long): token ids to predict; -100 (padding, unmasked tokens) is ignored. With
+        `config.sparse_prediction`, only the predicted positions go through the head (see the config)."""
+        hidden = outputs.last_hidden_state  # (B, L, E)
+        if labels is not None and self.config.sparse_prediction:
+            predicted = labels != self.config.sparse_pred_ignore_index  # (B, L)
+            hidden, labels = hidden[predicted], labels[predicted]  # (M, E), (M,)
+        logits = self.cls(hidden)  # (B, L, vocab), or (M, vocab)
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
+            loss = CrossEntropyLoss(ignore_index=self.config.sparse_pred_ignore_index)(
+                logits.view(-1, self.config.vocab_size).float(), labels.view(-1)
+            )
         return MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -1188,7 +726,6 @@ StructBertForMentionClassification.register_for_auto_class("AutoModel")
 
 __all__ = [
     "MentionClassifierOutput",
-    "StructBertAttentionInterface",
     "StructBertForMaskedLM",
     "StructBertForMentionClassification",
     "StructBertForSequenceClassification",

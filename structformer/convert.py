@@ -42,13 +42,11 @@ from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
+from structformer.modeling.configuration_structbert import DEFAULT_GLOBAL_ATTENTION_TYPES
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "longformer")
-
-# The heading levels the data pipeline makes global; "cls" is deliberately absent (see the module docstring).
-DEFAULT_GLOBAL_ATTENTION_TYPES = ["title", "section", "subsection", "subsubsection"]
 
 # Files copied verbatim when present, so that AutoTokenizer.from_pretrained(DST) works.
 TOKENIZER_FILES = (

@@ -57,8 +57,13 @@ def _special(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
         ("0301/math.GT0301001.pdf", ("math/0301001", None)),
         ("hep-th/9901001v2", ("hep-th/9901001", "v2")),
         ("my-paper", ("my-paper", None)),
-        ("notes-v2.tex", ("notes-", "v2")),
+        ("notes-v2.tex", ("notes-v2", None)),
         ("project.tar.gz", ("project", None)),
+        # issue 14.4: the version rule is for arXiv ids only, and .tex.gz is stripped whole
+        ("papers/mobilenetv2", ("mobilenetv2", None)),
+        ("yolov7", ("yolov7", None)),
+        ("2403.00007v2.tex.gz", ("2403.00007", "v2")),
+        ("hep-th/9901001v1.tex.gz", ("hep-th/9901001", "v1")),
     ],
 )
 def test_parse_paper_id(name: str, expected: tuple[str, str | None]) -> None:
@@ -90,7 +95,7 @@ def test_sample_archive_is_arxiv_shaped_and_deterministic(tmp_path: Path) -> Non
     with tarfile.open(first) as tar:
         names = tar.getnames()
     assert len(names) == len(sample_ids()) == SAMPLE_RECORDS + 2
-    assert names[0] == "2411/2411.00001.gz" and names[-1] == "2411/2411.00022.pdf"
+    assert names[0] == "sample/sample-0001.gz" and names[-1] == "sample/sample-0022.pdf"
     papers = list(iter_papers([first]))
     by_id = {paper.paper_id: paper for paper in papers}
     ids = sample_ids()
@@ -217,11 +222,17 @@ def test_folder_links_never_leave_the_paper(tmp_path: Path) -> None:
     os.symlink(paper / "sec" / "a.tex", paper / "alias.tex")
     os.symlink(tmp_path, paper / "up")
     os.symlink(secret, tmp_path / "papers" / "p2.tex")
+    os.symlink(tmp_path, tmp_path / "papers" / "p3")
     found = list(iter_papers([tmp_path / "papers"]))
-    assert [p.paper_id for p in found] == ["p1", "p2"]
+    assert [p.paper_id for p in found] == ["p1", "p2", "p3"]
     assert sorted(found[0].files) == ["alias.tex", "main.tex", "sec/a.tex"]
     assert b"TOP SECRET" not in b"".join(found[0].files.values())
-    assert found[1].reason == "unsafe_archive"
+    # a link among the papers is the user's own and is followed, unless it holds the folder itself
+    assert found[1].files == {"p2.tex": b"TOP SECRET"}
+    assert (found[2].reason, found[2].detail) == (
+        "unsafe_archive",
+        "papers/p3: a link to a folder that holds it",
+    )
 
 
 def test_skip_leaves_finished_members_unread(tmp_path: Path) -> None:
@@ -233,3 +244,127 @@ def test_skip_leaves_finished_members_unread(tmp_path: Path) -> None:
     assert len(set(keys)) == len(keys)
     # a journal entry of another version of the archive is not a reason to skip
     assert len(list(iter_papers([archive], skip=dict.fromkeys(keys, "0:0")))) == len(keys)
+
+
+def test_symlinked_paper_folders_are_read(tmp_path: Path) -> None:
+    """Issue 17.7: a folder of links to paper folders, and a link to a paper folder, named by the user."""
+    store = tmp_path / "store"
+    for name in ("alpha", "beta"):
+        (store / name).mkdir(parents=True)
+        (store / name / "main.tex").write_bytes(MINIMAL)
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("alpha", "beta"):
+        os.symlink(store / name, links / name)
+    os.symlink(store / "alpha", tmp_path / "one")
+    found = list(iter_papers([links, tmp_path / "one"]))
+    assert [(p.paper_id, p.reason, sorted(p.files)) for p in found] == [
+        ("alpha", None, ["main.tex"]),
+        ("beta", None, ["main.tex"]),
+        ("one", None, ["main.tex"]),
+    ]
+    assert {p.kind for p in found} == {"folder"}
+
+
+def test_every_entry_is_an_input(tmp_path: Path) -> None:
+    """Issue 14.9: a second member of the same name and a .zip are rejects, never lost or skipped."""
+    archive = _bulk(
+        tmp_path / "arXiv_src_2101_001.tar",
+        [(f"2101/2101.0000{i}.gz", gzip.compress(MINIMAL)) for i in range(1, 9)]
+        + [("2101/2101.00003.gz", gzip.compress(MINIMAL))],
+    )
+    papers = list(iter_papers([archive]))
+    assert len(papers) == 9 and len({p.key for p in papers}) == 9
+    assert [p.reason for p in papers].count("duplicate_member") == 1
+    folder = tmp_path / "papers"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "main.tex").write_bytes(MINIMAL)
+    (folder / "b.zip").write_bytes(b"PK\x03\x04")
+    (folder / "MANIFEST.tsv").write_text("folder\tmain_tex\n\\documentclass \\begin{document}\n")
+    (folder / ".hidden").write_text("")
+    found = {p.paper_id: (p.reason, p.kind) for p in iter_papers([folder])}
+    assert found == {
+        "a": (None, "folder"),
+        "b": ("unsupported_format", "file"),
+        "MANIFEST.tsv": ("unsupported_format", "file"),
+    }
+
+
+def test_undecodable_names_are_rejects(tmp_path: Path) -> None:
+    """Issue 14.11: a folder or member name that is not UTF-8 is a reject whose strings are printable."""
+    folder = tmp_path / "papers"
+    (folder / "good").mkdir(parents=True)
+    (folder / "good" / "main.tex").write_bytes(MINIMAL)
+    bad = os.fsencode(folder) + b"/bad\xff"
+    os.mkdir(bad)
+    Path(os.fsdecode(bad + b"/main.tex")).write_bytes(MINIMAL)
+    archive = _bulk(
+        tmp_path / "arXiv_src_2402_001.tar",
+        [
+            ("2402/2402.00001.gz", gzip.compress(MINIMAL)),
+            ("2402/2402.0000\udcff5.gz", gzip.compress(MINIMAL)),
+        ],
+    )
+    papers = list(iter_papers([folder, archive]))
+    assert [p.reason for p in papers] == ["bad_name", None, None, "bad_name"]
+    for paper in papers:
+        for text in (paper.key, paper.source, paper.paper_id, paper.detail):
+            text.encode("utf-8")  # no surrogate left to crash a JSON journal
+    assert papers[0].paper_id == "bad\\xff"
+
+
+def test_plain_tar_of_paper_folders(tmp_path: Path) -> None:
+    """Issue 17.6: each top-level folder of a plain tar is one paper; loose files are their own inputs."""
+    members = []
+    for name in ("alpha", "beta"):
+        members += [
+            (f"{name}/main.tex", MINIMAL),
+            (f"{name}/sec/intro.tex", b"Intro."),
+            (f"{name}/fig.png", b"\x89PNG"),
+        ]
+    members += [("README.md", b"# papers"), ("gamma.tex", MINIMAL)]
+    plain = _bulk(tmp_path / "papers.tar", members)
+    found = {p.paper_id: (p.reason, sorted(p.files), p.kind) for p in iter_papers([plain])}
+    assert found == {
+        "README.md": ("unsupported_format", [], "tar_of_folders"),
+        "alpha": (None, ["main.tex", "sec/intro.tex"], "tar_of_folders"),
+        "beta": (None, ["main.tex", "sec/intro.tex"], "tar_of_folders"),
+        "gamma": (None, ["gamma.tex"], "tar_of_folders"),
+    }
+    # `tar cf papers.tar papers/`: the one folder that holds them all is looked into
+    wrapped = _bulk(
+        tmp_path / "wrapped.tar",
+        [_special("papers/", tarfile.DIRTYPE)]
+        + [(f"papers/{name}", data) for name, data in members[:6]]
+        + [("papers/README.md", b"# papers")],
+    )
+    assert [(p.paper_id, p.reason) for p in iter_papers([wrapped])] == [
+        ("README.md", "unsupported_format"),
+        ("alpha", None),
+        ("beta", None),
+    ]
+    # the headers a tar of folders holds in memory are capped too
+    many = _bulk(tmp_path / "many.tar", [(f"p{i}/main.tex", MINIMAL) for i in range(60)])
+    assert [p.reason for p in iter_papers([many], ArchiveLimits(max_members=1))] == ["too_large"]
+    # a tar of one paper's files, no folder: one paper
+    single = _bulk(tmp_path / "single.tar", [("main.tex", MINIMAL), ("refs.bbl", b"")])
+    assert [(p.paper_id, sorted(p.files)) for p in iter_papers([single])] == [
+        ("single", ["main.tex", "refs.bbl"])
+    ]
+
+
+def test_stamps_follow_content_not_size_and_mtime(tmp_path: Path) -> None:
+    """Issue 14.10: an edit that keeps the size and restores the mtime changes the stamp."""
+    from structformer.dataset_scripts.archive import entry_stamp
+
+    loose = tmp_path / "paper.tex"
+    loose.write_bytes(MINIMAL)
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "main.tex").write_bytes(MINIMAL)
+    for path, file in ((loose, loose), (folder, folder / "main.tex")):
+        before = entry_stamp(path)
+        info = file.stat()
+        file.write_bytes(MINIMAL.replace(b"Text", b"Txet"))
+        os.utime(file, ns=(info.st_atime_ns, info.st_mtime_ns))
+        assert entry_stamp(path) != before

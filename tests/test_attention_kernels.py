@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from structformer import StructBertForMaskedLM
-from structformer.modeling import modeling_structbert as msb
+from structformer.modeling import attention_structbert as msb
 
 
 @pytest.mark.parametrize("shape", [(4, 100_000), (3, 33_333)])
@@ -76,18 +76,18 @@ def test_band_and_global_rows_gradcheck(section, dropout_p):
         for _ in range(3)
     )
     index = pattern.global_index.clamp(max=length - 1)[:, None, :, None].expand(-1, heads, -1, head_dim)
-    num_blocks, block = pattern.band_row_empty.shape[1], pattern.band_row_empty.shape[3]
+    num_blocks, block = pattern.mask.row_empty.shape[1], pattern.mask.row_empty.shape[3]
     band_drop = rows_drop = None
     if dropout_p:
         band_drop = msb.dropout_mask(
-            (batch_size * num_blocks, heads, block, pattern.band_bias.shape[-1]), dropout_p, q.device
+            (batch_size * num_blocks, heads, block, pattern.mask.bias.shape[-1]), dropout_p, q.device
         )
         rows_drop = msb.dropout_mask((batch_size, heads, index.shape[2], length), dropout_p, q.device)
-    bias = pattern.band_bias.double()
+    bias = pattern.mask.bias.double()
 
     def band(q, k, v):
         return msb.BandAttention.apply(
-            q, k, v, bias, pattern.band_row_empty, band_drop, index, 0.7, dropout_p
+            q, k, v, bias, pattern.mask.row_empty, band_drop, index, 0.7, dropout_p
         )
 
     key_bias = torch.zeros(batch_size, 1, 1, length, dtype=torch.float64)

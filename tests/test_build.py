@@ -64,8 +64,8 @@ def test_sample_build_report_and_layout(sample_corpus: Path) -> None:
     assert report["records"] == SAMPLE_RECORDS
     assert report["reasons"] == SAMPLE_REJECTS
     assert {(r["id"], r["reason"]) for r in report["rejected"]} == {
-        ("2411.00021", "no_main_file"),
-        ("2411.00022", "pdf_only"),
+        ("sample-0021", "no_main_file"),
+        ("sample-0022", "pdf_only"),
     }
     assert all(set(r) == {"id", "source", "reason", "detail"} and r["detail"] for r in report["rejected"])
     assert sum(report["splits"].values()) == SAMPLE_RECORDS and report["splits"]["validation"] >= 1

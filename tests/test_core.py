@@ -113,7 +113,12 @@ def test_checkpoints_are_verified_and_latest_skips_broken_ones(tmp_path: Path, c
     with pytest.raises(InputError, match=r"--resume-from-checkpoint: .*checkpoint-6: model.safetensors has"):
         core.resolve_checkpoint(str(checkpoints / "checkpoint-6"), checkpoints)
     (checkpoints / "checkpoint-2" / "trainer_state.json").write_text("{oops")
-    assert core.resolve_checkpoint("latest", checkpoints) is None
+    # Every checkpoint broken: refused, each named with its reason, never a silent fresh start.
+    with pytest.raises(
+        InputError, match=r"no intact checkpoint.*checkpoint-6: .*checkpoint-4: .*checkpoint-2: "
+    ):
+        core.resolve_checkpoint("latest", checkpoints)
+    assert core.resolve_checkpoint("latest", tmp_path / "no-checkpoints-yet") is None
     with pytest.raises(InputError, match="not a checkpoint"):
         core.resolve_checkpoint(str(tmp_path / "nowhere"), checkpoints)
     assert core.resolve_checkpoint(None, checkpoints) is None

@@ -357,8 +357,8 @@ def test_latex_to_text_unicode_passthrough():
 def test_options_are_validated():
     with pytest.raises(ValueError, match="footnotes"):
         LatexOptions(footnotes="margin")
-    with pytest.raises(ValueError, match="max_file_bytes"):
-        LatexOptions(max_file_bytes=0)
+    with pytest.raises(ValueError, match="max_paper_chars"):
+        LatexOptions(max_paper_chars=0)
 
 
 # ----------------------------------------------------------------------------- whole papers
@@ -431,8 +431,10 @@ def test_parse_paper_is_deterministic_and_pure():
 def test_parse_paper_survives_nesting_deeper_than_python_recursion():
     body = "\\section{A}\nok\n\n" + "{" * 5000 + "x" + "}" * 5000 + "\n\nafter"
     paper = parse_paper({"main.tex": doc(body)})
-    assert paper.sections == [Section("section", "A", ["ok", "after"])]
+    # issue 14.8: the groups nested too deep are unwrapped, their text kept, and the warnings say so
+    assert paper.sections == [Section("section", "A", ["ok", "x", "after"])]
     assert any("RecursionError" in w for w in paper.warnings)
+    assert any("nested deeper than" in w for w in paper.warnings)
 
 
 def test_resolve_includes_wrapper_keeps_the_included_preamble():

@@ -19,7 +19,7 @@ from structformer import (
     StructBertForTokenClassification,
     StructBertModel,
 )
-from structformer.modeling import modeling_structbert as msb
+from structformer.modeling import attention_structbert as msb
 
 FAST_PATHS = ["sdpa", "blocked", "auto"]
 # (name, config overrides): the pattern variants every path must reproduce.
@@ -121,9 +121,9 @@ def test_default_rule_picks_blocked_only_for_long_inputs(make_tiny_config):
 def band_as_dense(pattern: msb.AttentionPattern) -> torch.Tensor:
     """The keys the blocked path's band bias lets each query attend, as a dense (B, L, L) bool mask."""
     size, length = pattern.key_ok.shape
-    num_blocks, block = pattern.band_row_empty.shape[1], pattern.band_row_empty.shape[3]
-    allowed = (pattern.band_bias == 0).view(size, num_blocks, block, -1)  # (B, N, C, 3C + G)
-    allowed = allowed & ~pattern.band_row_empty.view(size, num_blocks, block, 1)  # opened rows have no key
+    num_blocks, block = pattern.mask.row_empty.shape[1], pattern.mask.row_empty.shape[3]
+    allowed = (pattern.mask.bias == 0).view(size, num_blocks, block, -1)  # (B, N, C, 3C + G)
+    allowed = allowed & ~pattern.mask.row_empty.view(size, num_blocks, block, 1)  # opened rows have no key
     k_pos = (torch.arange(num_blocks)[:, None] - 1) * block + torch.arange(3 * block)  # (N, 3C)
     k_pos = torch.where((k_pos >= 0) & (k_pos < length), k_pos, length)  # column L: outside the sequence
     columns = torch.cat(
@@ -150,7 +150,7 @@ def test_masks_are_the_definition(make_tiny_config, structured_batch, variant):
         for layer_idx, pattern in enumerate(patterns):
             expected = expected_allowed(config, batch, config.layer_window(layer_idx))
             if implementation == "eager":
-                assert torch.equal(pattern.allowed[:, 0], expected)
+                assert torch.equal(pattern.mask[:, 0], expected)
             else:
                 local_rows = ~pattern.is_global
                 assert torch.equal(band_as_dense(pattern)[local_rows], expected[local_rows]), layer_idx
@@ -182,9 +182,54 @@ def test_attention_interface_dispatches_a_registered_path(make_tiny_config, stru
     assert [p.implementation for p in calls] == ["recording", "recording"]
     for layer_idx, pattern in enumerate(calls):
         expected = expected_allowed(config, structured_batch, config.layer_window(layer_idx))
-        assert torch.equal(pattern.allowed[:, 0], expected)
+        assert torch.equal(pattern.mask[:, 0], expected)
     with pytest.raises(ValueError, match="blocked.*'no_such_path'"):
         model.set_attn_implementation("no_such_path")
+
+
+def test_a_path_registers_its_own_mask(make_tiny_config, structured_batch, monkeypatch):
+    """A mask builder registered under a path's name builds the pattern's mask for that path (once per window),
+    and the path reads it: here the band mask of the blocked path, fed to the blocked kernel under a new name."""
+    for interface in (msb.StructBertAttentionInterface, msb.StructBertMaskInterface):
+        monkeypatch.setattr(interface, "_global_mapping", dict(interface._global_mapping))
+    built = []
+
+    def counting_band_mask(pattern):
+        built.append(pattern.window)
+        return msb.band_mask(pattern)
+
+    msb.StructBertAttentionInterface.register("my_blocked", msb.blocked_structure_attention)
+    msb.StructBertMaskInterface.register("my_blocked", counting_band_mask)
+    config = make_tiny_config(**VARIANTS["per_layer_no_cls"])
+    torch.manual_seed(0)
+    model = StructBertForMaskedLM(config).eval()
+    with torch.no_grad():
+        model.set_attn_implementation("blocked")
+        reference = model(**structured_batch).logits
+        model.set_attn_implementation("my_blocked")
+        logits = model(**structured_batch).logits
+    assert torch.equal(logits, reference)
+    assert sorted(built) == sorted({config.layer_window(i) for i in range(config.num_hidden_layers)})
+    # Without a registered mask a path gets the dense mask of the definition.
+    msb.StructBertAttentionInterface.register("dense_by_default", msb.eager_structure_attention)
+    ones = torch.ones(1, 6, dtype=torch.bool)
+    pattern = msb.build_attention_pattern("dense_by_default", 4, ones, ~ones, None)
+    assert torch.equal(pattern.mask, msb.dense_mask(pattern)) and pattern.mask.shape == (1, 1, 6, 6)
+
+
+def test_auto_reads_the_rule(monkeypatch):
+    assert msb.auto_implementation(12, 4, "cpu") == "blocked"
+    assert msb.auto_implementation(8, 4, "cpu") == "sdpa"
+    assert msb.auto_implementation(4096, 256, "cuda") == "flex_attention"
+    # FlexAttention has no attention dropout: training with it keeps the blocked path.
+    assert msb.auto_implementation(4096, 256, "cuda", dropout=0.1) == "blocked"
+    monkeypatch.setattr(msb, "AUTO_RULE", [("mine", lambda *args: True), *msb.AUTO_RULE])
+    assert msb.auto_implementation(12, 4, "cpu") == "blocked"  # "mine" is not registered
+    monkeypatch.setattr(
+        msb.StructBertAttentionInterface, "_global_mapping", dict(msb.ALL_ATTENTION_FUNCTIONS)
+    )
+    msb.StructBertAttentionInterface.register("mine", msb.eager_structure_attention)
+    assert msb.auto_implementation(12, 4, "cpu") == "mine"
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa", "blocked", "flex_attention"])
@@ -481,6 +526,25 @@ def test_heads_losses(make_tiny_config, structured_batch):
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_sparse_prediction_is_the_dense_head_on_the_masked_positions(make_tiny_config, structured_batch):
+    torch.manual_seed(0)
+    labels = torch.full_like(structured_batch["input_ids"], -100)
+    labels[0, [1, 5, 20]] = torch.tensor([7, 8, 9])
+    labels[2, 3] = 11
+    dense_model = StructBertForMaskedLM(make_tiny_config()).eval()
+    sparse_model = StructBertForMaskedLM(make_tiny_config(sparse_prediction=True)).eval()
+    sparse_model.load_state_dict(dense_model.state_dict())
+    dense = dense_model(**structured_batch, labels=labels)
+    sparse = sparse_model(**structured_batch, labels=labels)
+    selected = labels != -100
+    assert sparse.logits.shape == (4, 99)  # (M, vocab): the 4 masked positions, row-major
+    torch.testing.assert_close(sparse.logits, dense.logits[selected], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sparse.loss, dense.loss, atol=1e-6, rtol=0)
+    assert sparse_model(**structured_batch).logits.shape == (4, 24, 99)  # no labels: every position
+    with pytest.raises(ValueError, match="sparse_prediction must be True or False"):
+        make_tiny_config(sparse_prediction="yes")
+
+
 MENTION_SPANS = torch.tensor(
     [
         [[1, 3], [5, 6], [10, 20]],  # three mentions
@@ -592,8 +656,8 @@ def test_blocked_path_does_not_materialise_length_squared(make_tiny_config):
     patterns = model.structbert._attention_patterns(
         (1, length), torch.device("cpu"), None, global_mask, None, False
     )
-    assert patterns[0].implementation == "blocked" and patterns[0].allowed is None
-    assert patterns[0].band_bias.shape == (length // 32, 1, 32, 96 + 16)  # 16 headings, no [CLS] by default
+    assert patterns[0].implementation == "blocked" and isinstance(patterns[0].mask, msb.BandMask)
+    assert patterns[0].mask.bias.shape == (length // 32, 1, 32, 96 + 16)  # 16 headings, no [CLS] by default
     outputs = model(input_ids=input_ids, global_attention_mask=global_mask, labels=input_ids)
     outputs.loss.backward()
     assert outputs.logits.shape == (1, length, 99)
@@ -615,8 +679,8 @@ def test_save_and_load_in_a_fresh_process_with_remote_code(make_tiny_config, str
         "AutoModelForSequenceClassification",
         "AutoModelForTokenClassification",
     }
-    assert (tmp_path / "model" / "modeling_structbert.py").is_file()
-    assert (tmp_path / "model" / "configuration_structbert.py").is_file()
+    for name in ("modeling_structbert.py", "configuration_structbert.py", "attention_structbert.py"):
+        assert (tmp_path / "model" / name).is_file(), name  # transformers copies the relative imports too
     torch.save(structured_batch, tmp_path / "batch.pt")
     with torch.no_grad():
         expected = model(**structured_batch).logits

@@ -106,7 +106,9 @@ def imported_modules(path: Path) -> list[tuple[str, int, bool]]:
     return imports
 
 
-@pytest.mark.parametrize("filename", ["configuration_structbert.py", "modeling_structbert.py"])
+@pytest.mark.parametrize(
+    "filename", ["configuration_structbert.py", "modeling_structbert.py", "attention_structbert.py"]
+)
 def test_remote_code_imports_only_torch_transformers_and_stdlib(filename):
     """The Hub loads these two files alone: anything but torch, transformers, the standard library and the
     sibling file is a dependency the model card does not declare."""
@@ -126,3 +128,22 @@ def test_import_check_catches_a_third_party_import(tmp_path):
     source.write_text("import torch\nfrom huggingface_hub.dataclasses import strict\n", encoding="utf-8")
     roots = {module.split(".")[0] for module, _, _ in imported_modules(source)}
     assert "huggingface_hub" in roots and "huggingface_hub" not in sys.stdlib_module_names
+
+
+def test_empty_and_wrongly_shaped_embedding_inputs_name_the_input(make_tiny_config):
+    """Length 0 and a wrong token_type_ids / position_ids shape used to fail with a RuntimeError from a
+    reshape or a size mismatch inside the model."""
+    model = StructBertModel(make_tiny_config()).eval()
+    ids = torch.ones(2, 12, dtype=torch.long)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"^input_ids has shape \(2, 0\): at least one row"):
+            model(input_ids=torch.ones(2, 0, dtype=torch.long))
+        for name in ("token_type_ids", "position_ids"):
+            with pytest.raises(
+                ValueError, match=rf"^{name} has shape \(2, 11\), expected \(B, L\) = \(2, 12\)"
+            ):
+                model(input_ids=ids, **{name: torch.zeros(2, 11, dtype=torch.long)})
+        positions = torch.arange(12).unsqueeze(0)  # (1, L) broadcasts, as in BERT
+        assert model(
+            input_ids=ids, position_ids=positions, token_type_ids=torch.zeros_like(ids)
+        ).last_hidden_state.shape == (2, 12, 32)

@@ -253,18 +253,19 @@ def test_two_process_ddp_with_accumulation_matches_one_process(setup, reference,
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup, tmp_path, monkeypatch):
-    original = pretrain.MaskedLMObjective.forward
+    original = pretrain.training_loss
     calls = {"n": 0}
 
-    def poisoned(self, labels, **inputs):
-        calls["n"] += self.training  # training forwards only (the step-0 evaluation runs one too)
-        sums, counts = original(self, labels, **inputs)
-        return (sums * float("nan") if calls["n"] == 3 else sums), counts
+    def poisoned(model, batch):
+        calls["n"] += 1
+        loss = original(model, batch)
+        return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(pretrain.MaskedLMObjective, "forward", poisoned)
+    monkeypatch.setattr(pretrain, "training_loss", poisoned)
     out = tmp_path / "out"
+    # Step 3's finite loss, measured with checkpoint-2's weights, confirms that checkpoint as healthy.
     with pytest.raises(
-        pretrain.NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 3.*checkpoint-2"
+        pretrain.NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 4.*checkpoint-2"
     ):
         pretrain.main(base_args(setup, out, "--eval-steps", "0"))
     assert resolve_checkpoint("latest", out / "checkpoints")[0] == out / "checkpoints" / "checkpoint-2"
@@ -370,22 +371,22 @@ def test_presets_and_json_model_configs(tmp_path):
 
 
 def test_nan_stop_names_the_last_healthy_checkpoint_not_an_exploding_one(setup, tmp_path, monkeypatch):
-    original = pretrain.MaskedLMObjective.forward
+    original = pretrain.training_loss
     calls = {"n": 0}
 
-    def diverging(self, labels, **inputs):
-        # Steps 3-4 explode (loss x 100, checkpoint-4 is saved then), step 5 is NaN.
-        calls["n"] += self.training
-        sums, counts = original(self, labels, **inputs)
-        factor = {3: 100.0, 4: 100.0, 5: float("nan")}.get(calls["n"], 1.0)
-        return sums * factor, counts
+    def diverging(model, batch):
+        # Steps 4-5 explode (loss x 100, checkpoint-4 is saved then), step 6 is NaN; step 3's loss is
+        # checkpoint-2's after its update, still fine. --max-loss-factor 0: no divergence stop before the NaN.
+        calls["n"] += 1
+        factor = {4: 100.0, 5: 100.0, 6: float("nan")}.get(calls["n"], 1.0)
+        return original(model, batch) * factor
 
-    monkeypatch.setattr(pretrain.MaskedLMObjective, "forward", diverging)
+    monkeypatch.setattr(pretrain, "training_loss", diverging)
     out = tmp_path / "out"
     with pytest.raises(
-        pretrain.NonFiniteLossError, match=r"at step 5.*healthy checkpoint is \S*checkpoint-2\b"
+        pretrain.NonFiniteLossError, match=r"at step 6.*healthy checkpoint is \S*checkpoint-2\b"
     ):
-        pretrain.main(base_args(setup, out, "--eval-steps", "0", steps=6))
+        pretrain.main(base_args(setup, out, "--eval-steps", "0", "--max-loss-factor", "0", steps=8))
     states = {
         n: json.loads((out / "checkpoints" / f"checkpoint-{n}" / "trainer_state.json").read_text())
         for n in (2, 4)
@@ -494,7 +495,9 @@ def test_build_model_and_save_final_write_a_loadable_model(setup, tmp_path):
     options = _options(setup, tmp_path / "o")
     tokenizer = load_tokenizer(setup["tokenizer"])
     config, _ = pretrain.model_config(options, accelerator, tokenizer, None)
-    objective = accelerator.prepare(pretrain.MaskedLMObjective(pretrain.build_model(options, config, None)))
+    model = pretrain.build_model(options, config, None)
+    model.config.sparse_prediction = True  # as the run trains it
+    model = accelerator.prepare(model)
     evaluation = {
         "step": 7,
         "eval_loss": 2.0,
@@ -506,16 +509,18 @@ def test_build_model_and_save_final_write_a_loadable_model(setup, tmp_path):
     }
     out = tmp_path / "final"
     summary = pretrain.save_final(
-        accelerator, objective, tokenizer, out, {**evaluation, "not_kept": 1}, {"train_tokens_seen": 5}
+        accelerator, model, tokenizer, out, {**evaluation, "not_kept": 1}, {"train_tokens_seen": 5}
     )
     expected = {**evaluation, "train_tokens_seen": 5, "tokenizer_sha256": tokenizer_hash(out)}
     assert summary == expected == json.loads((out / "eval_results.json").read_text())
     reloaded = StructBertForMaskedLM.from_pretrained(out)
-    for name, tensor in objective.model.state_dict().items():
+    for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
+    # Saved as is (no key renamed), with transformers' usual full logits; the run's model keeps its setting.
+    assert reloaded.config.sparse_prediction is False and model.config.sparse_prediction is True
     assert (out / "tokenizer.json").is_file() and (out / "modeling_structbert.py").is_file()
     assert load_tokenizer(out).model_max_length == config.max_position_embeddings
-    assert pretrain.save_final(accelerator, objective, tokenizer, tmp_path / "no-eval", None) == {}
+    assert pretrain.save_final(accelerator, model, tokenizer, tmp_path / "no-eval", None) == {}
     assert not (tmp_path / "no-eval" / "eval_results.json").exists()
 
 

@@ -92,6 +92,7 @@ def test_model_dry_run_stages_validates_and_sends_nothing(
         "model.safetensors",
         "configuration_structbert.py",
         "modeling_structbert.py",
+        "attention_structbert.py",
         "tokenizer.json",
         "tokenizer_config.json",
         "training_args.json",

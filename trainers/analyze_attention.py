@@ -56,6 +56,8 @@ from structformer.trainers.report import attention_figures
 from structformer.trainers.scirex import encode_words, heading_levels, load_scirex, section_ids
 
 logger = logging.getLogger(__name__)
+# Below this many probe documents the command warns: the means are anecdotes of a few documents.
+MIN_PROBE_DOCUMENTS = 5
 
 MEASURES: dict[str, str] = {
     "heading_share": "share of attention mass that body tokens give to heading tokens",
@@ -533,12 +535,18 @@ def main(argv: list[str] | None = None) -> int:
         keywords_per_section=args.keywords_per_section,
         device=args.device,
     )
-    logger.info(
-        "probed %d checkpoints on %d documents; wrote %s",
-        len(results["checkpoints"]),
-        results["probe"]["documents"],
-        Path(args.output_dir) / "attention.json",
+    output_dir = Path(args.output_dir)
+    documents = results["probe"]["documents"]
+    print(
+        f"analyze-attention: probed {len(results['checkpoints'])} checkpoint(s) on {documents} document(s); "
+        f"wrote {output_dir / 'attention.json'} and {len(results['figures'])} figures in {output_dir}"
     )
+    if documents < MIN_PROBE_DOCUMENTS:
+        print(
+            f"analyze-attention: warning: only {documents} document(s) probed, fewer than {MIN_PROBE_DOCUMENTS}: "
+            "the measures describe these documents, not the model; probe more (--max-docs, --split, --probe)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -16,7 +16,10 @@ global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import itertools
 import json
@@ -24,28 +27,33 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import datasets
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
+from huggingface_hub import constants as hub_constants
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_scheduler
 
-from structformer.errors import InputError
+from structformer.errors import InputError, RunStopped
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+# Held (flock) by the run writing an output folder; holds that run's pid for the refusal message.
+OUTPUT_LOCK = ".structformer-train.lock"
 # A checkpoint whose recent loss is above this multiple of the best loss so far is "exploding": the NaN
 # stop does not offer it as the one to resume from.
 EXPLODING_LOSS_FACTOR = 2.0
@@ -57,8 +65,9 @@ logger = get_logger("structformer.trainers")
 ArgumentsT = TypeVar("ArgumentsT", bound="TrainingArguments")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped before applying the update."""
+class NonFiniteLossError(RunStopped):
+    """The training loss became NaN or infinite, or rose above ``--max-loss-factor`` times its first value;
+    the run stopped before applying the update."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,6 +115,13 @@ class TrainingArguments:
         metadata={"help": "'latest' (the newest intact checkpoint in --output-dir) or a checkpoint folder"},
     )
     report_to: Literal["tensorboard", "none"] = field(default="none", metadata={"help": "experiment tracker"})
+    max_loss_factor: float = field(
+        default=10.0,
+        metadata={
+            "help": "stop as diverged when a step's loss exceeds this multiple of the run's first step's loss, "
+            "or of 1 when that was lower (a finite loss can explode too; 0 = only NaN/inf stops)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps"):
@@ -115,6 +131,10 @@ class TrainingArguments:
         for name in ("warmup_steps", "save_steps", "max_grad_norm", "weight_decay"):
             require(getattr(self, name) >= 0, f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         require(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
+        require(
+            self.max_loss_factor == 0 or self.max_loss_factor > 1,
+            f"--max-loss-factor must be 0 (off) or above 1, got {self.max_loss_factor}",
+        )
         require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         require(
             self.max_steps is None or self.max_steps >= 1,
@@ -198,8 +218,31 @@ class EpochShuffleSampler(Sampler[int]):
         yield from torch.randperm(self.length, generator=generator).tolist()
 
 
+def launched_processes() -> int:
+    """How many processes the launcher says it started (torchrun/accelerate's ``WORLD_SIZE`` and
+    ``LOCAL_WORLD_SIZE``, MPI's sizes); 1 when the script was run directly."""
+    sizes = []
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        try:
+            sizes.append(int(os.environ.get(name, "1")))
+        except ValueError:
+            sizes.append(1)
+    return max(sizes)
+
+
 def make_accelerator(args: TrainingArguments) -> Accelerator:
-    return Accelerator(
+    """The run's Accelerator; refuses a multi-process launch whose processes did not join one group.
+
+    accelerate starts several processes only through torchrun (a ``MULTI_GPU`` config), and its processes
+    join a group only on GPUs unless ``ACCELERATE_USE_CPU`` is set. On a machine without a GPU such a launch
+    therefore joins the processes in a gloo group on CPU (``examples/accelerate_configs/cpu_ddp.yaml``);
+    a launch that still leaves every process alone (each would train the whole run by itself, all writing
+    the same folder) is stopped.
+    """
+    launched = launched_processes()
+    torchrun_on_cpu = launched > 1 and "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=torchrun_on_cpu,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
@@ -208,6 +251,88 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
+    if launched > 1 and accelerator.num_processes == 1:
+        raise InputError(
+            f"the launcher started {launched} processes (WORLD_SIZE={os.environ.get('WORLD_SIZE', '-')}, "
+            f"LOCAL_WORLD_SIZE={os.environ.get('LOCAL_WORLD_SIZE', '-')}) but they did not join one process "
+            "group, so each would train alone into the same --output-dir; on CPU launch with "
+            "`accelerate launch --config_file examples/accelerate_configs/cpu_ddp.yaml`, or run without a launcher"
+        )
+    return accelerator
+
+
+def hub_unreachable(timeout: float = 3.0) -> bool:
+    """Online mode, but the Hub's host takes no connection: a Hub lookup would retry for a minute before
+    failing, so a mistyped local path is better refused at once. (Offline mode fails fast by itself.)"""
+    if hub_constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(hub_constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return False
+    except OSError:
+        return True
+
+
+def check_output_dir(output_dir: str | Path, inputs: dict[str, str | None]) -> None:
+    """Refuse an output folder that is a file, or that is, contains or is inside an input folder
+    (``inputs``: flag -> value; Hub ids and unset flags are skipped): the run would overwrite its input."""
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output-dir {output_dir} is a file, not a folder; choose a folder path")
+    out = out.resolve()
+    for flag, value in inputs.items():
+        source = Path(value).expanduser() if value else None
+        if source is None or not source.exists():
+            continue
+        source = source.resolve()
+        if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+            raise InputError(
+                f"--output-dir {output_dir} overlaps {flag} {value}: the run would overwrite what it reads; "
+                "choose an output folder outside it"
+            )
+
+
+@contextlib.contextmanager
+def output_lock(accelerator: Accelerator, output_dir: Path, command: str) -> Iterator[None]:
+    """Hold ``OUT/.structformer-train.lock`` for the whole run (main process), as build-corpus locks its
+    output: a second run into ``OUT`` is refused at once, naming the holder's pid, instead of mixing its
+    checkpoints, metrics and arguments with this run's. The kernel drops the lock if the run dies."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output-dir {output_dir} is a file, not a folder; choose a folder path")
+    created = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / OUTPUT_LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(
+                f"{output_dir}: another {command} run (pid {holder}) is writing this folder; wait for it to end "
+                "or choose another --output-dir"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the holder removed it meanwhile: lock the new file
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        # Unlinked before it is unlocked: a run that opened this file meanwhile sees it is gone and retries.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        if created and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a run refused before writing anything leaves no trace
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
@@ -322,11 +447,19 @@ def resolve_checkpoint(value: str | None, checkpoint_dir: Path) -> tuple[Path, d
             return path, read_checkpoint_state(path)
         except InputError as err:
             raise InputError(f"--resume-from-checkpoint: {err}") from None
+    broken = []
     for _, path in reversed(list_checkpoints(checkpoint_dir)):
         try:
             return path, read_checkpoint_state(path)
         except InputError as err:
             logger.warning("skipping checkpoint %s: %s", path.name, err, main_process_only=True)
+            broken.append(f"{path.name}: {err}")
+    if broken:
+        # Starting over here would silently discard the run the user asked to continue.
+        raise InputError(
+            f"--resume-from-checkpoint latest: no intact checkpoint in {checkpoint_dir} ({'; '.join(broken)}); "
+            "resume from a checkpoint folder you repair or choose a new --output-dir to start again"
+        )
     return None
 
 
@@ -345,17 +478,18 @@ def save_checkpoint(
     """
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = checkpoint_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if save_extra is not None:
-            save_extra(tmp)
-        write_json_atomically(tmp / TRAINER_STATE, {**state, "step": step, "files": _manifest(tmp)})
-        _fsync_tree(tmp)
+    with disk_full_stops(f"checkpoint {step}", tmp, "rerun with --resume-from-checkpoint latest"):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if save_extra is not None:
+                save_extra(tmp)
+            write_json_atomically(tmp / TRAINER_STATE, {**state, "step": step, "files": _manifest(tmp)})
+            _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -365,6 +499,56 @@ def save_checkpoint(
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _disk_full(err: BaseException) -> bool:
+    # torch's writer reports a full disk as a RuntimeError that only says so in its text.
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
+@contextlib.contextmanager
+def disk_full_stops(what: str, partial: Path, then: str) -> Iterator[None]:
+    """A full disk while writing ``what`` removes the half-written ``partial`` (file or folder) and stops the
+    run with one line that names the file; other errors pass through."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        where = getattr(err, "filename", None) or partial
+        raise RunStopped(
+            f"no space left on the device while writing {what} ({where}); the half-written {partial} was "
+            f"removed, nothing half-written was kept: free some space, then {then}"
+        ) from err
+
+
+def check_resume_identity(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint saved with other data or another model (``Loop.identity``), naming
+    each difference. Checkpoints saved before identities were recorded carry none and are not checked."""
+    saved = state.get("identity") or {}
+    changes = [
+        f"{name} {saved[name]!r} -> {identity.get(name)!r}"
+        for name in sorted(saved)
+        if saved[name] != identity.get(name)
+    ]
+    if changes:
+        raise InputError(
+            f"{path} was saved with other data or another model ({'; '.join(changes)}); a resume continues "
+            "the same run: resume with the same values, or start a new --output-dir"
+        )
+
+
+def changed_arguments(previous: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{flag: [old, new]}`` for each argument a resumed run changed (those the resume allows)."""
+    return {
+        name: [previous.get(name), value]
+        for name, value in current.items()
+        if name != "resume_from_checkpoint" and name in previous and previous[name] != value
+    }
 
 
 def global_batch_size(accelerator: Accelerator, args: TrainingArguments) -> int:
@@ -378,14 +562,17 @@ def restore_checkpoint(
     optimizer: Any,
     scheduler: Any,
     args: TrainingArguments,
+    identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``load_state`` of a resolved checkpoint, once it is clear that this run can continue it exactly;
     changed optimizer flags are applied and logged. Returns the checkpoint's state.
 
     The data order and the position in it follow from the seed and the global batch, so a resume that
-    changes either would silently train on other data than the run it continues: refused.
+    changes either would silently train on other data than the run it continues: refused, as is one
+    whose data or model (``identity``, see :class:`Loop`) differs.
     """
     path, state = checkpoint
+    check_resume_identity(path, state, identity or {})
     for name, ours in (("seed", args.seed), ("global_batch_size", global_batch_size(accelerator, args))):
         if state.get(name) is not None and state[name] != ours:
             raise InputError(
@@ -499,6 +686,9 @@ class Loop:
     progress: tqdm
     checkpoint_dir: Path | None = None
     save_extra: Callable[[Path], None] | None = None
+    # What the data and the model depend on (corpus fingerprint, tokenizer hash, data flags), saved in every
+    # checkpoint: a resume that changes it would continue another run (restore_checkpoint refuses).
+    identity: dict[str, Any] = field(default_factory=dict)
     evaluate: Callable[[], dict[str, float]] | None = None
     eval_steps: int = 0
 
@@ -519,7 +709,7 @@ def train(
     epoch, skip = divmod(step, steps_per_epoch(loader, args))
     skip *= args.gradient_accumulation_steps
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "lr": 0.0, "start": time.perf_counter()}
-    health = _Health(best=(resumed or {}).get("best_loss", math.inf))
+    health = _Health(best=(resumed or {}).get("best_loss", math.inf), first=(resumed or {}).get("first_loss"))
     eval_results = None
     model.train()
     while step < loop.total_steps:
@@ -539,9 +729,11 @@ def train(
             # Dropout randomness is a function of (seed, step, process), so a resumed run replays it.
             torch.manual_seed(args.seed + 1_000_003 * (step + 1) + 7919 * accelerator.process_index)
             loss = _accumulate(accelerator, model, micro, loop, window)
-            if not math.isfinite(loss):
+            health.confirm(accelerator, loss)
+            problem = health.problem(loss, args.max_loss_factor)
+            if problem:
                 loop.progress.close()
-                raise NonFiniteLossError(_non_finite_message(loss, step + 1, loop.checkpoint_dir))
+                raise NonFiniteLossError(_stop_message(problem, step + 1, loop.checkpoint_dir))
             window["lr"] = _update(accelerator, model, optimizer, scheduler, args)
             step += 1
             loop.progress.update(1)
@@ -561,7 +753,8 @@ def train(
                 state = {"epoch": epoch, "seed": args.seed, **health.checkpoint(accelerator, model)}
                 state["global_batch_size"] = global_batch_size(accelerator, args)
                 state["optimizer_flags"] = {name: getattr(args, name) for name in OPTIMIZER_FLAGS}
-                save_checkpoint(
+                state["identity"] = loop.identity
+                health.pending = save_checkpoint(
                     accelerator, loop.checkpoint_dir, step, state, args.save_total_limit, loop.save_extra
                 )
                 window["start"] = time.perf_counter()
@@ -643,11 +836,50 @@ def _window_record(accelerator: Accelerator, window: dict[str, Any], step: int, 
 
 @dataclass
 class _Health:
-    """Whether a checkpoint is safe to resume from: its recent loss is finite and not exploding (at
-    most ``EXPLODING_LOSS_FACTOR`` times the best logged loss) and its weights are finite."""
+    """Whether a checkpoint is safe to resume from, and whether the run has diverged.
+
+    A checkpoint is healthy when its recent loss is finite and not exploding (at most
+    ``EXPLODING_LOSS_FACTOR`` times the best logged loss), its weights are finite, and the loss measured
+    *after* its last update (the next step's, computed with its weights) is finite and not exploding
+    either: an update can blow the weights up while every loss before it looked fine. Until that next
+    step, the checkpoint is ``pending``.
+    """
 
     best: float = math.inf
+    first: float | None = None
     losses: list[float] = field(default_factory=list)
+    pending: Path | None = None
+
+    def exploding(self, loss: float) -> bool:
+        return not math.isfinite(loss) or loss > EXPLODING_LOSS_FACTOR * self.best
+
+    def problem(self, loss: float, factor: float) -> str | None:
+        """Why the run must stop at this loss, or None."""
+        if not math.isfinite(loss):
+            return f"non-finite training loss ({loss})"
+        if self.first is None:
+            self.first = loss
+        # At least 1 nat as the reference: a first batch that happens to be easy is no sign of divergence.
+        reference = max(self.first, 1.0)
+        if factor and loss > factor * reference:
+            return (
+                f"training diverged: loss {loss:.4g} is above {factor:g} x {reference:.4g} (the first step's loss, "
+                "at least 1; --max-loss-factor)"
+            )
+        return None
+
+    def confirm(self, accelerator: Accelerator, loss: float) -> None:
+        """Record in the pending checkpoint the loss its weights give, and whether that keeps it healthy."""
+        if self.pending is None:
+            return
+        if accelerator.is_main_process:
+            state_file = self.pending / TRAINER_STATE
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            state["loss_after_update"] = loss if math.isfinite(loss) else str(loss)
+            state["healthy"] = bool(state["healthy"]) and not self.exploding(loss)
+            write_json_atomically(state_file, state)
+        self.pending = None
+        accelerator.wait_for_everyone()
 
     def checkpoint(self, accelerator: Accelerator, model: nn.Module) -> dict[str, Any]:
         recent = sum(self.losses) / max(len(self.losses), 1)
@@ -657,15 +889,15 @@ class _Health:
             float(all(bool(torch.isfinite(p).all()) for p in model.parameters())), device=accelerator.device
         )
         finite = accelerator.reduce(finite, "sum").item() == accelerator.num_processes
-        healthy = finite and math.isfinite(recent) and recent <= EXPLODING_LOSS_FACTOR * self.best
-        return {"loss": recent, "best_loss": self.best, "healthy": healthy}
+        healthy = finite and not self.exploding(recent)
+        return {"loss": recent, "best_loss": self.best, "first_loss": self.first, "healthy": healthy}
 
 
-def _non_finite_message(loss: float, step: int, checkpoint_dir: Path | None) -> str:
+def _stop_message(problem: str, step: int, checkpoint_dir: Path | None) -> str:
     healthy = healthy_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     where = f"the last healthy checkpoint is {healthy}" if healthy else "no healthy checkpoint was saved"
     resume = f"--resume-from-checkpoint {healthy}" if healthy else "a fresh --output-dir"
     return (
-        f"non-finite training loss ({loss}) at step {step}; stopped before the update, {where}. "
+        f"{problem} at step {step}; stopped before the update, {where}. "
         f"Lower --learning-rate or use --mixed-precision bf16/no, then rerun with {resume}."
     )

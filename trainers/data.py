@@ -17,8 +17,11 @@ global tokens, one section.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,7 @@ import torch
 from datasets import Features, Value
 from datasets import Sequence as ArrowSequence
 
-from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR
+from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR, REPORT_FILE, find_shards
 
 # load_corpus lived here; it is the corpus contract's loader now, and still importable from this module.
 from structformer.dataset_scripts.schema import load_corpus as load_corpus
@@ -40,6 +43,30 @@ DEFAULT_GLOBAL_ATTENTION_TYPES = ("title", "section", "subsection", "subsubsecti
 DOCUMENT_CHUNKS = ("first", "all")
 # Columns that pack_document writes and the collator reads.
 SEQUENCE_FIELDS = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
+
+
+def corpus_fingerprint(dataset: str) -> str | None:
+    """Which build of a corpus folder a run reads: the ``fingerprint`` of its ``build_report.json``, else the
+    SHA-256 of that report (every build writes a new one), else of its shards' names and sizes; None for a
+    Hub id (the Hub keeps the revision)."""
+    corpus = Path(dataset).expanduser()
+    if not corpus.is_dir():
+        return None
+    report = corpus / REPORT_FILE
+    if report.is_file():
+        content = report.read_bytes()
+        try:
+            recorded = json.loads(content).get("fingerprint")
+        except (ValueError, AttributeError):
+            recorded = None
+        return str(recorded) if recorded else hashlib.sha256(content).hexdigest()
+    shards = sorted(
+        (str(path.relative_to(corpus)), path.stat().st_size)
+        for splits in find_shards(corpus).values()
+        for paths in splits.values()
+        for path in paths
+    )
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
 def tokenize_with_structure(
@@ -66,7 +93,9 @@ def tokenize_with_structure(
             ``"cls"`` is handled by the model itself, so it is ignored here.
         add_special_tokens: wrap the tokens as ``[CLS] ... [SEP]``.
         max_length: truncate to this many tokens (special tokens included). For training, use
-            :func:`pack_document` instead, which keeps the tail.
+            :func:`pack_document` instead, which keeps the tail. With ``return_tensors="pt"`` it
+            defaults to the tokenizer's ``model_max_length`` (a tokenizer saved with a model is capped
+            at the model's positions), so a long document still fits the model.
         return_tensors: ``"pt"`` returns only the model inputs (``input_ids``, ``attention_mask``,
             ``global_attention_mask``, ``section_ids``) as ``(1, L)`` tensors, ready for ``model(**inputs)``.
 
@@ -133,6 +162,10 @@ def tokenize_with_structure(
         section_ids = [0, *section_ids, section_ids[-1] if section_ids else 0]
         word_ids = [-1, *word_ids, -1]
         paragraph_starts = [p + 1 for p in paragraph_starts]
+    if max_length is None and return_tensors == "pt":
+        cap = getattr(tokenizer, "model_max_length", None)
+        # transformers marks "no limit" with a huge sentinel (int(1e30)).
+        max_length = cap if isinstance(cap, int) and cap < 1_000_000_000 else None
     if max_length is not None and len(ids) > max_length:
         keep = max_length - 1 if add_special_tokens else max_length
         ids = ids[:keep] + ([tokenizer.sep_token_id] if add_special_tokens else [])

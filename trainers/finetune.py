@@ -41,6 +41,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from huggingface_hub import constants as hub_constants
 from matplotlib.figure import Figure
 from seqeval.metrics import accuracy_score as seqeval_accuracy
 from seqeval.metrics import classification_report
@@ -69,7 +71,10 @@ from structformer.trainers.core import (
     TrainingArguments,
     build_optimizer,
     build_scheduler,
+    check_output_dir,
+    hub_unreachable,
     make_accelerator,
+    output_lock,
     parse_arguments,
     require,
     resolve_checkpoint,
@@ -208,6 +213,13 @@ class FinetuneArguments(TrainingArguments):
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up as a share of the steps"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = no checkpoints"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "replace an earlier run's results in --output-dir (its results, arguments and seed-* folders "
+            "are removed first); without it such a folder is refused, unless --resume-from-checkpoint"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -410,6 +422,11 @@ def check_structbert(path: str) -> Any:
     config_file = Path(path) / "config.json"
     if not Path(path).exists() and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
         raise InputError(f"--model {path}: no such folder; give a StructBERT checkpoint folder")
+    if not Path(path).exists() and hub_unreachable():
+        # Fail now: the Hub client would retry for a minute first.
+        raise InputError(
+            f"--model {path}: no such folder, and the Hub is unreachable; give a StructBERT checkpoint folder"
+        )
     if Path(path).is_dir() and not config_file.is_file():
         raise InputError(f"--model {path}: no config.json there; expected a StructBERT checkpoint folder")
     if config_file.is_file():
@@ -425,6 +442,11 @@ def check_structbert(path: str) -> Any:
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as error:
+        if not Path(path).exists() and hub_constants.HF_HUB_OFFLINE:
+            raise InputError(
+                f"--model {path}: no checkpoint folder there, nor one in the Hub cache (offline mode); give a "
+                "StructBERT checkpoint folder"
+            ) from None
         raise InputError(
             f"--model {path}: no checkpoint folder there, nor one in the Hub cache ({error})"
         ) from None
@@ -778,6 +800,18 @@ def salient_task_baselines(
     }
 
 
+def _check_no_unseen_labels(files: dict[str, str | None], labels: dict[str, set[str]]) -> None:
+    """Refuse evaluation labels absent from the training file, naming them: they would become classes
+    the model never saw, and metrics over impossible classes."""
+    for name, found in labels.items():
+        unseen = sorted(found - labels["train"])
+        if name != "train" and unseen:
+            raise DataFormatError(
+                f"{files[name]}: label(s) {unseen} never occur in --train-file {files['train']}; a class the "
+                "model never trains on cannot be predicted: fix the labels or add training rows"
+            )
+
+
 def _text_columns(args: FinetuneArguments, rows: list[dict], path: Path) -> list[str]:
     if args.text_columns:
         return list(args.text_columns)
@@ -802,11 +836,19 @@ def sequence_task_data(args: FinetuneArguments, tokenizer: Any) -> TaskData:
     }
     for name, labels in raw_labels.items():
         for index, label in enumerate(labels):
+            if label is None or (isinstance(label, float) and math.isnan(label)) or not str(label).strip():
+                raise DataFormatError(
+                    f"{files[name]}: row {index + 1} has an empty {args.label_column!r}; every row needs a label"
+                )
             if isinstance(label, float) and not label.is_integer():
                 raise DataFormatError(
                     f"{files[name]}: row {index + 1} has label {label}; regression is not supported"
                 )
-    label_names = sorted({str(label) for labels in raw_labels.values() for label in labels})
+    # The classes are the training labels: a class seen only in evaluation would be scored, never learned.
+    label_names = sorted({str(label) for label in raw_labels["train"]})
+    _check_no_unseen_labels(
+        files, {name: {str(label) for label in labels} for name, labels in raw_labels.items()}
+    )
     label_ids = {label: index for index, label in enumerate(label_names)}
     eval_split = "test" if "test" in rows else "validation"
 
@@ -877,8 +919,9 @@ def token_task_data(args: FinetuneArguments, tokenizer: Any) -> TaskData:
                 raise DataFormatError(
                     f"{files[name]}: row {index + 1} has integer tags; pass their names with --label-names"
                 )
-    label_names = sorted(
-        {tag for split in tags.values() for row in split for tag in row}, key=lambda t: (t != "O", t)
+    label_names = sorted({tag for row in tags["train"] for tag in row}, key=lambda t: (t != "O", t))
+    _check_no_unseen_labels(
+        files, {name: {tag for row in split for tag in row} for name, split in tags.items()}
     )
     label_ids = {label: index for index, label in enumerate(label_names)}
     eval_split = "test" if "test" in rows else "validation"
@@ -1005,6 +1048,24 @@ def _batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     return outputs[0] if isinstance(outputs, tuple) else outputs.loss
 
 
+def run_identity(args: FinetuneArguments, data: TaskData) -> dict[str, Any]:
+    """What a seed's checkpoints depend on (the model, the data files, the windows and the classes): a resume
+    that changes any of it is refused (``restore_checkpoint``)."""
+
+    def where(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+    identity = {
+        name: where(getattr(args, name))
+        for name in ("model", "scirex", "train_file", "validation_file", "test_file")
+    }
+    identity |= {
+        name: getattr(args, name)
+        for name in ("task", "max_seq_length", "stride", "use_structure", "global_attention_types")
+    }
+    return identity | {"label_names": list(data.label_names)}
+
+
 def train_one_seed(
     args: FinetuneArguments,
     accelerator: Any,
@@ -1040,8 +1101,9 @@ def train_one_seed(
     checkpoints = seed_dir / "checkpoints"
     resumed = resolve_checkpoint(args.resume_from_checkpoint, checkpoints)
     state = None
+    identity = run_identity(args, data)
     if resumed is not None:
-        state = restore_checkpoint(accelerator, resumed, optimizer, scheduler, seed_args)
+        state = restore_checkpoint(accelerator, resumed, optimizer, scheduler, seed_args, identity)
         progress.update(state["step"])
     loop = Loop(
         loss_fn=lambda batch: _batch_loss(model, batch),
@@ -1052,6 +1114,7 @@ def train_one_seed(
         ),
         progress=progress,
         checkpoint_dir=checkpoints,
+        identity=identity,
     )
     train(accelerator, model, optimizer, scheduler, train_loader, seed_args, loop, state)
 
@@ -1143,6 +1206,10 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+# What a finetune run writes at the top of its --output-dir (besides the seed-* folders).
+RUN_FILES = ("results.json", "results.png", "training_args.json")
+
+
 def _finished_seed(seed_dir: Path, total_steps: int) -> dict[str, Any] | None:
     """The metrics of a seed that already trained ``total_steps`` and was scored, else None."""
     path = seed_dir / "eval_results.json"
@@ -1155,7 +1222,11 @@ def _finished_seed(seed_dir: Path, total_steps: int) -> dict[str, Any] | None:
 
 
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
-    """Train and score one model per seed; write and return the ``results.json`` content."""
+    """Train and score one model per seed; write and return the ``results.json`` content.
+
+    ``--output-dir`` may not overlap the model or tokenizer folder, is locked for the run, and an earlier
+    run's results in it are kept unless ``--overwrite-output-dir`` (or continued with a resume)."""
+    check_output_dir(args.output_dir, {"--model": args.model, "--tokenizer": args.tokenizer})
     config = check_structbert(args.model)
     if args.max_seq_length > config.max_position_embeddings:
         raise InputError(
@@ -1176,6 +1247,39 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
+    with output_lock(accelerator, output_dir, "finetune"):
+        return _finetune(args, accelerator, output_dir, config, tokenizer)
+
+
+def _earlier_run(output_dir: Path) -> list[str]:
+    """The files and folders of an earlier finetune run in ``output_dir``."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if path.name in RUN_FILES or (path.is_dir() and path.name.startswith("seed-"))
+    )
+
+
+def _finetune(
+    args: FinetuneArguments, accelerator: Any, output_dir: Path, config: Any, tokenizer: Any
+) -> dict[str, Any]:
+    earlier = _earlier_run(output_dir)
+    if earlier and args.resume_from_checkpoint is None:
+        if not args.overwrite_output_dir:
+            # Writing here would replace results.json and mix the old seed-* folders with the new ones.
+            raise InputError(
+                f"--output-dir {output_dir} holds an earlier finetune run ({', '.join(earlier[:4])}"
+                f"{', ...' if len(earlier) > 4 else ''}): pass --overwrite-output-dir to replace it, "
+                "--resume-from-checkpoint latest to continue it, or choose a new --output-dir"
+            )
+        if accelerator.is_main_process:
+            logger.warning("--overwrite-output-dir: removing %s from %s", ", ".join(earlier), output_dir)
+            for name in earlier:
+                path = output_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(output_dir / "training_args.json", args.to_dict())
@@ -1260,7 +1364,12 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
                 for seed in args.seeds
                 if (output_dir / f"seed-{seed}" / name).is_file()
             }
+    nothing = learned_nothing(results) if TASKS[args.task].inputs == "scirex" else None
+    if TASKS[args.task].inputs == "scirex":
+        results["learned_nothing"] = nothing is not None
     if accelerator.is_main_process:
+        if nothing is not None:
+            logger.warning("%s: THE MODEL LEARNED NOTHING: %s", args.task, nothing)
         write_json_atomically(output_dir / "results.json", results)
         plot_results(results, output_dir / "results.png")
         f1 = results["metrics"]["f1"]
@@ -1297,6 +1406,32 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
             )
     accelerator.wait_for_everyone()
     return results
+
+
+def learned_nothing(results: dict[str, Any]) -> str | None:
+    """Why a run's scores say its model learned nothing (every F1, precision and recall mean is 0), naming
+    the best trivial baseline it fails to beat; None when some score is above 0."""
+    metrics = results["metrics"]
+    scores = [metrics[m]["mean"] for m in ("f1", "precision", "recall") if m in metrics]
+    scores += [
+        metrics["salient_clusters"][m]["mean"]
+        for m in ("f1", "precision", "recall")
+        if "salient_clusters" in metrics
+    ]
+    if not scores or any(score > 0 for score in scores):
+        return None
+    baselines = results.get("baselines", {})
+    if "salient_clusters" in baselines:
+        best = baselines["salient_clusters"]["best_trivial"]
+        trivial = f"the best trivial baseline ({best['name']}) has salient-cluster F1 {best['f1']:.4f}"
+        if "all_positive" in baselines.get("mentions", {}):
+            trivial += f", and calling every mention salient has F1 {baselines['mentions']['all_positive']['f1']:.4f}"
+    else:
+        trivial = "the trivial baseline (predicting no entity) scores 0.0000 too"
+    return (
+        f"every score is 0.0000 over {len(results['seeds'])} seed(s), no better than a constant prediction; "
+        f"{trivial}. Train longer (--num-train-epochs / --max-steps) or with another --learning-rate"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

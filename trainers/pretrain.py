@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+import pyarrow
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from structformer.convert import convert_checkpoint
-from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED
+from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED, find_shards
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.trainers.core import (
@@ -42,9 +45,15 @@ from structformer.trainers.core import (
     TrainingArguments,
     build_optimizer,
     build_scheduler,
+    changed_arguments,
+    check_output_dir,
+    check_resume_identity,
+    disk_full_stops,
     global_batch_size,
+    hub_unreachable,
     list_checkpoints,
     make_accelerator,
+    output_lock,
     parse_arguments,
     require,
     resolve_checkpoint,
@@ -58,6 +67,7 @@ from structformer.trainers.data import (
     DOCUMENT_CHUNKS,
     DataCollatorForStructuredMLM,
     IndexedDataset,
+    corpus_fingerprint,
     load_corpus,
     pack_batch,
     sequence_features,
@@ -221,30 +231,30 @@ def parse_args(argv: list[str] | None = None) -> PretrainArguments:
 # Model and tokenizer
 
 
-class MaskedLMObjective(nn.Module):
-    """Wraps a ``*ForMaskedLM`` and scores only the masked positions.
+def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The summed loss of the masked positions of ``batch``: the model's own loss (a mean, computed with
+    ``config.sparse_prediction`` on those positions only) times their count, so that the loop can weight
+    micro-batches and processes by masked tokens (``weight_fn``)."""
+    outputs = model(**batch)
+    count = int((batch["labels"] != -100).sum())
+    # No masked position: the mean is NaN; a zero that keeps the graph (the logits are (0, V)).
+    return outputs.loss * count if count else outputs.logits.sum() * 0.0
 
-    The vocabulary projection of a 4096-token sequence is ``4096 x V`` logits; projecting only the
-    ~15% masked positions saves most of that memory and time. Returns per-row loss sums and counts,
-    so callers can weight by masked tokens across micro-batches and processes.
-    """
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        encoder = getattr(self.model, self.model.base_model_prefix)
-        hidden = encoder(**inputs)[0]  # (B, L, hidden)
-        selected = labels != -100
-        logits = self.model.cls(hidden[selected])  # (M, V)
-        losses = F.cross_entropy(logits.float(), labels[selected], reduction="none")
-        rows = selected.nonzero()[:, 0]
-        loss_sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device).index_add(
-            0, rows, losses
-        )
-        counts = selected.sum(dim=1)
-        return loss_sums, counts
+def masked_lm_scores(
+    model: nn.Module, labels: torch.Tensor, **inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss sums (nats) and counts of the positions whose label is not -100, from the model's
+    sparse-prediction logits (``(M, V)``, the predicted positions in row-major order): what the evaluation
+    needs per document."""
+    logits = model(**inputs, labels=labels).logits  # (M, V)
+    selected = labels != -100
+    losses = F.cross_entropy(logits.float(), labels[selected], reduction="none")  # (M,)
+    rows = selected.nonzero()[:, 0]
+    loss_sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device).index_add(
+        0, rows, losses
+    )
+    return loss_sums, selected.sum(dim=1)
 
 
 def check_tokenizer_matches(tokenizer, config, source: str, reference_tokenizer=None) -> None:
@@ -324,12 +334,33 @@ def load_data(args: PretrainArguments, accelerator: Accelerator) -> tuple[dict[s
     rows carry headers that make their heading tokens global."""
     structured = (args.dataset_config or DEFAULT_CONFIG) == STRUCTURED
     required = [args.text_column] + (["headers"] if structured else [])
-    with accelerator.main_process_first():  # one process downloads / prepares the Arrow cache
-        raw = dict(
-            load_corpus(
-                args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=required
-            )
+    local = Path(args.dataset).expanduser().exists()
+    if not local and hub_unreachable():
+        # Fail now: the Hub client would retry for a minute, then end in a 30-line ConnectionError.
+        raise InputError(
+            f"--dataset {args.dataset}: no corpus folder or Hub dataset named {args.dataset!r}, and the Hub is "
+            "unreachable; give a built corpus folder (structformer build-corpus) or check the name and the network"
         )
+    with accelerator.main_process_first():  # one process downloads / prepares the Arrow cache
+        try:
+            raw = dict(
+                load_corpus(
+                    args.dataset, args.dataset_config, cache_dir=args.cache_dir, required_columns=required
+                )
+            )
+        except ConnectionError as err:
+            raise InputError(
+                f"--dataset {args.dataset}: no corpus folder or Hub dataset named {args.dataset!r}, and the Hub "
+                f"is unreachable ({err})"
+            ) from err
+        except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError, OSError) as err:
+            broken = _unreadable_shard(Path(args.dataset).expanduser()) if local else None
+            if broken is None:
+                raise
+            raise InputError(
+                f"{broken[0]}: not a readable Parquet shard ({broken[1]}); the file is truncated or corrupt: "
+                "rebuild the corpus with structformer build-corpus"
+            ) from err
     if "train" not in raw:
         raise InputError(f"--dataset {args.dataset}: no 'train' split; splits are {sorted(raw)}")
     use_headers = "headers" in raw["train"].column_names and args.dataset_config != PLAIN
@@ -337,6 +368,31 @@ def load_data(args: PretrainArguments, accelerator: Accelerator) -> tuple[dict[s
         held_out = raw["train"].train_test_split(test_size=args.validation_split, seed=args.seed)
         raw = {"train": held_out["train"], "validation": held_out["test"]}
     return raw, use_headers
+
+
+def _unreadable_shard(corpus: Path) -> tuple[Path, str] | None:
+    """The first shard of a corpus folder whose Parquet footer cannot be read, and why."""
+    for splits in find_shards(corpus).values():
+        for paths in splits.values():
+            for path in paths:
+                try:
+                    pq.read_metadata(path)
+                except (pyarrow.ArrowException, OSError) as err:
+                    return path, str(err)
+    return None
+
+
+def _tokenizer_folder(args: PretrainArguments, init: InitSource | None, resume: Path | None) -> Path:
+    """Where this run's tokenizer is: the checkpoint's, --tokenizer, --init-from's, or OUT/tokenizer (trained)."""
+    if resume is not None and _has_tokenizer(resume):
+        return resume
+    if args.tokenizer:
+        return Path(args.tokenizer)
+    if init is not None:
+        if init.tokenizer is None:
+            raise InputError(f"--init-from {init.path} has no tokenizer files; pass --tokenizer")
+        return init.path
+    return Path(args.output_dir) / "tokenizer"
 
 
 def load_or_train_tokenizer(
@@ -348,15 +404,10 @@ def load_or_train_tokenizer(
 ) -> Any:
     """The checkpoint's tokenizer on resume, else --tokenizer, else --init-from's, else one trained
     on the training split."""
-    if resume is not None and _has_tokenizer(resume):
-        return load_tokenizer(resume)
-    if args.tokenizer:
-        return load_tokenizer(args.tokenizer)
-    if init is not None:
-        if init.tokenizer is None:
-            raise InputError(f"--init-from {init.path} has no tokenizer files; pass --tokenizer")
-        return init.tokenizer
-    tokenizer_dir = Path(args.output_dir) / "tokenizer"
+    folder = _tokenizer_folder(args, init, resume)
+    if folder != Path(args.output_dir) / "tokenizer":
+        return init.tokenizer if init is not None and folder == init.path else load_tokenizer(folder)
+    tokenizer_dir = folder
     with accelerator.main_process_first():
         if accelerator.is_main_process:
             logger.info(
@@ -558,7 +609,7 @@ def build_model(
 @torch.no_grad()
 def evaluate(
     accelerator: Accelerator,
-    objective: nn.Module,
+    model: nn.Module,
     dataloader,
     max_batches: int | None,
     mask_token_id: int,
@@ -581,13 +632,13 @@ def evaluate(
     With ``unigram`` (log2 probabilities per token id), the same figures of that trivial model on the
     same positions come back as ``unigram_*`` (and ``unigram_bits`` per document).
     """
-    objective.eval()
+    model.eval()
     sums, counts, unigram_sums = [], [], []
     for k, batch in enumerate(dataloader):
         if max_batches is not None and k >= max_batches:
             break
         labels = batch["labels"].masked_fill(batch["input_ids"] != mask_token_id, -100)
-        loss_sums, mask_counts = objective(**{**batch, "labels": labels})
+        loss_sums, mask_counts = masked_lm_scores(model, **{**batch, "labels": labels})
         loss_sums, mask_counts = accelerator.gather_for_metrics((loss_sums.double(), mask_counts.double()))
         sums.append(loss_sums.cpu())
         counts.append(mask_counts.cpu())
@@ -595,7 +646,7 @@ def evaluate(
             table = unigram.to(labels.device)
             row_bits = torch.where(labels != -100, -table[labels.clamp(min=0)], 0.0).sum(dim=1)
             unigram_sums.append(accelerator.gather_for_metrics(row_bits.double()).cpu() * math.log(2))
-    objective.train()
+    model.train()
     count = torch.cat(counts)
     results = _bits_figures("eval", torch.cat(sums), count, per_document, "bits")
     if unigram is not None:
@@ -642,7 +693,7 @@ EVAL_DOCUMENTS_FILE = "eval_documents.json"
 
 def save_final(
     accelerator: Accelerator,
-    objective: nn.Module,
+    model: nn.Module,
     tokenizer: Any,
     output_dir: Path,
     eval_results: dict | None,
@@ -652,15 +703,21 @@ def save_final(
     evaluation's :data:`EVAL_KEYS` and ``step``, plus ``extra``)."""
     accelerator.wait_for_everyone()
     # get_state_dict gathers sharded (FSDP) or partitioned (DeepSpeed) weights into one full state dict.
-    state_dict = accelerator.get_state_dict(objective)
-    accelerator.unwrap_model(objective).model.save_pretrained(
-        output_dir,
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-        state_dict={k.removeprefix("model."): v for k, v in state_dict.items()}
-        if state_dict is not None
-        else None,
-    )
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    then = "rerun with --resume-from-checkpoint latest (the checkpoints are intact)"
+    # Sparse prediction is how this run trains; the saved config keeps transformers' usual full logits.
+    sparse, unwrapped.config.sparse_prediction = unwrapped.config.sparse_prediction, False
+    try:
+        with disk_full_stops("the final model", output_dir / "model.safetensors", then):
+            unwrapped.save_pretrained(
+                output_dir,
+                is_main_process=accelerator.is_main_process,
+                save_function=accelerator.save,
+                state_dict=state_dict,
+            )
+    finally:
+        unwrapped.config.sparse_prediction = sparse
     summary: dict[str, Any] = {}
     if eval_results is not None:
         summary = {k: eval_results[k] for k in (*EVAL_KEYS, "step")}
@@ -668,7 +725,7 @@ def save_final(
     if accelerator.is_main_process:
         # The tokenizer saved beside the model must not promise more tokens than the model has positions
         # (truncation=True, the fill-mask pipeline); the hash covers tokenizer.json, which this leaves alone.
-        tokenizer.model_max_length = accelerator.unwrap_model(objective).model.config.max_position_embeddings
+        tokenizer.model_max_length = unwrapped.config.max_position_embeddings
         tokenizer.save_pretrained(output_dir)
         if summary:
             summary["tokenizer_sha256"] = tokenizer_hash(output_dir)
@@ -729,14 +786,63 @@ def _summary(
     )
 
 
+# The flags that decide the training data and the model: a resume must keep them (run_identity).
+IDENTITY_FLAGS = (
+    "dataset_config",
+    "text_column",
+    "max_seq_length",
+    "validation_split",
+    "mlm_probability",
+    "document_chunks",
+    "min_document_tokens",
+    "max_document_tokens",
+    "mask_headings",
+    "pad_to_multiple_of",
+    "init_from",
+    "model_config",
+    "attention_window",
+    "global_attention_types",
+    "vocab_size",
+)
+
+
+def run_identity(args: PretrainArguments) -> dict[str, Any]:
+    """What a checkpoint of this run depends on: the corpus (folder and fingerprint), the given tokenizer's
+    hash (None when the run trains its own) and the data and model flags."""
+    dataset = Path(args.dataset).expanduser()
+    tokenizer = next(
+        (Path(p) for p in (args.tokenizer, args.init_from) if p and _has_tokenizer(Path(p))), None
+    )
+    return {
+        "dataset": str(dataset.resolve()) if dataset.exists() else args.dataset,
+        "corpus_fingerprint": corpus_fingerprint(args.dataset),
+        # A missing --tokenizer folder is reported by load_tokenizer, with the usual message.
+        "tokenizer_sha256": tokenizer_hash(tokenizer) if tokenizer else None,
+        **{name: getattr(args, name) for name in IDENTITY_FLAGS},
+    }
+
+
 def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
-    """Pre-train and save; returns the final evaluation summary (empty without a validation split)."""
+    """Pre-train and save; returns the final evaluation summary (empty without a validation split).
+
+    ``--output-dir`` may not overlap an input folder, and is locked for the run (one run per folder)."""
     output_dir = Path(args.output_dir)
+    check_output_dir(
+        output_dir, {"--init-from": args.init_from, "--tokenizer": args.tokenizer, "--dataset": args.dataset}
+    )
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
+    with output_lock(accelerator, output_dir, "pretrain"):
+        return _pretrain(args, accelerator, output_dir)
+
+
+def _pretrain(args: PretrainArguments, accelerator: Accelerator, output_dir: Path) -> dict[str, Any]:
     checkpoints = output_dir / "checkpoints"
     resumed = _resume(args, checkpoints)
     resume_dir, state = resumed if resumed else (None, None)
+    identity = run_identity(args)
+    if resumed:
+        check_resume_identity(resume_dir, state, identity)
 
     # Everything that can fail on bad input fails here, before any training.
     raw, use_headers = load_data(args, accelerator)
@@ -750,28 +856,51 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     packed = pack_splits(args, accelerator, raw, tokenizer, config, use_headers)
     train_loader, eval_loader = make_loaders(args, packed, tokenizer, config)
 
-    objective = MaskedLMObjective(build_model(args, config, source))
-    optimizer = build_optimizer(objective, args)
+    model = build_model(args, config, source)
+    # The masked-LM head projects only the masked positions (~15% of a row): most of its memory and time.
+    model.config.sparse_prediction = True
+    optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args, args.max_steps)
     prepared = accelerator.prepare(
-        objective, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader else [])
+        model, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader else [])
     )
-    objective, optimizer, train_loader, scheduler = prepared[:4]
+    model, optimizer, train_loader, scheduler = prepared[:4]
     eval_loader = prepared[4] if eval_loader else None
     epoch_steps = steps_per_epoch(train_loader, args)
     if resumed:
-        restore_checkpoint(accelerator, resumed, optimizer, scheduler, args)
+        restore_checkpoint(accelerator, resumed, optimizer, scheduler, args, identity)
 
     metrics = MetricsLogger(accelerator, output_dir / "metrics.jsonl", state["step"] if state else 0)
     if accelerator.is_main_process:
+        previous_file = output_dir / "training_args.json"
+        previous = (
+            json.loads(previous_file.read_text(encoding="utf-8"))
+            if resumed and previous_file.is_file()
+            else {}
+        )
+        changes = changed_arguments(previous, args.to_dict())
+        if changes:
+            logger.warning(
+                "resumed with changed flags: %s",
+                ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in changes.items()),
+            )
         run_args = {
             **args.to_dict(),
+            "corpus_fingerprint": identity["corpus_fingerprint"],
+            "tokenizer_sha256": tokenizer_hash(_tokenizer_folder(args, init, resume_dir)),
             "num_processes": accelerator.num_processes,
             "global_batch_size": global_batch_size(accelerator, args),
             "structured": use_headers,
             "train_sequences": len(packed["train"]),
             "validation_sequences": len(packed.get("validation", [])),
             "resumed_from": str(resume_dir) if resume_dir else None,
+            # Earlier resumes' changes are kept: the file describes the whole run.
+            "resumed_with_changes": [
+                *previous.get("resumed_with_changes", []),
+                {"from": str(resume_dir), **changes},
+            ]
+            if changes
+            else previous.get("resumed_with_changes", []),
         }
         write_json_atomically(output_dir / "training_args.json", run_args)
     if args.report_to != "none":
@@ -779,13 +908,13 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()
         }
         accelerator.init_trackers("pretrain", config=tracked)
-    logger.info(_summary(args, config, packed, use_headers, objective, epoch_steps, accelerator))
+    logger.info(_summary(args, config, packed, use_headers, model, epoch_steps, accelerator))
 
     documents: dict[str, list] = {}
 
     def evaluate_now() -> dict[str, float]:
         return evaluate(
-            accelerator, objective, eval_loader, args.max_eval_batches, tokenizer.mask_token_id, documents
+            accelerator, model, eval_loader, args.max_eval_batches, tokenizer.mask_token_id, documents
         )
 
     initial_file = output_dir / "eval_initial.json"
@@ -798,7 +927,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         ).float()
         initial = evaluate(
             accelerator,
-            objective,
+            model,
             eval_loader,
             args.max_eval_batches,
             tokenizer.mask_token_id,
@@ -810,7 +939,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
             write_json_atomically(initial_file, initial)
 
     loop = Loop(
-        loss_fn=lambda batch: objective(**batch)[0].sum(),
+        loss_fn=lambda batch: training_loss(model, batch),
         weight_fn=lambda batch: int((batch["labels"] != -100).sum()),
         total_steps=args.max_steps,
         metrics=metrics,
@@ -822,11 +951,12 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         ),
         checkpoint_dir=checkpoints,
         save_extra=tokenizer.save_pretrained,
+        identity=identity,
         evaluate=evaluate_now if eval_loader is not None else None,
         eval_steps=args.eval_steps,
     )
     try:
-        eval_results = train(accelerator, objective, optimizer, scheduler, train_loader, args, loop, state)
+        eval_results = train(accelerator, model, optimizer, scheduler, train_loader, args, loop, state)
     finally:
         loop.progress.close()
     if eval_loader is not None and (eval_results is None or eval_results["step"] != args.max_steps):
@@ -839,7 +969,7 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
         extra.update({k: initial[k] for k in UNIGRAM_KEYS})
         documents["initial_bits"] = initial["bits"]
         documents["unigram_bits"] = initial["unigram_bits"]
-    summary = save_final(accelerator, objective, tokenizer, output_dir, eval_results, extra)
+    summary = save_final(accelerator, model, tokenizer, output_dir, eval_results, extra)
     if eval_loader is not None and accelerator.is_main_process:
         ids = raw["validation"]["id"] if "id" in raw["validation"].column_names else None
         ids = ids[: len(documents["mask_tokens"])] if ids is not None else None  # --max-eval-batches

@@ -84,6 +84,31 @@ def _finite_range(*grids: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low - 0.5, high + 0.5)
 
 
+def per_layer_line_styles(labels: Sequence[str]) -> dict[tuple[str, str], dict]:
+    """``plot`` keywords for each (checkpoint, mode) line of the per-layer figure.
+
+    With two or three layers a dashed line looks solid, so the modes differ by more than the dash: each
+    checkpoint has a colour pair (dark with the structure mask, light without), each mode its marker
+    (filled circle with, hollow square without), and no two lines share colour and marker.
+    """
+    pairs = plt.get_cmap("tab20").colors  # 10 (dark, light) pairs
+    styles = {}
+    for k, label in enumerate(labels):
+        dark, light = pairs[(2 * k) % len(pairs)], pairs[(2 * k + 1) % len(pairs)]
+        # Smaller markers for later checkpoints keep a model visible when its line lies on another's.
+        size = max(9 - 2 * k, 4)
+        styles[label, "structure"] = {"color": dark, "ls": "-", "marker": "o", "ms": size}
+        styles[label, "plain"] = {
+            "color": light,
+            "ls": "--",
+            "marker": "s",
+            "ms": size,
+            "mfc": "none",
+            "mew": 1.5,
+        }
+    return styles
+
+
 def attention_figures(results: dict, output_dir: Path) -> list[Path]:
     """One heatmap figure per measure and the per-layer line plot.
 
@@ -141,20 +166,15 @@ def attention_figures(results: dict, output_dir: Path) -> list[Path]:
         paths.append(path)
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = per_layer_line_styles(labels)
     for ax, measure in zip(axes.ravel(), measures):
         layers = 0
-        for k, label in enumerate(labels):
-            for mode, style in zip(MODE_TITLES, ("-", "--")):
+        for label in labels:
+            for mode in MODE_TITLES:
                 per_layer = _row_means(_grid(results["checkpoints"][label]["modes"][mode][measure]))
                 layers = max(layers, len(per_layer))
-                color = colors[k % len(colors)]
                 name = f"{label}, {MODE_TITLES[mode]}"
-                # Distinct markers keep a model visible when its line lies on top of another's.
-                marker, size = ("o", 8) if k == 0 else ("x", 7) if k == 1 else ("s", 5)
-                ax.plot(
-                    range(len(per_layer)), per_layer, style, color=color, marker=marker, ms=size, label=name
-                )
+                ax.plot(range(len(per_layer)), per_layer, label=name, **styles[label, mode])
         ax.set_title(MEASURE_TITLES.get(measure, measure), fontsize=10)
         ax.set_xticks(range(layers))
         ax.set_xlabel("layer")
