@@ -34,7 +34,6 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -57,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from structformer import folder_lock
 from structformer.dataset_scripts import latex, records
 from structformer.dataset_scripts.archive import ArchiveLimits, PaperInput, is_arxiv_id, iter_papers
 from structformer.dataset_scripts.schema import (
@@ -652,23 +652,13 @@ def _lock_output(output_dir: Path) -> int:
     The lock file is removed when the build ends (:func:`_unlock_output`); a build that locked a file
     removed meanwhile tries again on the new one, so two builds never both hold OUT.
     """
-    path = output_dir / LOCK_FILE
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise InputError(
-                    f"{output_dir}: another build-corpus is writing this folder (it holds {LOCK_FILE}); "
-                    "wait for it to end or choose another --output-dir"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    return fd
-            os.close(fd)
+        return folder_lock.acquire(
+            output_dir / LOCK_FILE,
+            f"{output_dir}: another build-corpus (pid {{pid}}) is writing this folder (it holds {LOCK_FILE}); "
+            "wait for it to end or choose another --output-dir",
+        )
     except OSError as error:
         if error.errno == errno.EEXIST:  # a path on the way is a file or a link to nothing
             raise InputError(
@@ -680,12 +670,7 @@ def _lock_output(output_dir: Path) -> int:
 
 
 def _unlock_output(output_dir: Path, fd: int) -> None:
-    # Unlinked before it is unlocked: a build that opened this file meanwhile sees it is gone and retries.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(output_dir / LOCK_FILE)
-    # LOCK_UN, not just close: a forked worker may still hold a copy of the descriptor.
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+    folder_lock.release(output_dir / LOCK_FILE, fd)
 
 
 def _check_output(output_dir: Path) -> None:

@@ -583,6 +583,18 @@ def test_mention_head_pools_each_span_and_ignores_padded_mentions(make_tiny_conf
         model(**structured_batch, mention_spans=MENTION_SPANS[:2])
 
 
+def logits_in_a_fresh_process(folder, script: str) -> torch.Tensor:
+    """Run `script` in a new Python process in `folder`, without this package on the path and with its own
+    remote-code cache; the script saves its logits to logits.pt, which this returns."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(folder / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(folder / "logits.pt")
+
+
 def test_mention_checkpoint_loads_with_automodel_here_and_through_remote_code(
     make_tiny_config, structured_batch, tmp_path
 ):
@@ -614,13 +626,7 @@ def test_mention_checkpoint_loads_with_automodel_here_and_through_remote_code(
             torch.save(model(**torch.load("batch.pt")).logits, "logits.pt")
         """
     )
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    assert torch.equal(logits_in_a_fresh_process(tmp_path, script), expected)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(make_tiny_config, structured_batch):
@@ -695,10 +701,4 @@ def test_save_and_load_in_a_fresh_process_with_remote_code(make_tiny_config, str
             torch.save(model(**torch.load("batch.pt")).logits, "logits.pt")
         """
     )
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    assert torch.equal(logits_in_a_fresh_process(tmp_path, script), expected)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import itertools
 import json
@@ -47,6 +46,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_scheduler
 
+from structformer import folder_lock
 from structformer.errors import InputError, RunStopped
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -306,31 +306,15 @@ def output_lock(accelerator: Accelerator, output_dir: Path, command: str) -> Ite
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / OUTPUT_LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise InputError(
-                f"{output_dir}: another {command} run (pid {holder}) is writing this folder; wait for it to end "
-                "or choose another --output-dir"
-            ) from None
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        os.close(fd)  # the holder removed it meanwhile: lock the new file
+    fd = folder_lock.acquire(
+        path,
+        f"{output_dir}: another {command} run (pid {{pid}}) is writing this folder; wait for it to end "
+        "or choose another --output-dir",
+    )
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        # Unlinked before it is unlocked: a run that opened this file meanwhile sees it is gone and retries.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        folder_lock.release(path, fd)
         if created and not any(output_dir.iterdir()):
             output_dir.rmdir()  # a run refused before writing anything leaves no trace
 
