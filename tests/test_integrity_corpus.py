@@ -97,7 +97,9 @@ def test_second_build_into_the_same_output_fails_at_once(
         while not (out / schema.LOCK_FILE).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         start = time.monotonic()
-        with pytest.raises(InputError, match=r"corpus: another build-corpus \(pid \d+\) is writing this folder"):
+        with pytest.raises(
+            InputError, match=r"corpus: another build-corpus \(pid \d+\) is writing this folder"
+        ):
             build_corpus([sources], out, _options())
         assert time.monotonic() - start < 2
     finally:
