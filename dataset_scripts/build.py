@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 from structformer import folder_lock
 from structformer.dataset_scripts import latex, records
 from structformer.dataset_scripts.archive import ArchiveLimits, PaperInput, is_arxiv_id, iter_papers
+from structformer.dataset_scripts.card import write_dataset_card
 from structformer.dataset_scripts.schema import (
     CARD_FILE,
     CONFIG_NAMES,
@@ -75,7 +76,6 @@ from structformer.dataset_scripts.schema import (
     shard_name,
 )
 from structformer.errors import InputError
-from structformer.hub_cards.cards import write_dataset_card
 
 logger = logging.getLogger(__name__)
 

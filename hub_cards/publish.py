@@ -35,6 +35,8 @@ from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import structformer.modeling
+from structformer.dataset_scripts.card import write_dataset_card
+from structformer.dataset_scripts.schema import CONFIG_NAMES, PLAIN, find_shards
 from structformer.errors import USER_ERRORS, InputError, run_command
 from structformer.hub_cards import cards
 from structformer.modeling import StructBertForMaskedLM
@@ -210,10 +212,10 @@ def stage_dataset(
     corpus_dir: Path, staging: Path, *, repo_id: str | None = None, tokenizer: str | Path | None = None
 ) -> list[Path]:
     """Copy the Parquet shards and ``build_report.json`` into ``staging`` and write the dataset card."""
-    shards = cards.find_shards(corpus_dir)  # raises when there are no arxiv_structured shards
-    if cards.PLAIN not in shards:
+    shards = find_shards(corpus_dir)  # raises when there are no arxiv_structured shards
+    if PLAIN not in shards:
         raise InputError(
-            f"{corpus_dir}: no Parquet shards under data/{cards.PLAIN}/; rebuild it with structformer build-corpus"
+            f"{corpus_dir}: no Parquet shards under data/{PLAIN}/; rebuild it with structformer build-corpus"
         )
     pairs = [
         (path, staging / path.relative_to(corpus_dir))
@@ -226,7 +228,7 @@ def stage_dataset(
         pairs.append((report, staging / report.name))
     _place_all(pairs, "stage dataset")
     _strip_local_paths(staging / "build_report.json")  # its options and rejects name local files
-    cards.write_dataset_card(staging, repo_id=repo_id, tokenizer=tokenizer)
+    write_dataset_card(staging, repo_id=repo_id, tokenizer=tokenizer)
     return staged_files(staging)
 
 
@@ -416,8 +418,8 @@ def validate_dataset(staging: Path, *, timeout: float = 900.0) -> dict:
         spec = {"staging": str(staging), "cache": str(Path(tmp) / "datasets")}
         result = _run_check(_DATASET_CHECK, spec, Path(tmp), f"dataset {staging}", timeout)
     problems = list(result["problems"])
-    if sorted(result["configs"]) != sorted(cards.CONFIG_NAMES):
-        problems.append(f"configs are {result['configs']}, expected {list(cards.CONFIG_NAMES)}")
+    if sorted(result["configs"]) != sorted(CONFIG_NAMES):
+        problems.append(f"configs are {result['configs']}, expected {list(CONFIG_NAMES)}")
     if result["default"] != cards.STRUCTURED:
         problems.append(f"the default config is {result['default']!r}, expected {cards.STRUCTURED!r}")
     if "headers" not in result["structured_columns"]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from structformer.hub_cards import cards
+from structformer.dataset_scripts import schema
 
 WORDS = [
     "attention",
@@ -143,12 +143,12 @@ def build_tiny_corpus(
     rows = [make_row(i, licenses[i % len(licenses)] if licenses else None) for i in range(n_train + n_val)]
     splits = {"train": rows[:n_train], "validation": rows[n_train:]}
     for split, split_rows in splits.items():
-        for config in cards.CONFIG_NAMES:
+        for config in schema.CONFIG_NAMES:
             folder = root / "data" / config
             folder.mkdir(parents=True, exist_ok=True)
             data = (
                 split_rows
-                if config == cards.STRUCTURED
+                if config == schema.STRUCTURED
                 else [{"id": r["id"], "text": r["text"]} for r in split_rows]
             )
             pq.write_table(pa.Table.from_pylist(data), folder / f"{split}-00000-of-00001.parquet")

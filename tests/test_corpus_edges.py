@@ -252,7 +252,7 @@ def test_card_shows_loading_that_works(tmp_path: Path, monkeypatch: pytest.Monke
     ids = [i for split in scope["structured"].values() for i in split["id"]]
     assert sorted(ids) == ["a", "b", "c"]
     assert scope["plain"]["train"].column_names == ["id", "text"]
-    from structformer.hub_cards.cards import render_dataset_card
+    from structformer.dataset_scripts.card import render_dataset_card
 
     hub = render_dataset_card(out, repo_id="someone/papers").text
     assert 'load_dataset("someone/papers")' in hub and 'load_dataset("someone/papers", "arxiv_plain")' in hub

@@ -12,6 +12,7 @@ from factories import CARD_MODEL_CONFIG as TINY
 from factories import build_results, build_tiny_corpus, build_tiny_model, make_row
 from huggingface_hub import DatasetCard
 
+from structformer.dataset_scripts import card as dataset_card
 from structformer.hub_cards import cards
 
 CC_BY = "http://creativecommons.org/licenses/by/4.0/"
@@ -41,7 +42,7 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def test_dataset_card_yaml_and_body(corpus: Path) -> None:
-    path = cards.write_dataset_card(corpus)
+    path = dataset_card.write_dataset_card(corpus)
     assert path == corpus / "README.md"
     card = DatasetCard.load(path)
     data = card.data.to_dict()
@@ -71,14 +72,14 @@ def test_dataset_card_yaml_and_body(corpus: Path) -> None:
 
 def test_dataset_card_is_deterministic(corpus: Path) -> None:
     """The build promises identical bytes for identical inputs; the card is part of the output."""
-    first = cards.write_dataset_card(corpus).read_bytes()
-    assert cards.write_dataset_card(corpus).read_bytes() == first
+    first = dataset_card.write_dataset_card(corpus).read_bytes()
+    assert dataset_card.write_dataset_card(corpus).read_bytes() == first
 
 
 def test_dataset_card_loads_with_datasets(corpus: Path) -> None:
     import datasets
 
-    cards.write_dataset_card(corpus)
+    dataset_card.write_dataset_card(corpus)
     structured = datasets.load_dataset(str(corpus), cache_dir=str(corpus.parent / "cache"))
     plain = datasets.load_dataset(str(corpus), "arxiv_plain", cache_dir=str(corpus.parent / "cache"))
     assert {k: v.num_rows for k, v in structured.items()} == {"train": 5, "validation": 2}
@@ -96,7 +97,7 @@ def test_dataset_card_loads_with_datasets(corpus: Path) -> None:
 )
 def test_dataset_card_license(tmp_path: Path, licenses: list[str] | None, expected: dict) -> None:
     corpus = build_tiny_corpus(tmp_path / "c", licenses=licenses)
-    data = DatasetCard.load(cards.write_dataset_card(corpus)).data.to_dict()
+    data = DatasetCard.load(dataset_card.write_dataset_card(corpus)).data.to_dict()
     assert {k: data.get(k) for k in expected} == expected
     if licenses is None:
         assert "without arXiv's metadata snapshot" in DatasetCard.load(corpus / "README.md").text
@@ -107,7 +108,7 @@ def test_dataset_card_without_report_and_split(tmp_path: Path) -> None:
     (corpus / "build_report.json").unlink()
     for path in (corpus / "data").glob("*/validation-*"):
         path.unlink()
-    card = DatasetCard.load(cards.write_dataset_card(corpus))
+    card = DatasetCard.load(dataset_card.write_dataset_card(corpus))
     assert [c["data_files"] for c in card.data.to_dict()["configs"]][0] == [
         {"split": "train", "path": "data/arxiv_structured/train-*.parquet"}
     ]
@@ -120,7 +121,7 @@ def test_dataset_card_token_counts(tmp_path: Path) -> None:
 
     corpus = build_tiny_corpus(tmp_path / "corpus")
     build_tiny_model(tmp_path / "model")
-    text = cards.write_dataset_card(corpus, tokenizer=tmp_path / "model").read_text()
+    text = dataset_card.write_dataset_card(corpus, tokenizer=tmp_path / "model").read_text()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     counts = [len(tokenizer(make_row(i)["text"], add_special_tokens=False)["input_ids"]) for i in range(7)]
     assert f"| tokens (tokenizer `model`, no special tokens) | {sum(counts):,} |" in text
@@ -129,11 +130,11 @@ def test_dataset_card_token_counts(tmp_path: Path) -> None:
 
 def test_dataset_card_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no Parquet shards"):
-        cards.write_dataset_card(tmp_path)
+        dataset_card.write_dataset_card(tmp_path)
     corpus = build_tiny_corpus(tmp_path / "c")
     (corpus / "build_report.json").write_text('{"inputs": 1,\n oops}', encoding="utf-8")
     with pytest.raises(ValueError, match=r"build_report.json: invalid JSON at line 2"):
-        cards.write_dataset_card(corpus)
+        dataset_card.write_dataset_card(corpus)
 
 
 # ----------------------------------------------------------------------------- model card

@@ -390,7 +390,7 @@ def test_unwritable_output_is_a_one_line_input_error(tmp_path: Path) -> None:
 
 
 def test_every_part_reads_the_contract_from_schema() -> None:
-    from structformer.dataset_scripts import records
+    from structformer.dataset_scripts import card, records
     from structformer.dataset_scripts.latex_text import HEADING_COMMANDS
     from structformer.hub_cards import cards
     from structformer.trainers import data
@@ -398,7 +398,8 @@ def test_every_part_reads_the_contract_from_schema() -> None:
     assert data.HEADING_LEVELS is schema.HEADING_LEVELS
     assert data.PARAGRAPH_SEPARATOR is schema.PARAGRAPH_SEPARATOR
     assert data.load_corpus is schema.load_corpus
-    assert cards.CONFIG_NAMES is schema.CONFIG_NAMES and cards.find_shards is schema.find_shards
+    assert card.shard_glob is schema.shard_glob and card.split_sort_key is schema.split_sort_key
+    assert not hasattr(cards, "CONFIG_NAMES") and not hasattr(cards, "find_shards")  # no re-exports
     assert records.PARAGRAPH_SEPARATOR is schema.PARAGRAPH_SEPARATOR
     assert set(HEADING_COMMANDS.values()) == set(schema.SECTION_LEVELS)
     assert schema.SHARD_NAME.match(schema.shard_name("validation", 2, 3))["split"] == "validation"
