@@ -30,6 +30,7 @@ from structformer.dataset_scripts.card import (
 from structformer.dataset_scripts.schema import SECTION_LEVELS, STRUCTURED
 from structformer.errors import InputError
 from structformer.trainers.results import check_results, read_results
+from structformer.trainers.run_files import EVAL_RESULTS_FILE, METRICS_FILE, TRAINING_ARGS_FILE
 from structformer.trainers.statistics import SMOKE_MAX_TOKENS
 from structformer.trainers.tasks import TASKS
 
@@ -144,7 +145,7 @@ def _option_value(value: Any) -> str:
 
 
 def _training_args(model_dir: Path) -> dict[str, Any]:
-    args_path = model_dir / "training_args.json"
+    args_path = model_dir / TRAINING_ARGS_FILE
     return read_json(args_path) if args_path.is_file() else {}
 
 
@@ -166,7 +167,7 @@ def _training(model_dir: Path, config: Mapping[str, Any]) -> dict[str, Any] | No
     data = ", ".join(f"`{k}` = `{v}`" for k, v in options if k in data_keys)
 
     summary, curve = [], None
-    metrics_path = model_dir / "metrics.jsonl"
+    metrics_path = model_dir / METRICS_FILE
     if metrics_path.is_file():
         rows = []
         for number, line in enumerate(metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -261,7 +262,7 @@ def _smoke_test(
             if scale["smoke_test"]
             else None
         )
-    path = model_dir / "eval_results.json"
+    path = model_dir / EVAL_RESULTS_FILE
     tokens = read_json(path).get("train_tokens_seen") if path.is_file() else None
     if is_number(tokens) and tokens < SMOKE_MAX_TOKENS:
         return [f"{_fmt(int(tokens))} training tokens, under {_fmt(SMOKE_MAX_TOKENS)}"]
@@ -329,8 +330,8 @@ def _evaluation(
     models = results.get("models") or {}
     own_pretrain = (models.get(key) or {}).get("pretrain") if key else None
     pretrain_source = "the experiment's `results.json`"
-    if not own_pretrain and (model_dir / "eval_results.json").is_file():
-        own_pretrain = read_json(model_dir / "eval_results.json")
+    if not own_pretrain and (model_dir / EVAL_RESULTS_FILE).is_file():
+        own_pretrain = read_json(model_dir / EVAL_RESULTS_FILE)
         pretrain_source = "`eval_results.json`"
         key = key or display_name
         models = {key: {"pretrain": own_pretrain}}

@@ -41,6 +41,7 @@ from structformer.errors import USER_ERRORS, InputError, run_command
 from structformer.hub_cards import cards
 from structformer.modeling import StructBertForMaskedLM
 from structformer.modeling.modeling_structbert import AUTO_MAP
+from structformer.trainers.run_files import EVAL_RESULTS_FILE, TRAINING_ARGS_FILE
 
 # Marks a folder this command created, so that a re-run may clear it; never uploaded.
 STAGING_MARKER = ".structformer-staging"
@@ -64,7 +65,7 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 # Records of the run that a reader of the repository may want; the card quotes them.
-MODEL_EXTRA_FILES = ("training_args.json", "eval_results.json")
+MODEL_EXTRA_FILES = (TRAINING_ARGS_FILE, EVAL_RESULTS_FILE)
 VALIDATION_SENTENCE = "Structure-aware pre-training gives headings global attention."
 # Files above this size are hard-linked into the staging folder when possible instead of copied.
 LINK_THRESHOLD = 1 << 20

@@ -16,7 +16,7 @@ from structformer.errors import run_command
 
 # sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "experiment": ("structformer.trainers.experiment", "run the structured-vs-plain experiment end to end"),
+    "experiment": ("structformer.experiment", "run the structured-vs-plain experiment end to end"),
     "build-corpus": ("structformer.dataset_scripts.build", "build arxiv_structured / arxiv_plain from LaTeX"),
     "train-tokenizer": ("structformer.trainers.tokenizer", "train a WordPiece tokenizer on a corpus"),
     "pretrain": ("structformer.trainers.pretrain", "masked-LM pre-training (an Accelerate loop)"),

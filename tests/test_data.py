@@ -9,11 +9,11 @@ import pytest
 import torch
 from factories import WORDS, make_corpus, make_record  # noqa: F401
 
+from structformer.dataset_scripts.schema import load_corpus
 from structformer.trainers.core import EpochShuffleSampler
 from structformer.trainers.data import (
     DataCollatorForStructuredMLM,
     first_sequence,
-    load_corpus,
     pack_batch,
     pack_document,
     sequence_features,

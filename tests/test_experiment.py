@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from structformer.trainers import experiment, pretrain
+from structformer import experiment
+from structformer.trainers import pretrain
 from structformer.trainers.report import _fmt
 from structformer.trainers.statistics import verdict
 from structformer.trainers.tasks import TASKS

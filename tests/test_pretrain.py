@@ -21,6 +21,7 @@ from structformer.cli import main as cli_main
 from structformer.errors import InputError
 from structformer.trainers import pretrain
 from structformer.trainers.core import resolve_checkpoint
+from structformer.trainers.run_files import EVAL_DOCUMENTS_FILE
 from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_smoke_run_writes_every_output_and_reloads(reference, tmp_path):
         "title", "section", "subsection", "subsubsection"
     ]  # fmt: skip
     assert results["train_tokens_seen"] == round(4 * 4 * results["mean_train_sequence_length"])
-    documents = json.loads((out / pretrain.EVAL_DOCUMENTS_FILE).read_text())
+    documents = json.loads((out / EVAL_DOCUMENTS_FILE).read_text())
     assert len(documents["ids"]) == len(documents["bits"]) == len(documents["mask_tokens"]) == 2  # validation
     assert sum(documents["mask_tokens"]) == results["eval_mask_tokens"] > 0
     scored = [b for b in documents["bits"] if b is not None]

@@ -199,7 +199,7 @@ def test_model_inputs_are_cut_to_the_tokenizers_length_but_packing_input_is_not(
 
 
 def test_command_1_is_a_short_labelled_smoke_run():
-    from structformer.trainers.experiment import parse_args
+    from structformer.experiment import parse_args
 
     top = code_blocks("README.md")[0]
     line = next(line for line in top.code.splitlines() if "structformer experiment" in line)

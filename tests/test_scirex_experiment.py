@@ -11,8 +11,8 @@ from test_finetune import PIECES, SPECIALS, scirex_doc_with_relations
 from transformers import BertTokenizer
 
 from structformer.errors import InputError
+from structformer.experiment import ExperimentArguments, finetune_step
 from structformer.trainers import scirex_metric as sm
-from structformer.trainers.experiment import ExperimentArguments, finetune_step
 from structformer.trainers.report import _scirex_section
 from structformer.trainers.results import check_results, summarize
 from structformer.trainers.scirex import load_scirex, split_scirex

@@ -48,10 +48,10 @@ from transformers import HfArgumentParser, get_scheduler
 
 from structformer import folder_lock
 from structformer.errors import InputError, RunStopped
+from structformer.trainers.run_files import TRAINER_STATE_FILE
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.json"
 # Held (flock) by the run writing an output folder; holds that run's pid for the refusal message.
 OUTPUT_LOCK = ".structformer-train.lock"
 # A checkpoint whose recent loss is above this multiple of the best loss so far is "exploding": the NaN
@@ -378,7 +378,7 @@ def _manifest(root: Path) -> dict[str, dict[str, Any]]:
     return {
         str(path.relative_to(root)): {"size": path.stat().st_size, "sha256": _digest(path)}
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != TRAINER_STATE
+        if path.is_file() and path.name != TRAINER_STATE_FILE
     }
 
 
@@ -395,12 +395,12 @@ def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
     """The trainer state of an intact checkpoint; raises :class:`InputError` saying what is broken."""
-    state_file = path / TRAINER_STATE
+    state_file = path / TRAINER_STATE_FILE
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
         files, step = state["files"], int(state["step"])
     except FileNotFoundError:
-        raise InputError(f"{path}: not a checkpoint (no {TRAINER_STATE})") from None
+        raise InputError(f"{path}: not a checkpoint (no {TRAINER_STATE_FILE})") from None
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{state_file} is unreadable ({type(err).__name__}: {err})") from None
     for name, expected in files.items():
@@ -472,7 +472,7 @@ def save_checkpoint(
         if accelerator.is_main_process:
             if save_extra is not None:
                 save_extra(tmp)
-            write_json_atomically(tmp / TRAINER_STATE, {**state, "step": step, "files": _manifest(tmp)})
+            write_json_atomically(tmp / TRAINER_STATE_FILE, {**state, "step": step, "files": _manifest(tmp)})
             _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -857,7 +857,7 @@ class _Health:
         if self.pending is None:
             return
         if accelerator.is_main_process:
-            state_file = self.pending / TRAINER_STATE
+            state_file = self.pending / TRAINER_STATE_FILE
             state = json.loads(state_file.read_text(encoding="utf-8"))
             state["loss_after_update"] = loss if math.isfinite(loss) else str(loss)
             state["healthy"] = bool(state["healthy"]) and not self.exploding(loss)

@@ -30,14 +30,11 @@ from datasets import Features, Value
 from datasets import Sequence as ArrowSequence
 
 from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR, REPORT_FILE, find_shards
-
-# load_corpus lived here; it is the corpus contract's loader now, and still importable from this module.
-from structformer.dataset_scripts.schema import load_corpus as load_corpus
 from structformer.errors import InputError
+from structformer.modeling.configuration_structbert import DEFAULT_GLOBAL_ATTENTION_TYPES
 
 # The paper's structured arm: the tokens of the title and of every heading are global, nothing else
 # (add "cls" to make position 0 global too; the model reads that one itself).
-DEFAULT_GLOBAL_ATTENTION_TYPES = ("title", "section", "subsection", "subsubsection")
 # How a document becomes training sequences: "first" = its first max_seq_length tokens (the paper's
 # choice), "all" = every token, packed into as many sequences as it takes.
 DOCUMENT_CHUNKS = ("first", "all")
@@ -73,7 +70,7 @@ def tokenize_with_structure(
     tokenizer: Any,
     text: str,
     headers: Sequence[Mapping[str, Any]] | None = None,
-    global_attention_types: Sequence[str] = DEFAULT_GLOBAL_ATTENTION_TYPES,
+    global_attention_types: Sequence[str] = tuple(DEFAULT_GLOBAL_ATTENTION_TYPES),
     *,
     add_special_tokens: bool = True,
     max_length: int | None = None,

@@ -84,6 +84,13 @@ from structformer.trainers.core import (
     write_json_atomically,
 )
 from structformer.trainers.results import summarize
+from structformer.trainers.run_files import (
+    EVAL_RESULTS_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    RESULTS_PLOT,
+    TRAINING_ARGS_FILE,
+)
 from structformer.trainers.scirex import (
     NER_LABELS,
     bio_labels,
@@ -1110,7 +1117,7 @@ def train_one_seed(
         weight_fn=lambda batch: 1,  # the models' losses are batch means
         total_steps=total_steps,
         metrics=MetricsLogger(
-            accelerator, seed_dir / "metrics.jsonl", state["step"] if state else 0, {"seed": seed}
+            accelerator, seed_dir / METRICS_FILE, state["step"] if state else 0, {"seed": seed}
         ),
         progress=progress,
         checkpoint_dir=checkpoints,
@@ -1134,7 +1141,7 @@ def train_one_seed(
         if end_to_end is not None:
             end_to_end.write(predicted, seed_dir)
         write_json_atomically(
-            seed_dir / "eval_results.json",
+            seed_dir / EVAL_RESULTS_FILE,
             {"seed": seed, "step": total_steps, "split": data.eval_split, **metrics},
         )
         if args.save_model:
@@ -1182,6 +1189,12 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
         panels.append(
             (names, [clusters[n] for n in names], "salient clusters (SciREX, gold clusters)", lines)
         )
+    end_to_end = metrics.get("end_to_end", {})
+    if end_to_end:
+        names = ["f1", "precision", "recall"]
+        labels = {"all_salient": "every predicted cluster", "min_mentions": ">= k predicted mentions"}
+        lines = {labels.get(k, k): v["mean"] for k, v in end_to_end.get("baselines", {}).items()}
+        panels.append((names, [end_to_end[n] for n in names], "salient clusters (SciREX, end to end)", lines))
     figure = Figure(figsize=(5.5 * len(panels) + 0.5, 4))
     axes = figure.subplots(1, len(panels), squeeze=False)
     for axis, (names, entries, title, lines) in zip(axes[0], panels):
@@ -1207,12 +1220,12 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 
 
 # What a finetune run writes at the top of its --output-dir (besides the seed-* folders).
-RUN_FILES = ("results.json", "results.png", "training_args.json")
+RUN_FILES = (RESULTS_FILE, RESULTS_PLOT, TRAINING_ARGS_FILE)
 
 
 def _finished_seed(seed_dir: Path, total_steps: int) -> dict[str, Any] | None:
     """The metrics of a seed that already trained ``total_steps`` and was scored, else None."""
-    path = seed_dir / "eval_results.json"
+    path = seed_dir / EVAL_RESULTS_FILE
     if not path.is_file():
         return None
     results = json.loads(path.read_text(encoding="utf-8"))
@@ -1282,7 +1295,7 @@ def _finetune(
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(output_dir / "training_args.json", args.to_dict())
+        write_json_atomically(output_dir / TRAINING_ARGS_FILE, args.to_dict())
 
     with accelerator.main_process_first():
         if TASKS[args.task].inputs == "scirex":
@@ -1370,8 +1383,8 @@ def _finetune(
     if accelerator.is_main_process:
         if nothing is not None:
             logger.warning("%s: THE MODEL LEARNED NOTHING: %s", args.task, nothing)
-        write_json_atomically(output_dir / "results.json", results)
-        plot_results(results, output_dir / "results.png")
+        write_json_atomically(output_dir / RESULTS_FILE, results)
+        plot_results(results, output_dir / RESULTS_PLOT)
         f1 = results["metrics"]["f1"]
         logger.info(
             "%s: f1 %.4f ± %.4f over %d seeds; wrote %s",
@@ -1379,7 +1392,7 @@ def _finetune(
             f1["mean"],
             f1["std"],
             len(args.seeds),
-            output_dir / "results.json",
+            output_dir / RESULTS_FILE,
         )
         if "salient_clusters" in results["metrics"]:
             cluster_f1 = results["metrics"]["salient_clusters"]["f1"]

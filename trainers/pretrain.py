@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from structformer.convert import convert_checkpoint
-from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED, find_shards
+from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED, find_shards, load_corpus
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.trainers.core import (
@@ -68,11 +68,16 @@ from structformer.trainers.data import (
     DataCollatorForStructuredMLM,
     IndexedDataset,
     corpus_fingerprint,
-    load_corpus,
     pack_batch,
     sequence_features,
 )
 from structformer.trainers.presets import get_model_config
+from structformer.trainers.run_files import (
+    EVAL_DOCUMENTS_FILE,
+    EVAL_RESULTS_FILE,
+    METRICS_FILE,
+    TRAINING_ARGS_FILE,
+)
 from structformer.trainers.statistics import unigram_log2_probs
 from structformer.trainers.tokenizer import load_tokenizer, tokenizer_hash, train_wordpiece
 
@@ -688,7 +693,6 @@ EVAL_KEYS = (
     "eval_mask_tokens",
 )
 UNIGRAM_KEYS = ("unigram_bits_per_mask_token", "unigram_bits_per_mask_token_pooled")
-EVAL_DOCUMENTS_FILE = "eval_documents.json"
 
 
 def save_final(
@@ -729,7 +733,7 @@ def save_final(
         tokenizer.save_pretrained(output_dir)
         if summary:
             summary["tokenizer_sha256"] = tokenizer_hash(output_dir)
-            write_json_atomically(output_dir / "eval_results.json", summary)
+            write_json_atomically(output_dir / EVAL_RESULTS_FILE, summary)
             logger.info(
                 "validation: %.4f bits per [MASK] token (mean of %d documents), %.4f pooled",
                 summary["eval_bits_per_mask_token"],
@@ -870,9 +874,9 @@ def _pretrain(args: PretrainArguments, accelerator: Accelerator, output_dir: Pat
     if resumed:
         restore_checkpoint(accelerator, resumed, optimizer, scheduler, args, identity)
 
-    metrics = MetricsLogger(accelerator, output_dir / "metrics.jsonl", state["step"] if state else 0)
+    metrics = MetricsLogger(accelerator, output_dir / METRICS_FILE, state["step"] if state else 0)
     if accelerator.is_main_process:
-        previous_file = output_dir / "training_args.json"
+        previous_file = output_dir / TRAINING_ARGS_FILE
         previous = (
             json.loads(previous_file.read_text(encoding="utf-8"))
             if resumed and previous_file.is_file()
@@ -902,7 +906,7 @@ def _pretrain(args: PretrainArguments, accelerator: Accelerator, output_dir: Pat
             if changes
             else previous.get("resumed_with_changes", []),
         }
-        write_json_atomically(output_dir / "training_args.json", run_args)
+        write_json_atomically(output_dir / TRAINING_ARGS_FILE, run_args)
     if args.report_to != "none":
         tracked = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()

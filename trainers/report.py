@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only: no display on servers and in tests
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from structformer.trainers.run_files import METRICS_FILE
 from structformer.trainers.statistics import (  # noqa: E402
     BOOTSTRAP_RESAMPLES,
     paired_bootstrap,
@@ -218,7 +219,7 @@ def pretrain_figure(model_dirs: dict[str, Path], output: Path) -> Path | None:
     for variant, model_dir in model_dirs.items():
         points = [
             (row["step"], row[key])
-            for row in _read_jsonl(Path(model_dir) / "metrics.jsonl")
+            for row in _read_jsonl(Path(model_dir) / METRICS_FILE)
             for key in ("loss", "train_loss")
             if key in row and "step" in row
         ]

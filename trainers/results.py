@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from structformer.errors import InputError
-
-RESULTS_FILE = "results.json"
+from structformer.trainers.run_files import RESULTS_FILE
 
 
 class Score(TypedDict):

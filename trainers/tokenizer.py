@@ -20,9 +20,8 @@ from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 import structformer.modeling  # noqa: F401  (registers structbert: AutoTokenizer reads a checkpoint's config.json)
-from structformer.dataset_scripts.schema import PLAIN
+from structformer.dataset_scripts.schema import PLAIN, load_corpus
 from structformer.errors import InputError, run_command
-from structformer.trainers.data import load_corpus
 
 logger = logging.getLogger(__name__)
 

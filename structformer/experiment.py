@@ -44,21 +44,20 @@ from structformer.dataset_scripts.sample import pack_sample_archive
 from structformer.dataset_scripts.schema import PLAIN, REPORT_FILE, STRUCTURED, find_shards, shard_glob
 from structformer.errors import InputError, run_command
 from structformer.hub_cards.cards import write_model_card
+from structformer.modeling.configuration_structbert import DEFAULT_GLOBAL_ATTENTION_TYPES
 from structformer.trainers import pretrain
 from structformer.trainers.analyze_attention import analyze
 from structformer.trainers.core import parse_arguments, require
 from structformer.trainers.finetune import FinetuneArguments, run_finetune
-from structformer.trainers.pretrain import EVAL_DOCUMENTS_FILE, PretrainArguments, run_pretraining
+from structformer.trainers.pretrain import PretrainArguments, run_pretraining
 from structformer.trainers.report import write_report
-from structformer.trainers.results import RESULTS_FILE, ExperimentResults, write_results
+from structformer.trainers.results import ExperimentResults, write_results
+from structformer.trainers.run_files import EVAL_DOCUMENTS_FILE, EVAL_RESULTS_FILE, RESULTS_FILE
 from structformer.trainers.statistics import PAPER_BITS, assess_scale, paired_bootstrap, t_interval, verdict
 from structformer.trainers.tasks import CLUSTER_METRICS, END_TO_END_METRICS, SCIREX_TASKS, TASKS
 from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 
 logger = logging.getLogger(__name__)
-
-# The paper's structured arm: the title and every heading level it had (section, subsection, subsubsection).
-PAPER_GLOBAL_ATTENTION_TYPES = ("title", "section", "subsection", "subsubsection")
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,8 @@ class ExperimentArguments:
         metadata={"help": f"pre-training arms, compared with the first that is 'plain': {', '.join(ARMS)}"},
     )
     global_attention_types: list[str] = field(
-        default_factory=lambda: list(PAPER_GLOBAL_ATTENTION_TYPES),
+        # The paper's structured arm (the config's default): the title and every heading level it had.
+        default_factory=lambda: list(DEFAULT_GLOBAL_ATTENTION_TYPES),
         metadata={"help": "heading levels made global in the structured arms (add 'cls' for [CLS] too)"},
     )
     document_chunks: Literal["first", "all"] = field(
@@ -348,7 +348,7 @@ def pretrain_step(args: ExperimentArguments, pretrain_args: PretrainArguments) -
 
 def read_pretrain_metrics(model_dir: Path) -> tuple[dict, dict]:
     """The model's scalar scores (``eval_results.json``) and its per-document figures."""
-    path = model_dir / "eval_results.json"
+    path = model_dir / EVAL_RESULTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: pre-training wrote no evaluation results")
     results = json.loads(path.read_text())
