@@ -14,7 +14,6 @@ run three steps, and stop at the first that fails:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -35,10 +34,12 @@ from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import structformer.modeling
+from structformer.arguments import parse_dataclass
 from structformer.dataset_scripts.card import write_dataset_card
 from structformer.dataset_scripts.schema import CONFIG_NAMES, PLAIN, find_shards
 from structformer.errors import USER_ERRORS, InputError, run_command
 from structformer.hub_cards import cards
+from structformer.hub_cards.arguments import PublishArguments
 from structformer.modeling import StructBertForMaskedLM
 from structformer.modeling.modeling_structbert import AUTO_MAP
 from structformer.trainers.run_files import EVAL_RESULTS_FILE, TRAINING_ARGS_FILE
@@ -499,50 +500,11 @@ def upload(
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="structformer publish",
-        description="Stage, validate in a fresh process, then upload a model or a corpus to the Hugging Face Hub.",
-    )
-    kinds = parser.add_subparsers(dest="kind", required=True)
-    model = kinds.add_parser("model", help="a trained StructBERT folder (pretrain --output-dir)")
-    dataset = kinds.add_parser("dataset", help="a built corpus folder (build-corpus --output)")
-    for sub in (model, dataset):
-        sub.add_argument("dir", type=Path, help="the folder to publish")
-        sub.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
-        sub.add_argument("--private", action="store_true", help="create the repository as private")
-        sub.add_argument(
-            "--revision", default=None, help="branch to upload to (created if missing); default main"
-        )
-        sub.add_argument("--commit-message", default=None)
-        sub.add_argument(
-            "--dry-run", action="store_true", help="stage and validate, print what would be sent"
-        )
-        sub.add_argument(
-            "--staging-dir", type=Path, default=None, help="where to stage (default: a new temp dir)"
-        )
-        sub.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
-        sub.add_argument(
-            "--timeout", type=float, default=900.0, help="seconds allowed for the fresh-process check"
-        )
-    model.add_argument(
-        "--results", type=Path, default=None, help="the experiment's results.json, for the card"
-    )
-    model.add_argument(
-        "--model-key", default=None, help="which model of results.json this is (e.g. structured)"
-    )
-    model.add_argument(
-        "--base-model", default=None, help="Hub id of the checkpoint this one was converted from"
-    )
-    model.add_argument("--datasets", nargs="+", default=None, help="Hub ids of the training data")
-    model.add_argument("--license", default="apache-2.0", help="the model's license (Hub identifier)")
-    dataset.add_argument(
-        "--tokenizer", type=Path, default=None, help="a tokenizer folder, for token counts in the card"
-    )
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> PublishArguments:
+    return parse_dataclass(PublishArguments, argv)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
+def check_arguments(args: PublishArguments) -> None:
     """Refuse what would fail later (or on the Hub), before anything is loaded or staged, dry run or not."""
     if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
         raise InputError(f"--repo-id {args.repo_id!r}: give the Hub repository as ORG/NAME")
@@ -556,7 +518,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_model_dir(args.dir)
 
 
-def publish(args: argparse.Namespace) -> Path:
+def publish(args: PublishArguments) -> Path:
     """Run the three steps; returns the staging folder.
 
     A staging folder made in the temp directory (no ``--staging-dir``) is removed when the command ends,
@@ -584,7 +546,7 @@ def publish(args: argparse.Namespace) -> Path:
 
 
 def _stage_validate_upload(
-    args: argparse.Namespace, source: Path, reference: dict | None, staging: Path
+    args: PublishArguments, source: Path, reference: dict | None, staging: Path
 ) -> None:
     try:
         if args.kind == "model":
@@ -642,7 +604,10 @@ def _stage_validate_upload(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: PublishArguments) -> int:
     try:
         publish(args)
     except PublishError as err:

@@ -27,7 +27,6 @@ conversion.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -40,6 +39,8 @@ import torch
 from safetensors.torch import load_file
 from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
+from structformer.arguments import parse_dataclass
+from structformer.command_arguments import ConvertArguments
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
 from structformer.modeling.configuration_structbert import DEFAULT_GLOBAL_ATTENTION_TYPES
@@ -401,50 +402,21 @@ def _copy_tokenizer(src: Path, dst: Path, model_type: str, n_positions: int) -> 
     )
 
 
-def _window_arg(value: str) -> int | list[int]:
-    parts = [int(part) for part in value.split(",")]
-    return parts[0] if len(parts) == 1 else parts
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="structformer convert",
-        description="Convert a local BERT, RoBERTa or Longformer checkpoint (masked-LM or encoder) to StructBERT.",
-    )
-    parser.add_argument("--from", dest="src", required=True, type=Path, help="source checkpoint folder")
-    parser.add_argument(
-        "--to", "--output-dir", dest="dst", required=True, type=Path, help="output folder (empty or new)"
-    )
-    parser.add_argument(
-        "--max-position-embeddings",
-        type=int,
-        default=None,
-        help="positions of the result (default: the source's); longer tables tile the learned rows",
-    )
-    parser.add_argument(
-        "--attention-window",
-        type=_window_arg,
-        default=None,
-        help="even window width, or one per layer separated by commas (default: Longformer's, else StructBERT's)",
-    )
-    parser.add_argument(
-        "--global-attention-types",
-        nargs="+",
-        default=None,
-        help=f"structural elements made global (default: {' '.join(DEFAULT_GLOBAL_ATTENTION_TYPES)}; add 'cls' "
-        "to make [CLS] global)",
-    )
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> ConvertArguments:
+    return parse_dataclass(ConvertArguments, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: ConvertArguments) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dst = convert_checkpoint(
-        args.src,
-        args.dst,
+        Path(args.source),
+        Path(args.output_dir),
         max_position_embeddings=args.max_position_embeddings,
-        attention_window=args.attention_window,
+        attention_window=args.window(),
         global_attention_types=args.global_attention_types,
     )
     print(dst)

@@ -32,24 +32,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from structformer.arguments import parse_dataclass
+from structformer.command_arguments import ARMS, ExperimentArguments
 from structformer.dataset_scripts.build import BuildOptions, build_corpus
 from structformer.dataset_scripts.sample import pack_sample_archive
-from structformer.dataset_scripts.schema import PLAIN, REPORT_FILE, STRUCTURED, find_shards, shard_glob
+from structformer.dataset_scripts.schema import REPORT_FILE, STRUCTURED, find_shards, shard_glob
 from structformer.errors import InputError, run_command
 from structformer.hub_cards.cards import write_model_card
-from structformer.modeling.configuration_structbert import DEFAULT_GLOBAL_ATTENTION_TYPES
 from structformer.trainers import pretrain
 from structformer.trainers.analyze_attention import analyze
-from structformer.trainers.core import parse_arguments, require
-from structformer.trainers.finetune import FinetuneArguments, run_finetune
-from structformer.trainers.pretrain import PretrainArguments, run_pretraining
+from structformer.trainers.arguments import FinetuneArguments, PretrainArguments
+from structformer.trainers.finetune import run_finetune
+from structformer.trainers.pretrain import run_pretraining
 from structformer.trainers.report import write_report
 from structformer.trainers.results import ExperimentResults, write_results
 from structformer.trainers.run_files import EVAL_DOCUMENTS_FILE, EVAL_RESULTS_FILE, RESULTS_FILE
@@ -60,190 +59,8 @@ from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One pre-training arm: the corpus config it reads and the model's global attention types
-    (None: the experiment's ``--global-attention-types``)."""
-
-    dataset_config: str
-    global_attention_types: tuple[str, ...] | None
-    description: str
-
-
-ARMS: dict[str, Arm] = {
-    "structured": Arm(STRUCTURED, None, "title and heading tokens global (the paper's structured arm)"),
-    "plain": Arm(PLAIN, (), "no global token at all (the paper's vanilla arm)"),
-    "cls": Arm(PLAIN, ("cls",), "only [CLS] global (BERT-style, not in the paper)"),
-    "structured-cls": Arm(STRUCTURED, ("cls",), "heading tokens and [CLS] global (not in the paper)"),
-}
-
-
-@dataclass(kw_only=True)
-class ExperimentArguments:
-    """``structformer experiment`` options. With none it is a few-minute smoke test on the bundled sample."""
-
-    output_dir: str = field(default="experiment", metadata={"help": "where the experiment is written"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder on success"})
-    # corpus
-    sources: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "LaTeX inputs for build-corpus: arXiv source .tar files, paper folders or .tex files "
-            "(default: the bundled sample, packed into an arXiv-style tar)"
-        },
-    )
-    corpus_dir: str | None = field(
-        default=None, metadata={"help": "an already built corpus folder (skips the build)"}
-    )
-    metadata: str | None = field(
-        default=None, metadata={"help": "arXiv metadata snapshot (JSON lines) for the build"}
-    )
-    min_document_tokens: int | None = field(
-        default=None, metadata={"help": "keep documents of at least this many tokens (the paper: 2000)"}
-    )
-    max_document_tokens: int | None = field(
-        default=None, metadata={"help": "keep documents of at most this many tokens (the paper: 12000)"}
-    )
-    num_proc: int = field(default=1, metadata={"help": "processes for the corpus build"})
-    validation_fraction: float = field(
-        default=0.15, metadata={"help": "share of documents held out (bits, probe)"}
-    )
-    min_validation: int = field(default=3, metadata={"help": "at least this many held-out documents"})
-    # model and pre-training
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "a tokenizer folder (default: train a WordPiece one)"}
-    )
-    vocab_size: int = field(default=2000, metadata={"help": "size of the trained WordPiece vocabulary"})
-    model_config: str = field(
-        default="tiny",
-        metadata={"help": "model preset name or config JSON (see trainers.presets)", "aliases": ["--preset"]},
-    )
-    init_from: str | None = field(
-        default=None,
-        metadata={"help": "start both models from this checkpoint (BERT/RoBERTa/Longformer/StructBERT)"},
-    )
-    arms: list[str] = field(
-        default_factory=lambda: ["structured", "plain"],
-        metadata={"help": f"pre-training arms, compared with the first that is 'plain': {', '.join(ARMS)}"},
-    )
-    global_attention_types: list[str] = field(
-        # The paper's structured arm (the config's default): the title and every heading level it had.
-        default_factory=lambda: list(DEFAULT_GLOBAL_ATTENTION_TYPES),
-        metadata={"help": "heading levels made global in the structured arms (add 'cls' for [CLS] too)"},
-    )
-    document_chunks: Literal["first", "all"] = field(
-        default="first",
-        metadata={
-            "help": "first = each document's first --max-seq-length tokens (the paper); all = every token"
-        },
-    )
-    max_steps: int = field(default=200, metadata={"help": "pre-training steps of each model"})
-    max_seq_length: int = field(default=256, metadata={"help": "tokens per pre-training sequence"})
-    attention_window: int | None = field(
-        default=None,
-        metadata={"help": "the local window (default: the preset's; 256, the paper's, with --init-from)"},
-    )
-    per_device_batch_size: int = field(default=8, metadata={"help": "sequences per process and micro-batch"})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    learning_rate: float | None = field(
-        default=None, metadata={"help": "default: 5e-4 from scratch, 5e-5 with --init-from"}
-    )
-    warmup_steps: int | None = field(default=None, metadata={"help": "default: 10%% of --max-steps"})
-    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: final model only)"})
-    seeds: list[int] = field(
-        default_factory=lambda: [1, 2, 3],
-        metadata={"help": "pre-training seeds; within a seed every arm sees the same data order"},
-    )
-    eval_seed: int = field(
-        default=0, metadata={"help": "seed of the validation [MASK] positions, the same for every model"}
-    )
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast dtype"})
-    accelerate_config: str | None = field(
-        default=None,
-        metadata={
-            "help": "run the pre-training through `accelerate launch --config_file FILE` (multi-GPU, FSDP, DeepSpeed)"
-        },
-    )
-    # attention analysis
-    probe_max_docs: int = field(default=32, metadata={"help": "validation documents probed"})
-    probe_max_length: int | None = field(
-        default=None, metadata={"help": "tokens per probe document (default: --max-seq-length)"}
-    )
-    # SciREX fine-tuning (only with --scirex)
-    scirex: str | None = field(
-        default=None,
-        metadata={
-            "help": "SciREX: a folder with the official train/dev/test.jsonl, or one JSON-lines file (e.g. "
-            "train.jsonl) split 70/15/15 by a hash of doc_id"
-        },
-    )
-    scirex_max_docs: int | None = field(
-        default=None, metadata={"help": "use at most this many SciREX documents"}
-    )
-    finetune_seeds: list[int] = field(
-        default_factory=lambda: [1], metadata={"help": "fine-tuning seeds (per pre-trained model)"}
-    )
-    finetune_epochs: float = field(default=1.0, metadata={"help": "fine-tuning epochs"})
-    finetune_max_steps: int | None = field(
-        default=None, metadata={"help": "cap on fine-tuning steps per run"}
-    )
-    finetune_learning_rate: float | None = field(
-        default=None, metadata={"help": "default: 5e-4 from scratch, 5e-5 with --init-from"}
-    )
-    finetune_max_seq_length: int | None = field(default=None, metadata={"help": "default: --max-seq-length"})
-    finetune_structure: Literal["matched", "always", "never"] = field(
-        default="always",
-        metadata={
-            "help": "SciREX headings global when fine-tuning: always = for every model (the default: one setting "
-            "for all, so fine-tuning does not confound the pre-training difference), never = for none, "
-            "matched = only for models pre-trained with heading globals"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        # A pre-trained start needs BERT-sized steps; the tiny from-scratch model learns nothing with them.
-        default_lr = 5e-5 if self.init_from else 5e-4
-        self.learning_rate = self.learning_rate or default_lr
-        self.finetune_learning_rate = self.finetune_learning_rate or default_lr
-        require(not (self.sources and self.corpus_dir), "give --sources or --corpus-dir, not both")
-        if self.init_from and self.attention_window is None:
-            self.attention_window = 256  # the paper's window; Longformer-base's own is 512
-        unknown = [a for a in self.arms if a not in ARMS]
-        require(not unknown, f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
-        require(len(set(self.arms)) == len(self.arms) >= 1, "--arms: name each arm once")
-        require(len(set(self.seeds)) == len(self.seeds) >= 1, "--seeds: give distinct seeds")
-        require(
-            "cls" not in self.global_attention_types or len(self.global_attention_types) > 1,
-            "--global-attention-types: name heading levels (add 'cls' beside them, or use --arms cls)",
-        )
-        for name in ("max_steps", "max_seq_length", "per_device_batch_size", "vocab_size", "probe_max_docs"):
-            require(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be positive")
-        for name in (
-            "sources",
-            "corpus_dir",
-            "metadata",
-            "tokenizer",
-            "init_from",
-            "accelerate_config",
-            "scirex",
-        ):
-            values = getattr(self, name)
-            for value in values if isinstance(values, list) else [values] if values else []:
-                require(Path(value).exists(), f"--{name.replace('_', '-')}: {value} does not exist")
-
-
 def parse_args(argv: list[str] | None = None) -> ExperimentArguments:
-    return parse_arguments(
-        ExperimentArguments,
-        argv,
-        prog="structformer experiment",
-        description=(
-            "Pre-train a structured and a plain StructBERT on the same corpus, compare their bits per masked "
-            "token, attention patterns and (with --scirex) SciREX scores, and write report.md + results.json. "
-            "With no options it is a few-minute smoke test on the bundled sample papers."
-        ),
-    )
+    return parse_dataclass(ExperimentArguments, argv)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -703,7 +520,10 @@ def compare_arms(args: ExperimentArguments, scores: dict, documents: dict) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: ExperimentArguments) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     output = run_experiment(args)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,18 +14,20 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from structformer.arguments import parse_dataclass
 from structformer.errors import InputError
 from structformer.trainers import core
+from structformer.trainers.arguments import TrainingArguments
 
 
 @dataclass(kw_only=True)
-class _Args(core.TrainingArguments):
+class _Args(TrainingArguments):
     names: list[str] = field(default_factory=lambda: ["a"], metadata={"help": "a list"})
     flag: bool = field(default=True, metadata={"help": "a switch"})
 
 
 def test_arguments_parse_validate_and_round_trip_through_argv(tmp_path: Path) -> None:
-    args = core.parse_arguments(
+    args = parse_dataclass(
         _Args,
         [
             "--output-dir",
@@ -37,8 +41,6 @@ def test_arguments_parse_validate_and_round_trip_through_argv(tmp_path: Path) ->
             "--lr-scheduler",
             "cosine",
         ],
-        prog="t",
-        description="d",
     )
     assert (args.learning_rate, args.names, args.flag, args.lr_scheduler_type) == (
         3e-4,
@@ -46,15 +48,13 @@ def test_arguments_parse_validate_and_round_trip_through_argv(tmp_path: Path) ->
         False,
         "cosine",
     )
-    assert core.parse_arguments(_Args, args.to_argv(), prog="t", description="d") == args
+    assert parse_dataclass(_Args, args.to_argv()) == args
     assert args.to_argv() == [
         "--output-dir", str(tmp_path), "--learning-rate", "0.0003", "--lr-scheduler-type", "cosine",
         "--names", "x", "y", "--no-flag",
     ]  # fmt: skip
     with pytest.raises(SystemExit):  # validation failures are usage errors, exit 2
-        core.parse_arguments(
-            _Args, ["--output-dir", "o", "--save-total-limit", "0"], prog="t", description="d"
-        )
+        parse_dataclass(_Args, ["--output-dir", "o", "--save-total-limit", "0"])
     with pytest.raises(InputError, match="--warmup-ratio must be in"):
         _Args(output_dir="o", warmup_ratio=1.5)
     assert _Args(output_dir="o", warmup_ratio=0.1).warmup(95) == 10
@@ -248,3 +248,78 @@ def test_loop_refuses_more_accumulation_steps_than_an_epoch_has(tmp_path: Path) 
         InputError, match="one epoch has 4 batches per process, fewer than --gradient-accumulation-steps 5"
     ):
         core.train(accelerator, model, optimizer, scheduler, loader, args, loop)
+
+
+@pytest.mark.parametrize(
+    ("examples", "batch", "processes"), [(8, 2, 1), (9, 2, 1), (9, 2, 2), (7, 3, 4), (1, 4, 2)]
+)
+def test_batches_per_process_is_what_accelerate_deals_each_process(
+    examples: int, batch: int, processes: int
+) -> None:
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    sampler = BatchSampler(SequentialSampler(range(examples)), batch_size=batch, drop_last=False)
+    shards = [BatchSamplerShard(sampler, processes, rank, even_batches=True) for rank in range(processes)]
+    args = _Args(output_dir="o", per_device_batch_size=batch)
+    assert {len(list(shard)) for shard in shards} == {core.batches_per_process(examples, args, processes)}
+
+
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(InputError, match="already holds checkpoints of another run"):
+        core.resume_point(_Args(output_dir=str(tmp_path)), checkpoints)
+    assert core.resume_point(_Args(output_dir=str(tmp_path)), tmp_path / "elsewhere") is None
+
+
+def test_fit_prepares_resumes_and_calls_the_hooks_in_order(tmp_path: Path) -> None:
+    """The lifecycle both trainers use: a run of 4 steps, then a resume of its checkpoint-2 to 4 steps, give
+    the same weights; the hooks see the prepared objects, before training and at every evaluation."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    def run(out: Path, resume: str | None) -> tuple[core.Fitting, list[str]]:
+        args = _Args(output_dir=str(out), learning_rate=0.05, save_steps=2, logging_steps=1)
+        calls: list[str] = []
+        torch.manual_seed(0)
+        x = torch.randn(8, 3)
+        rows = [{"x": x[i], "y": x[i].sum()} for i in range(8)]
+        with core.training_run(args, "test", {}) as accelerator:
+            checkpoints = out / "checkpoints"
+            resumed = core.resume_point(dataclasses.replace(args, resume_from_checkpoint=resume), checkpoints)
+            fitting = core.fit(
+                accelerator,
+                args,
+                _Regression(),
+                DataLoader(rows, batch_size=2, sampler=core.EpochShuffleSampler(8, args.seed)),
+                DataLoader(rows, batch_size=4),
+                loss_fn=lambda model, batch: model(**batch),
+                weight_fn=lambda batch: len(batch["y"]),
+                total_steps=4,
+                checkpoint_dir=checkpoints,
+                resumed=resumed,
+                identity={"data": "rows"},
+                progress=tqdm(disable=True),
+                metrics_file=out / "metrics.jsonl",
+                hooks=core.Hooks(
+                    before_training=lambda f: calls.append(f"before {f.resumed['step'] if f.resumed else 0}"),
+                    evaluate=lambda f: calls.append(f"eval {len(f.eval_loader)}") or {"eval_loss": 0.0},
+                ),
+                eval_steps=2,
+            )
+        return fitting, calls
+
+    whole, calls = run(tmp_path / "a", None)
+    assert calls == ["before 0", "eval 2", "eval 2"] and whole.eval_results == {"step": 4, "eval_loss": 0.0}
+    assert whole.epoch_steps == 4 and not (tmp_path / "a" / core.OUTPUT_LOCK).exists()
+    resumed, calls = run(tmp_path / "a", "latest")  # resumes checkpoint-4: nothing left to train
+    assert calls == ["before 4"]
+    for name in ("checkpoint-3", "checkpoint-4"):
+        shutil.rmtree(tmp_path / "a" / "checkpoints" / name, ignore_errors=True)
+    again, calls = run(tmp_path / "a", "latest")
+    assert calls == ["before 2", "eval 2"]
+    for ours, theirs in zip(again.model.parameters(), whole.model.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2, 3, 4, 4]  # a loss and an eval record at steps 2 and 4, nothing duplicated

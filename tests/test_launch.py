@@ -16,7 +16,8 @@ from accelerate.state import AcceleratorState
 from factories import make_corpus, make_record
 
 from structformer.errors import InputError
-from structformer.trainers.core import TrainingArguments, make_accelerator
+from structformer.trainers.arguments import TrainingArguments
+from structformer.trainers.core import make_accelerator
 from structformer.trainers.tokenizer import train_wordpiece
 
 REPO = Path(__file__).resolve().parents[1]

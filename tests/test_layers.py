@@ -10,9 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lower layers first; a module may import its own layer and the layers before it. structformer/'s small shared
-# modules (errors, folder_lock) are importable from every layer.
+# modules (errors, folder_lock, arguments) are importable from every layer.
 LAYERS = ["modeling", "dataset_scripts", "trainers", "hub_cards"]
-SHARED = {"structformer.errors", "structformer.folder_lock"}
+SHARED = {"structformer.errors", "structformer.folder_lock", "structformer.arguments"}
 
 
 def layer_of(module: str) -> str | None:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from structformer.cli import main as cli_main
 from structformer.errors import InputError
 from structformer.trainers import pretrain
+from structformer.trainers.arguments import PretrainArguments
 from structformer.trainers.core import resolve_checkpoint
 from structformer.trainers.run_files import EVAL_DOCUMENTS_FILE
 from structformer.trainers.tokenizer import tokenizer_hash, train_wordpiece
@@ -436,7 +437,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(setup, reference, tmp_path, ca
 # ---------------------------------------------------------------------------------- the steps, one by one
 
 
-def _options(setup, out: Path, *extra: str) -> pretrain.PretrainArguments:
+def _options(setup, out: Path, *extra: str) -> PretrainArguments:
     return pretrain.parse_args(base_args(setup, out, *extra))
 
 

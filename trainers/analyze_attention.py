@@ -30,7 +30,6 @@ two checkpoints, and ``attention_per_layer.png`` (head-averaged measures per lay
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import logging
@@ -48,9 +47,11 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from structformer import modeling
+from structformer.arguments import parse_dataclass
 from structformer.dataset_scripts.schema import STRUCTURED, CorpusNotFoundError, find_shards, shard_glob
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertModel
+from structformer.trainers.arguments import AnalyzeAttentionArguments
 from structformer.trainers.data import tokenize_with_structure
 from structformer.trainers.report import attention_figures
 from structformer.trainers.scirex import encode_words, heading_levels, load_scirex, section_ids
@@ -484,44 +485,15 @@ def _default_labels(checkpoints: Sequence[str | Path]) -> list[str]:
     return [f"{i}_{name}" for i, name in enumerate(names)]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="structformer analyze-attention",
-        description="Attention-pattern analysis of StructBERT checkpoints, with and without the structure mask.",
-    )
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="StructBERT model folders")
-    parser.add_argument(
-        "--labels", nargs="+", default=None, help="one name per checkpoint (default: folder names)"
-    )
-    parser.add_argument(
-        "--probe",
-        required=True,
-        help="a built corpus folder, an arxiv_structured Parquet file, or a SciREX .jsonl",
-    )
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: each checkpoint's own)")
-    parser.add_argument("--split", default="validation", help="corpus split to probe (corpus folders only)")
-    parser.add_argument(
-        "--max-seq-length",
-        "--max-length",
-        dest="max_length",
-        type=int,
-        default=512,
-        help="tokens kept per document; memory grows as layers x heads x length^2",
-    )
-    parser.add_argument("--max-docs", type=int, default=None, help="probe at most this many documents")
-    parser.add_argument("--keywords-per-section", type=int, default=5)
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)"
-    )
-    args = parser.parse_args(argv)
-    if args.max_length < 2:
-        parser.error("--max-length must be at least 2")
-    return args
+def parse_args(argv: list[str] | None = None) -> AnalyzeAttentionArguments:
+    return parse_dataclass(AnalyzeAttentionArguments, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: AnalyzeAttentionArguments) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results = analyze(
         args.checkpoints,

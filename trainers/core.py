@@ -1,8 +1,10 @@
-"""The training core shared by ``pretrain`` and ``finetune``: arguments, checkpoints, the loop.
+"""The training core shared by ``pretrain`` and ``finetune``: the run's lifecycle, checkpoints, the loop.
 
-One of each: the argument dataclass both trainers extend (parsed by ``transformers.HfArgumentParser``),
-the shuffle that makes resume exact, the optimizer and scheduler rule, the checkpoint save / verify /
-resume / rotate cycle, the metrics logger and the optimizer-step loop with its non-finite-loss stop.
+One of each: the run's lifecycle (:func:`training_run` sets a run up and tears it down, :func:`fit` resumes,
+prepares, trains and hands back the prepared objects; the trainers supply their model, loaders, evaluation and
+save hooks), the shuffle that makes resume exact, the optimizer and scheduler rule, the checkpoint save / verify
+/ resume / rotate cycle, the metrics logger and the optimizer-step loop with its non-finite-loss stop. The
+arguments both trainers extend are in :mod:`structformer.trainers.arguments`.
 
 Exact resume rests on three choices: the data order is a function of ``(seed, epoch)``
 (:class:`EpochShuffleSampler`), anything random in a batch a function of ``(seed, epoch, example)``,
@@ -17,7 +19,6 @@ global batch.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import itertools
@@ -29,10 +30,10 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import datasets
@@ -44,11 +45,13 @@ from huggingface_hub import constants as hub_constants
 from torch import nn
 from torch.utils.data import Sampler
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, get_scheduler
+from transformers import get_scheduler
 
 from structformer import folder_lock
+from structformer.arguments import flag, require
 from structformer.errors import InputError, RunStopped
-from structformer.trainers.run_files import TRAINER_STATE_FILE
+from structformer.trainers.arguments import TrainingArguments
+from structformer.trainers.run_files import TRAINER_STATE_FILE, TRAINING_ARGS_FILE
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -62,8 +65,6 @@ OPTIMIZER_FLAGS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", 
 
 logger = get_logger("structformer.trainers")
 
-ArgumentsT = TypeVar("ArgumentsT", bound="TrainingArguments")
-
 
 class NonFiniteLossError(RunStopped):
     """The training loss became NaN or infinite, or rose above ``--max-loss-factor`` times its first value;
@@ -71,126 +72,176 @@ class NonFiniteLossError(RunStopped):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Arguments
+# The run: set up, resumed, prepared, trained and torn down the same way by every trainer
 
 
-@dataclass(kw_only=True)
-class TrainingArguments:
-    """Options every trainer shares; the flag is the field name with dashes (``--learning-rate``)."""
+@contextlib.contextmanager
+def training_run(
+    args: TrainingArguments, command: str, inputs: dict[str, str | None]
+) -> Iterator[Accelerator]:
+    """One run into ``args.output_dir``: the folder is checked against the run's ``inputs`` (flag -> value, see
+    :func:`check_output_dir`) and locked while the run lasts, the Accelerator, logging and the tracker are set
+    up, and the tracker is closed when the run ends."""
+    output_dir = Path(args.output_dir)
+    check_output_dir(output_dir, inputs)
+    accelerator = make_accelerator(args)
+    setup_logging(accelerator)
+    with output_lock(accelerator, output_dir, command):
+        if args.report_to != "none":
+            tracked = {
+                k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()
+            }
+            accelerator.init_trackers(command, config=tracked)
+        yield accelerator
+        accelerator.end_training()
 
-    output_dir: str = field(metadata={"help": "where checkpoints, metrics and the results are written"})
-    seed: int = field(default=42, metadata={"help": "seed of the data order, masking and dropout"})
-    per_device_batch_size: int = field(
-        default=8,
-        metadata={
-            "help": "sequences per process and micro-batch",
-            "aliases": ["--per-device-train-batch-size"],
-        },
-    )
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "AdamW weight decay (never on biases and LayerNorm weights)"}
-    )
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2"})
-    adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "gradient clipping norm; 0 disables clipping"}
-    )
-    lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = field(
-        default="linear", metadata={"help": "learning-rate schedule", "aliases": ["--lr-scheduler"]}
-    )
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps (wins over --warmup-ratio)"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of the steps"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps"})
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "autocast dtype"})
-    logging_steps: int = field(default=10, metadata={"help": "log the mean loss every N steps"})
-    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps; 0 = no checkpoints"})
-    save_total_limit: int | None = field(
-        default=None, metadata={"help": "keep only the newest N checkpoints"}
-    )
-    resume_from_checkpoint: str | None = field(
-        default=None,
-        metadata={"help": "'latest' (the newest intact checkpoint in --output-dir) or a checkpoint folder"},
-    )
-    report_to: Literal["tensorboard", "none"] = field(default="none", metadata={"help": "experiment tracker"})
-    max_loss_factor: float = field(
-        default=10.0,
-        metadata={
-            "help": "stop as diverged when a step's loss exceeds this multiple of the run's first step's loss, "
-            "or of 1 when that was lower (a finite loss can explode too; 0 = only NaN/inf stops)"
-        },
-    )
 
-    def __post_init__(self) -> None:
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps"):
-            require(
-                getattr(self, name) >= 1, f"--{_flag(name)} must be at least 1, got {getattr(self, name)}"
-            )
-        for name in ("warmup_steps", "save_steps", "max_grad_norm", "weight_decay"):
-            require(getattr(self, name) >= 0, f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        require(self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}")
-        require(
-            self.max_loss_factor == 0 or self.max_loss_factor > 1,
-            f"--max-loss-factor must be 0 (off) or above 1, got {self.max_loss_factor}",
+def resume_point(args: TrainingArguments, checkpoint_dir: Path) -> tuple[Path, dict] | None:
+    """The checkpoint ``--resume-from-checkpoint`` names and its state, or None for a fresh start.
+
+    A fresh start into a folder that already holds checkpoints is refused: its checkpoints would mix with the
+    old run's, and a later ``latest`` could pick the old run's."""
+    found = resolve_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
+    if args.resume_from_checkpoint is None and list_checkpoints(checkpoint_dir):
+        raise InputError(
+            f"{checkpoint_dir} already holds checkpoints of another run: pass --resume-from-checkpoint latest "
+            "to continue it, or choose a new --output-dir"
         )
-        require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        require(
-            self.max_steps is None or self.max_steps >= 1,
-            f"--max-steps must be at least 1, got {self.max_steps}",
+    if args.resume_from_checkpoint == "latest" and found is None:
+        logger.info(
+            "--resume-from-checkpoint latest: no intact checkpoint in %s, starting from scratch",
+            checkpoint_dir,
+            main_process_only=True,
         )
-        require(
-            self.save_total_limit is None or self.save_total_limit >= 1,
-            f"--save-total-limit must be at least 1, got {self.save_total_limit}",
+    return found
+
+
+def write_run_arguments(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    resumed_from: str | None,
+    facts: dict[str, Any] | None = None,
+) -> None:
+    """``OUT/training_args.json``: the arguments, the processes and global batch, the run's ``facts`` and, for
+    a resumed run, where it resumed from and each flag it changed (earlier resumes' changes are kept: the file
+    describes the whole run)."""
+    if not accelerator.is_main_process:
+        return
+    path = Path(args.output_dir) / TRAINING_ARGS_FILE
+    previous = json.loads(path.read_text(encoding="utf-8")) if resumed_from and path.is_file() else {}
+    changes = changed_arguments(previous, args.to_dict())
+    if changes:
+        logger.warning(
+            "resumed with changed flags: %s",
+            ", ".join(f"{flag(k)} {a} -> {b}" for k, (a, b) in changes.items()),
+            main_process_only=True,
         )
-
-    def warmup(self, total_steps: int) -> int:
-        return self.warmup_steps or math.ceil(self.warmup_ratio * total_steps)
-
-    def to_argv(self) -> list[str]:
-        """The command line that parses back into these arguments (for ``accelerate launch``)."""
-        argv: list[str] = []
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if value is None or (item.default is not dataclasses.MISSING and value == item.default):
-                continue
-            if item.default_factory is not dataclasses.MISSING and value == item.default_factory():
-                continue
-            if isinstance(value, bool):
-                argv.append(f"--{_flag(item.name)}" if value else f"--no-{_flag(item.name)}")
-            elif isinstance(value, (list, tuple)):
-                # An empty list is spelled "none" (argparse's nargs="+" needs one value).
-                argv += [f"--{_flag(item.name)}", *(map(str, value) if value else ["none"])]
-            else:
-                argv += [f"--{_flag(item.name)}", str(value)]
-        return argv
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+    history = previous.get("resumed_with_changes", [])
+    content = {
+        **args.to_dict(),
+        "num_processes": accelerator.num_processes,
+        "global_batch_size": global_batch_size(accelerator, args),
+        **(facts or {}),
+        "resumed_from": resumed_from,
+        "resumed_with_changes": [*history, {"from": resumed_from, **changes}] if changes else history,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(path, content)
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+@dataclass
+class Fitting:
+    """A run's prepared objects, handed to the trainer's hooks during :func:`fit` and back to it after."""
+
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any | None
+    epoch_steps: int
+    metrics: MetricsLogger | None = None
+    # The state of the checkpoint the run resumed from (None: a fresh start).
+    resumed: dict[str, Any] | None = None
+    # The last evaluation of the loop (``Hooks.evaluate`` every ``eval_steps``), if any.
+    eval_results: dict[str, float] | None = None
 
 
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise InputError(message)
+@dataclass
+class Hooks:
+    """What a trainer adds to :func:`fit`: each is optional."""
+
+    # (fitting) -> metrics; called every ``eval_steps`` optimizer steps.
+    evaluate: Callable[[Fitting], dict[str, float]] | None = None
+    # (fitting), once prepared and restored, before the first step: baselines, the summary, the arguments file.
+    before_training: Callable[[Fitting], None] | None = None
+    # (folder): files added to every checkpoint (e.g. the tokenizer).
+    save_extra: Callable[[Path], None] | None = None
 
 
-def parse_arguments(
-    cls: type[ArgumentsT], argv: Sequence[str] | None, prog: str, description: str
-) -> ArgumentsT:
-    """``HfArgumentParser`` over ``cls``; a value that fails validation is a usage error (exit 2)."""
-    parser = HfArgumentParser(cls, prog=prog, description=description)
-    try:
-        (args,) = parser.parse_args_into_dataclasses(
-            args=list(sys.argv[1:] if argv is None else argv), look_for_args_file=False
-        )
-    except InputError as err:
-        parser.error(str(err))
-    return args
+def fit(
+    accelerator: Accelerator,
+    args: TrainingArguments,
+    model: nn.Module,
+    train_loader: Any,
+    eval_loader: Any | None,
+    *,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    weight_fn: Callable[[dict[str, torch.Tensor]], float],
+    total_steps: int,
+    checkpoint_dir: Path,
+    resumed: tuple[Path, dict] | None,
+    identity: dict[str, Any],
+    progress: tqdm,
+    metrics_file: Path,
+    metrics_extra: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    eval_steps: int = 0,
+) -> Fitting:
+    """Optimizer and scheduler, ``prepare``, the restore of ``resumed`` (see :func:`resume_point`), then the loop
+    up to ``total_steps``; returns the prepared objects for the trainer's evaluation and saving.
+
+    ``loss_fn(model, batch)`` is the batch's summed loss and ``weight_fn(batch)`` its weight (see :class:`Loop`);
+    ``progress`` is advanced by the resumed steps and every step after them (the caller owns and closes it).
+    """
+    hooks = hooks or Hooks()
+    optimizer = build_optimizer(model, args)
+    scheduler = build_scheduler(optimizer, args, total_steps)
+    prepared = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader is not None else [])
+    )
+    model, optimizer, train_loader, scheduler = prepared[:4]
+    fitting = Fitting(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        eval_loader=prepared[4] if eval_loader is not None else None,
+        epoch_steps=steps_per_epoch(len(train_loader), args),
+    )
+    if resumed is not None:
+        fitting.resumed = restore_checkpoint(accelerator, resumed, optimizer, scheduler, args, identity)
+        progress.update(fitting.resumed["step"])
+    start = fitting.resumed["step"] if fitting.resumed else 0
+    fitting.metrics = MetricsLogger(accelerator, metrics_file, start, metrics_extra)
+    if hooks.before_training is not None:
+        hooks.before_training(fitting)
+    evaluate = hooks.evaluate
+    loop = Loop(
+        loss_fn=lambda batch: loss_fn(model, batch),
+        weight_fn=weight_fn,
+        total_steps=total_steps,
+        metrics=fitting.metrics,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        save_extra=hooks.save_extra,
+        identity=identity,
+        evaluate=(lambda: evaluate(fitting)) if evaluate is not None else None,
+        eval_steps=eval_steps,
+    )
+    fitting.eval_results = train(
+        accelerator, model, optimizer, scheduler, train_loader, args, loop, fitting.resumed
+    )
+    return fitting
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -281,14 +332,14 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | None]) -> N
     if out.exists() and not out.is_dir():
         raise InputError(f"--output-dir {output_dir} is a file, not a folder; choose a folder path")
     out = out.resolve()
-    for flag, value in inputs.items():
+    for option, value in inputs.items():
         source = Path(value).expanduser() if value else None
         if source is None or not source.exists():
             continue
         source = source.resolve()
         if out == source or out.is_relative_to(source) or source.is_relative_to(out):
             raise InputError(
-                f"--output-dir {output_dir} overlaps {flag} {value}: the run would overwrite what it reads; "
+                f"--output-dir {output_dir} overlaps {option} {value}: the run would overwrite what it reads; "
                 "choose an output folder outside it"
             )
 
@@ -359,7 +410,7 @@ def apply_optimizer_flags(optimizer: Any, scheduler: Any, args: TrainingArgument
         group["initial_lr"] = base
         group["lr"] = base * rule(inner.last_epoch)
     inner._last_lr = [group["lr"] for group in groups]
-    return [f"--{_flag(name)} {saved[name]} -> {getattr(args, name)}" for name in changed]
+    return [f"{flag(name)} {saved[name]} -> {getattr(args, name)}" for name in changed]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -690,7 +741,7 @@ def train(
     """Optimizer steps up to ``loop.total_steps``, from the step of ``resumed`` (a checkpoint's
     state) or 0; returns the last evaluation, if any."""
     step = resumed["step"] if resumed else 0
-    epoch, skip = divmod(step, steps_per_epoch(loader, args))
+    epoch, skip = divmod(step, steps_per_epoch(len(loader), args))
     skip *= args.gradient_accumulation_steps
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "lr": 0.0, "start": time.perf_counter()}
     health = _Health(best=(resumed or {}).get("best_loss", math.inf), first=(resumed or {}).get("first_loss"))
@@ -746,12 +797,19 @@ def train(
     return eval_results
 
 
-def steps_per_epoch(loader: Any, args: TrainingArguments) -> int:
-    """Optimizer steps in one pass over ``loader`` (a last incomplete accumulation group is dropped)."""
-    steps = len(loader) // args.gradient_accumulation_steps
+def batches_per_process(examples: int, args: TrainingArguments, processes: int) -> int:
+    """Batches each process draws in one epoch of ``examples``: accelerate deals the ``ceil(examples / batch)``
+    batches round-robin and evens them out (``even_batches``)."""
+    return math.ceil(math.ceil(examples / args.per_device_batch_size) / processes)
+
+
+def steps_per_epoch(batches: int, args: TrainingArguments) -> int:
+    """Optimizer steps in one pass over ``batches`` batches per process (a last incomplete accumulation group is
+    dropped); an epoch too short for one step is the user's error."""
+    steps = batches // args.gradient_accumulation_steps
     require(
         steps > 0,
-        f"one epoch has {len(loader)} batches per process, fewer than --gradient-accumulation-steps "
+        f"one epoch has {batches} batches per process, fewer than --gradient-accumulation-steps "
         f"{args.gradient_accumulation_steps}; lower it or --per-device-batch-size",
     )
     return steps

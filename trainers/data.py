@@ -32,12 +32,8 @@ from datasets import Sequence as ArrowSequence
 from structformer.dataset_scripts.schema import HEADING_LEVELS, PARAGRAPH_SEPARATOR, REPORT_FILE, find_shards
 from structformer.errors import InputError
 from structformer.modeling.configuration_structbert import DEFAULT_GLOBAL_ATTENTION_TYPES
+from structformer.trainers.arguments import DOCUMENT_CHUNKS
 
-# The paper's structured arm: the tokens of the title and of every heading are global, nothing else
-# (add "cls" to make position 0 global too; the model reads that one itself).
-# How a document becomes training sequences: "first" = its first max_seq_length tokens (the paper's
-# choice), "all" = every token, packed into as many sequences as it takes.
-DOCUMENT_CHUNKS = ("first", "all")
 # Columns that pack_document writes and the collator reads.
 SEQUENCE_FIELDS = ("input_ids", "global_attention_mask", "section_ids", "heading_mask", "word_ids")
 

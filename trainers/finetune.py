@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,25 +63,19 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 import structformer.modeling
+from structformer.arguments import parse_dataclass
 from structformer.errors import InputError, run_command
+from structformer.trainers.arguments import FinetuneArguments
 from structformer.trainers.core import (
     EpochShuffleSampler,
-    Loop,
-    MetricsLogger,
-    TrainingArguments,
-    build_optimizer,
-    build_scheduler,
-    check_output_dir,
+    batches_per_process,
+    fit,
     hub_unreachable,
-    make_accelerator,
-    output_lock,
-    parse_arguments,
-    require,
-    resolve_checkpoint,
-    restore_checkpoint,
-    setup_logging,
-    train,
+    resume_point,
+    steps_per_epoch,
+    training_run,
     write_json_atomically,
+    write_run_arguments,
 )
 from structformer.trainers.results import summarize
 from structformer.trainers.run_files import (
@@ -116,7 +110,7 @@ from structformer.trainers.scirex_metric import (
     salient_predicted_clusters,
     write_clusters_file,
 )
-from structformer.trainers.tasks import TASKS, get_task
+from structformer.trainers.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -145,131 +139,8 @@ PAD_VALUES: dict[str, int] = {
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
-class FinetuneArguments(TrainingArguments):
-    """``structformer finetune`` options (the shared ones are in :class:`TrainingArguments`)."""
-
-    task: str = field(metadata={"help": f"one of {', '.join(TASKS)} (trainers/tasks.py)"})
-    model: str = field(metadata={"help": "a StructBERT checkpoint folder"})
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "a fast tokenizer folder (default: --model)"}
-    )
-    scirex: str | None = field(
-        default=None,
-        metadata={
-            "help": "SciREX for the scirex-* tasks: a folder with the official train/dev/test.jsonl, or one "
-            "JSON-lines file split 70/15/15 by a hash of doc_id"
-        },
-    )
-    max_docs: int | None = field(
-        default=None, metadata={"help": "SciREX: use the first N documents of the file"}
-    )
-    eval_split: Literal["dev", "test"] = field(default="test", metadata={"help": "SciREX split to score"})
-    train_file: str | None = field(default=None, metadata={"help": "CSV, TSV, JSON or JSON-lines"})
-    validation_file: str | None = field(default=None, metadata={"help": "scored unless --test-file is given"})
-    test_file: str | None = field(default=None, metadata={"help": "scored instead of validation when given"})
-    text_columns: list[str] | None = field(
-        default=None, metadata={"help": "default: text, or sentence1 sentence2, or sentence"}
-    )
-    label_column: str = field(default="label", metadata={"help": "sequence-classification label column"})
-    tokens_column: str = field(default="tokens", metadata={"help": "token-classification words column"})
-    tags_column: str | None = field(default=None, metadata={"help": "default: ner_tags, tags or labels"})
-    label_names: list[str] | None = field(
-        default=None, metadata={"help": "names of integer tags, in id order"}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "documents (SciREX) or rows"})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "documents (SciREX) or rows"})
-    max_seq_length: int = field(default=512, metadata={"help": "tokens per window"})
-    stride: int | None = field(
-        default=None,
-        metadata={
-            "help": "overlap in tokens between consecutive windows (default: 128, at most half a window)"
-        },
-    )
-    use_structure: bool = field(
-        default=True,
-        metadata={
-            "help": "headings get global attention and their section ids (--no-use-structure: plain text)"
-        },
-    )
-    global_attention_types: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "heading levels whose tokens are global with --use-structure (default: the model config's); "
-            "the experiment sets the same for every model"
-        },
-    )
-    ner_predictions: str | None = field(
-        default=None,
-        metadata={
-            "help": "scirex-salient: also score end to end, on a NER model's predicted mentions: a scirex-ner "
-            "output folder (seed-N/ner_predictions.jsonl, paired by seed) or one SciREX --ner-file"
-        },
-    )
-    seeds: list[int] = field(default_factory=lambda: [1], metadata={"help": "one fine-tuning run per seed"})
-    per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "default: the train size"})
-    num_train_epochs: float = field(
-        default=3.0, metadata={"help": "epochs (--max-steps wins)", "aliases": ["--num-epochs"]}
-    )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager, sdpa, ... (default: the model's)"}
-    )
-    save_model: bool = field(default=False, metadata={"help": "save_pretrained each seed's model"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak AdamW learning rate"})
-    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "warm-up as a share of the steps"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps; 0 = no checkpoints"})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "replace an earlier run's results in --output-dir (its results, arguments and seed-* folders "
-            "are removed first); without it such a folder is refused, unless --resume-from-checkpoint"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(
-            self.task.replace("_", "-") in TASKS,
-            f"--task: unknown task {self.task!r}; choose from {', '.join(TASKS)}",
-        )
-        self.task = get_task(self.task).name
-        if TASKS[self.task].inputs == "scirex":
-            require(
-                self.scirex is not None, f"--task {self.task} needs --scirex PATH (a SciREX JSON-lines file)"
-            )
-        else:
-            require(
-                self.train_file is not None and (self.validation_file or self.test_file) is not None,
-                f"--task {self.task} needs --train-file and --validation-file or --test-file",
-            )
-        require(
-            self.ner_predictions is None or self.task == "scirex-salient",
-            "--ner-predictions goes with --task scirex-salient",
-        )
-        require(self.max_seq_length >= 8, "--max-seq-length must be at least 8")
-        if self.stride is None:
-            self.stride = min(128, (self.max_seq_length - 2) // 2)
-        require(
-            0 <= self.stride < self.max_seq_length - 2,
-            f"--stride must be in [0, {self.max_seq_length - 2}) for --max-seq-length {self.max_seq_length}",
-        )
-        require(
-            self.resume_from_checkpoint in (None, "latest") or len(self.seeds) == 1,
-            "--resume-from-checkpoint PATH needs one seed; use 'latest' to resume every seed",
-        )
-        if self.per_device_eval_batch_size is None:
-            self.per_device_eval_batch_size = self.per_device_batch_size
-
-
 def parse_args(argv: Sequence[str] | None = None) -> FinetuneArguments:
-    return parse_arguments(
-        FinetuneArguments,
-        argv,
-        prog="structformer finetune",
-        description="Fine-tune a StructBERT checkpoint on SciREX or on CSV/JSON/JSON-lines files, over several seeds.",
-    )
+    return parse_dataclass(FinetuneArguments, argv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1089,8 +960,6 @@ def train_one_seed(
     seed_dir.mkdir(parents=True, exist_ok=True)
     seed_args = dataclasses.replace(args, seed=seed)
     model = build_model(args, len(data.label_names), dict(enumerate(data.label_names)))
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args, total_steps)
 
     def collate_fn(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return collate(features, pad_token_id)
@@ -1102,28 +971,24 @@ def train_one_seed(
         collate_fn=collate_fn,
     )
     eval_loader = DataLoader(data.eval, batch_size=args.per_device_eval_batch_size, collate_fn=collate_fn)
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler
-    )
     checkpoints = seed_dir / "checkpoints"
-    resumed = resolve_checkpoint(args.resume_from_checkpoint, checkpoints)
-    state = None
-    identity = run_identity(args, data)
-    if resumed is not None:
-        state = restore_checkpoint(accelerator, resumed, optimizer, scheduler, seed_args, identity)
-        progress.update(state["step"])
-    loop = Loop(
-        loss_fn=lambda batch: _batch_loss(model, batch),
+    fitting = fit(
+        accelerator,
+        seed_args,
+        model,
+        train_loader,
+        eval_loader,
+        loss_fn=_batch_loss,
         weight_fn=lambda batch: 1,  # the models' losses are batch means
         total_steps=total_steps,
-        metrics=MetricsLogger(
-            accelerator, seed_dir / METRICS_FILE, state["step"] if state else 0, {"seed": seed}
-        ),
-        progress=progress,
         checkpoint_dir=checkpoints,
-        identity=identity,
+        resumed=resume_point(seed_args, checkpoints),
+        identity=run_identity(args, data),
+        progress=progress,
+        metrics_file=seed_dir / METRICS_FILE,
+        metrics_extra={"seed": seed},
     )
-    train(accelerator, model, optimizer, scheduler, train_loader, seed_args, loop, state)
+    model, eval_loader = fitting.model, fitting.eval_loader
 
     progress.set_postfix(seed=seed, status="evaluating")
     predictions = predict(model, eval_loader, accelerator, len(data.eval))
@@ -1146,7 +1011,7 @@ def train_one_seed(
         )
         if args.save_model:
             accelerator.unwrap_model(model).save_pretrained(seed_dir / "model")
-    accelerator.free_memory(model, optimizer, train_loader, eval_loader, scheduler)
+    accelerator.free_memory(model, fitting.optimizer, fitting.train_loader, eval_loader, fitting.scheduler)
     return metrics
 
 
@@ -1239,7 +1104,6 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
 
     ``--output-dir`` may not overlap the model or tokenizer folder, is locked for the run, and an earlier
     run's results in it are kept unless ``--overwrite-output-dir`` (or continued with a resume)."""
-    check_output_dir(args.output_dir, {"--model": args.model, "--tokenizer": args.tokenizer})
     config = check_structbert(args.model)
     if args.max_seq_length > config.max_position_embeddings:
         raise InputError(
@@ -1257,11 +1121,9 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
             f"--tokenizer {tokenizer_path} has {len(tokenizer)} tokens but {args.model} has vocab_size {config.vocab_size}"
         )
 
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    with output_lock(accelerator, output_dir, "finetune"):
-        return _finetune(args, accelerator, output_dir, config, tokenizer)
+    inputs = {"--model": args.model, "--tokenizer": args.tokenizer}
+    with training_run(args, "finetune", inputs) as accelerator:
+        return _finetune(args, accelerator, Path(args.output_dir), config, tokenizer)
 
 
 def _earlier_run(output_dir: Path) -> list[str]:
@@ -1293,9 +1155,7 @@ def _finetune(
                 path = output_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(output_dir / TRAINING_ARGS_FILE, args.to_dict())
+    write_run_arguments(accelerator, args, args.resume_from_checkpoint)
 
     with accelerator.main_process_first():
         if TASKS[args.task].inputs == "scirex":
@@ -1316,9 +1176,8 @@ def _finetune(
     for index, feature in enumerate(data.eval):
         feature["feature_index"] = index
 
-    batches_per_epoch = math.ceil(len(data.train) / (args.per_device_batch_size * accelerator.num_processes))
-    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
-    total_steps = args.max_steps or max(1, math.ceil(args.num_train_epochs * steps_per_epoch))
+    epoch_steps = steps_per_epoch(batches_per_process(len(data.train), args, accelerator.num_processes), args)
+    total_steps = args.max_steps or max(1, math.ceil(args.num_train_epochs * epoch_steps))
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     logger.info(
         "finetune %s: model %s, %d train / %d eval features (%s), split sizes %s, %d steps x %d seeds, "
@@ -1447,9 +1306,13 @@ def learned_nothing(results: dict[str, Any]) -> str | None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    run_finetune(parse_args(argv))
+def run(args: FinetuneArguments) -> int:
+    run_finetune(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

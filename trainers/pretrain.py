@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,38 +33,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from structformer.arguments import parse_dataclass
 from structformer.convert import convert_checkpoint
 from structformer.dataset_scripts.schema import DEFAULT_CONFIG, PLAIN, STRUCTURED, find_shards, load_corpus
 from structformer.errors import InputError, run_command
 from structformer.modeling import StructBertConfig, StructBertForMaskedLM
+from structformer.trainers.arguments import PretrainArguments
 from structformer.trainers.core import (
     EpochShuffleSampler,
-    Loop,
-    MetricsLogger,
+    Fitting,
+    Hooks,
     NonFiniteLossError,
-    TrainingArguments,
-    build_optimizer,
-    build_scheduler,
-    changed_arguments,
-    check_output_dir,
     check_resume_identity,
     disk_full_stops,
+    fit,
     global_batch_size,
     hub_unreachable,
-    list_checkpoints,
-    make_accelerator,
-    output_lock,
-    parse_arguments,
-    require,
-    resolve_checkpoint,
-    restore_checkpoint,
-    setup_logging,
-    steps_per_epoch,
-    train,
+    resume_point,
+    training_run,
     write_json_atomically,
+    write_run_arguments,
 )
 from structformer.trainers.data import (
-    DOCUMENT_CHUNKS,
     DataCollatorForStructuredMLM,
     IndexedDataset,
     corpus_fingerprint,
@@ -76,7 +66,6 @@ from structformer.trainers.run_files import (
     EVAL_DOCUMENTS_FILE,
     EVAL_RESULTS_FILE,
     METRICS_FILE,
-    TRAINING_ARGS_FILE,
 )
 from structformer.trainers.statistics import unigram_log2_probs
 from structformer.trainers.tokenizer import load_tokenizer, tokenizer_hash, train_wordpiece
@@ -88,148 +77,8 @@ logger = logging.getLogger("structformer.pretrain")
 __all__ = ["NonFiniteLossError", "PretrainArguments", "main", "parse_args", "run_pretraining"]
 
 
-@dataclass(kw_only=True)
-class PretrainArguments(TrainingArguments):
-    """``structformer pretrain`` options (the shared ones are in :class:`TrainingArguments`)."""
-
-    dataset: str = field(metadata={"help": "corpus folder (Parquet + README.md) or Hub id"})
-    dataset_config: str | None = field(
-        default=None,
-        metadata={
-            "help": "arxiv_structured (headings are global) or arxiv_plain; default: the dataset's default"
-        },
-    )
-    text_column: str = field(default="text", metadata={"help": "column holding the document text"})
-    max_seq_length: int = field(default=4096, metadata={"help": "tokens per packed sequence"})
-    validation_split: float = field(
-        default=0.05,
-        metadata={
-            "help": "share of training documents held out when the corpus has no validation split (0 = none)"
-        },
-    )
-    preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "processes for datasets.map"}
-    )
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder"})
-    mlm_probability: float = field(default=0.15, metadata={"help": "share of words masked"})
-    document_chunks: str = field(
-        default="first",
-        metadata={
-            "help": "first = each document's first --max-seq-length tokens (the paper's sequences); all = "
-            "every token, packed (later sequences repeat the title as context, never as a label)"
-        },
-    )
-    min_document_tokens: int | None = field(
-        default=None,
-        metadata={"help": "drop documents with fewer tokens, in every split (the paper: 2000)"},
-    )
-    max_document_tokens: int | None = field(
-        default=None,
-        metadata={"help": "drop documents with more tokens, in every split (the paper: 12000)"},
-    )
-    eval_seed: int = field(
-        default=0,
-        metadata={
-            "help": "seed of the validation masks, independent of --seed: runs with the same eval seed are "
-            "scored on the same [MASK] positions"
-        },
-    )
-    pad_to_multiple_of: str = field(
-        default="window",
-        metadata={
-            "help": "pad batches to a multiple of this length: an integer, 0 = the longest row, or 'window' "
-            "(the attention window: few distinct shapes and whole attention blocks)"
-        },
-    )
-    mask_headings: bool = field(
-        default=True,
-        metadata={"help": "heading and title tokens may be masked like any token (--no-mask-headings)"},
-    )
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "tokenizer folder (default: the --init-from one)"}
-    )
-    vocab_size: int = field(
-        default=30522,
-        metadata={
-            "help": "without --tokenizer or --init-from: train a WordPiece tokenizer of this size on the corpus"
-        },
-    )
-    init_from: str | None = field(
-        default=None, metadata={"help": "StructBERT checkpoint, or a BERT/RoBERTa/Longformer one (converted)"}
-    )
-    model_config: str = field(default="tiny", metadata={"help": "preset (tiny, small, base) or JSON file"})
-    attention_window: int | None = field(
-        default=None, metadata={"help": "override the config's window (even)"}
-    )
-    global_attention_types: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "override the config's global_attention_types (e.g. title section; 'none' for no global token)"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "recompute activations in backward"}
-    )
-    eval_steps: int = field(default=500, metadata={"help": "evaluate every N steps; 0 = only at the end"})
-    max_eval_batches: int | None = field(
-        default=None, metadata={"help": "cap on validation batches per evaluation"}
-    )
-    max_steps: int = field(metadata={"help": "optimizer steps"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.global_attention_types is not None and list(self.global_attention_types) == ["none"]:
-            self.global_attention_types = []
-        require(self.max_seq_length >= 8, f"--max-seq-length must be at least 8, got {self.max_seq_length}")
-        require(
-            0.0 <= self.validation_split < 1.0,
-            f"--validation-split must be in [0, 1), got {self.validation_split}",
-        )
-        require(
-            0.0 < self.mlm_probability < 1.0,
-            f"--mlm-probability must be in (0, 1), got {self.mlm_probability}",
-        )
-        require(self.eval_steps >= 0, f"--eval-steps must be >= 0, got {self.eval_steps}")
-        require(
-            self.document_chunks in DOCUMENT_CHUNKS,
-            f"--document-chunks must be one of {DOCUMENT_CHUNKS}, got {self.document_chunks!r}",
-        )
-        for name in ("min_document_tokens", "max_document_tokens"):
-            value = getattr(self, name)
-            require(value is None or value >= 1, f"--{name.replace('_', '-')} must be positive, got {value}")
-        require(
-            not (self.min_document_tokens and self.max_document_tokens)
-            or self.min_document_tokens <= self.max_document_tokens,
-            "--min-document-tokens must not exceed --max-document-tokens",
-        )
-        require(self.dataloader_num_workers >= 0, "--dataloader-num-workers must be >= 0")
-        require(
-            self.attention_window is None or (self.attention_window > 0 and self.attention_window % 2 == 0),
-            f"--attention-window must be a positive even number (+-window/2 each side), got {self.attention_window}",
-        )
-        require(
-            self.pad_to_multiple_of == "window" or (self.pad_to_multiple_of.isdigit()),
-            f"--pad-to-multiple-of: expected an integer >= 0 or 'window', got {self.pad_to_multiple_of!r}",
-        )
-
-    def pad_multiple(self, window: int) -> int | None:
-        """The collator's padding multiple for a model of this (largest) window; None = no rounding."""
-        return window if self.pad_to_multiple_of == "window" else int(self.pad_to_multiple_of) or None
-
-    def padded_length(self, window: int) -> int:
-        """The longest batch the collator can produce: --max-seq-length rounded up to the multiple."""
-        multiple = self.pad_multiple(window)
-        return math.ceil(self.max_seq_length / multiple) * multiple if multiple else self.max_seq_length
-
-
 def parse_args(argv: list[str] | None = None) -> PretrainArguments:
-    return parse_arguments(
-        PretrainArguments,
-        argv,
-        prog="structformer pretrain",
-        description="Masked-LM pre-training of StructBERT (structured or plain corpus config).",
-    )
+    return parse_dataclass(PretrainArguments, argv)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -748,21 +597,6 @@ def save_final(
 # The run
 
 
-def _resume(args: PretrainArguments, checkpoints: Path) -> tuple[Path, dict] | None:
-    found = resolve_checkpoint(args.resume_from_checkpoint, checkpoints)
-    if args.resume_from_checkpoint is None and list_checkpoints(checkpoints):
-        # A fresh run would mix its checkpoints with the old ones, and "latest" could pick the old run's.
-        raise InputError(
-            f"{args.output_dir} already holds checkpoints of another run: pass --resume-from-checkpoint latest "
-            "to continue it, or choose a new --output-dir"
-        )
-    if args.resume_from_checkpoint == "latest" and found is None:
-        logger.info(
-            "--resume-from-checkpoint latest: no intact checkpoint in %s, starting from scratch", checkpoints
-        )
-    return found
-
-
 def _summary(
     args: PretrainArguments,
     config: StructBertConfig,
@@ -830,23 +664,18 @@ def run_pretraining(args: PretrainArguments) -> dict[str, Any]:
     """Pre-train and save; returns the final evaluation summary (empty without a validation split).
 
     ``--output-dir`` may not overlap an input folder, and is locked for the run (one run per folder)."""
-    output_dir = Path(args.output_dir)
-    check_output_dir(
-        output_dir, {"--init-from": args.init_from, "--tokenizer": args.tokenizer, "--dataset": args.dataset}
-    )
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    with output_lock(accelerator, output_dir, "pretrain"):
-        return _pretrain(args, accelerator, output_dir)
+    inputs = {"--init-from": args.init_from, "--tokenizer": args.tokenizer, "--dataset": args.dataset}
+    with training_run(args, "pretrain", inputs) as accelerator:
+        return _pretrain(args, accelerator, Path(args.output_dir))
 
 
 def _pretrain(args: PretrainArguments, accelerator: Accelerator, output_dir: Path) -> dict[str, Any]:
     checkpoints = output_dir / "checkpoints"
-    resumed = _resume(args, checkpoints)
-    resume_dir, state = resumed if resumed else (None, None)
+    resumed = resume_point(args, checkpoints)
+    resume_dir = resumed[0] if resumed else None
     identity = run_identity(args)
     if resumed:
-        check_resume_identity(resume_dir, state, identity)
+        check_resume_identity(*resumed, identity)
 
     # Everything that can fail on bad input fails here, before any training.
     raw, use_headers = load_data(args, accelerator)
@@ -859,113 +688,80 @@ def _pretrain(args: PretrainArguments, accelerator: Accelerator, output_dir: Pat
     set_seed(args.seed)
     packed = pack_splits(args, accelerator, raw, tokenizer, config, use_headers)
     train_loader, eval_loader = make_loaders(args, packed, tokenizer, config)
-
     model = build_model(args, config, source)
     # The masked-LM head projects only the masked positions (~15% of a row): most of its memory and time.
     model.config.sparse_prediction = True
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args, args.max_steps)
-    prepared = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *([eval_loader] if eval_loader else [])
-    )
-    model, optimizer, train_loader, scheduler = prepared[:4]
-    eval_loader = prepared[4] if eval_loader else None
-    epoch_steps = steps_per_epoch(train_loader, args)
-    if resumed:
-        restore_checkpoint(accelerator, resumed, optimizer, scheduler, args, identity)
-
-    metrics = MetricsLogger(accelerator, output_dir / METRICS_FILE, state["step"] if state else 0)
-    if accelerator.is_main_process:
-        previous_file = output_dir / TRAINING_ARGS_FILE
-        previous = (
-            json.loads(previous_file.read_text(encoding="utf-8"))
-            if resumed and previous_file.is_file()
-            else {}
-        )
-        changes = changed_arguments(previous, args.to_dict())
-        if changes:
-            logger.warning(
-                "resumed with changed flags: %s",
-                ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in changes.items()),
-            )
-        run_args = {
-            **args.to_dict(),
-            "corpus_fingerprint": identity["corpus_fingerprint"],
-            "tokenizer_sha256": tokenizer_hash(_tokenizer_folder(args, init, resume_dir)),
-            "num_processes": accelerator.num_processes,
-            "global_batch_size": global_batch_size(accelerator, args),
-            "structured": use_headers,
-            "train_sequences": len(packed["train"]),
-            "validation_sequences": len(packed.get("validation", [])),
-            "resumed_from": str(resume_dir) if resume_dir else None,
-            # Earlier resumes' changes are kept: the file describes the whole run.
-            "resumed_with_changes": [
-                *previous.get("resumed_with_changes", []),
-                {"from": str(resume_dir), **changes},
-            ]
-            if changes
-            else previous.get("resumed_with_changes", []),
-        }
-        write_json_atomically(output_dir / TRAINING_ARGS_FILE, run_args)
-    if args.report_to != "none":
-        tracked = {
-            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in args.to_dict().items()
-        }
-        accelerator.init_trackers("pretrain", config=tracked)
-    logger.info(_summary(args, config, packed, use_headers, model, epoch_steps, accelerator))
 
     documents: dict[str, list] = {}
-
-    def evaluate_now() -> dict[str, float]:
-        return evaluate(
-            accelerator, model, eval_loader, args.max_eval_batches, tokenizer.mask_token_id, documents
-        )
-
     initial_file = output_dir / "eval_initial.json"
-    if eval_loader is not None and not resumed:
-        # Two baselines on the same [MASK] positions: the untrained model (where every arm starts) and
-        # a unigram model of the training sequences' tokens.
-        sequences = (ids for batch in _batches(packed["train"], ["input_ids"]) for ids in batch["input_ids"])
-        unigram = torch.from_numpy(
-            unigram_log2_probs(sequences, config.vocab_size, tokenizer.all_special_ids)
-        ).float()
-        initial = evaluate(
+
+    def evaluate_now(fitting: Fitting, unigram: torch.Tensor | None = None) -> dict[str, float]:
+        return evaluate(
             accelerator,
-            model,
-            eval_loader,
+            fitting.model,
+            fitting.eval_loader,
             args.max_eval_batches,
             tokenizer.mask_token_id,
             documents,
             unigram,
         )
+
+    def before_training(fitting: Fitting) -> None:
+        write_run_arguments(
+            accelerator,
+            args,
+            str(resume_dir) if resume_dir else None,
+            {
+                "corpus_fingerprint": identity["corpus_fingerprint"],
+                "tokenizer_sha256": tokenizer_hash(_tokenizer_folder(args, init, resume_dir)),
+                "structured": use_headers,
+                "train_sequences": len(packed["train"]),
+                "validation_sequences": len(packed.get("validation", [])),
+            },
+        )
+        logger.info(
+            _summary(args, config, packed, use_headers, fitting.model, fitting.epoch_steps, accelerator)
+        )
+        if fitting.eval_loader is None or fitting.resumed:
+            return
+        # Two baselines on the same [MASK] positions: the untrained model (where every arm starts) and a unigram
+        # model of the training sequences' tokens.
+        sequences = (ids for batch in _batches(packed["train"], ["input_ids"]) for ids in batch["input_ids"])
+        unigram = torch.from_numpy(
+            unigram_log2_probs(sequences, config.vocab_size, tokenizer.all_special_ids)
+        )
+        initial = evaluate_now(fitting, unigram.float())
         initial = {"step": 0, **initial, "bits": documents["bits"], "unigram_bits": documents["unigram_bits"]}
         if accelerator.is_main_process:
             write_json_atomically(initial_file, initial)
 
-    loop = Loop(
-        loss_fn=lambda batch: training_loss(model, batch),
-        weight_fn=lambda batch: int((batch["labels"] != -100).sum()),
-        total_steps=args.max_steps,
-        metrics=metrics,
-        progress=tqdm(
-            total=args.max_steps,
-            initial=state["step"] if state else 0,
-            desc="pretrain",
-            disable=not accelerator.is_local_main_process,
-        ),
-        checkpoint_dir=checkpoints,
-        save_extra=tokenizer.save_pretrained,
-        identity=identity,
-        evaluate=evaluate_now if eval_loader is not None else None,
-        eval_steps=args.eval_steps,
-    )
-    try:
-        eval_results = train(accelerator, model, optimizer, scheduler, train_loader, args, loop, state)
-    finally:
-        loop.progress.close()
+    progress = tqdm(total=args.max_steps, desc="pretrain", disable=not accelerator.is_local_main_process)
+    with progress:
+        fitting = fit(
+            accelerator,
+            args,
+            model,
+            train_loader,
+            eval_loader,
+            loss_fn=training_loss,
+            weight_fn=lambda batch: int((batch["labels"] != -100).sum()),
+            total_steps=args.max_steps,
+            checkpoint_dir=checkpoints,
+            resumed=resumed,
+            identity=identity,
+            progress=progress,
+            metrics_file=output_dir / METRICS_FILE,
+            hooks=Hooks(
+                evaluate=evaluate_now if eval_loader is not None else None,
+                before_training=before_training,
+                save_extra=tokenizer.save_pretrained,
+            ),
+            eval_steps=args.eval_steps,
+        )
+    eval_results = fitting.eval_results
     if eval_loader is not None and (eval_results is None or eval_results["step"] != args.max_steps):
-        eval_results = {"step": args.max_steps, **evaluate_now()}
-        metrics.log(eval_results)
+        eval_results = {"step": args.max_steps, **evaluate_now(fitting)}
+        fitting.metrics.log(eval_results)
     extra = run_facts(args, config, packed, accelerator)
     if eval_loader is not None and initial_file.is_file():
         initial = json.loads(initial_file.read_text(encoding="utf-8"))
@@ -973,12 +769,11 @@ def _pretrain(args: PretrainArguments, accelerator: Accelerator, output_dir: Pat
         extra.update({k: initial[k] for k in UNIGRAM_KEYS})
         documents["initial_bits"] = initial["bits"]
         documents["unigram_bits"] = initial["unigram_bits"]
-    summary = save_final(accelerator, model, tokenizer, output_dir, eval_results, extra)
+    summary = save_final(accelerator, fitting.model, tokenizer, output_dir, eval_results, extra)
     if eval_loader is not None and accelerator.is_main_process:
         ids = raw["validation"]["id"] if "id" in raw["validation"].column_names else None
         ids = ids[: len(documents["mask_tokens"])] if ids is not None else None  # --max-eval-batches
         write_json_atomically(output_dir / EVAL_DOCUMENTS_FILE, {"ids": ids, **documents})
-    accelerator.end_training()
     return summary
 
 
@@ -1012,9 +807,13 @@ def run_facts(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    run_pretraining(parse_args(argv))
+def run(args: PretrainArguments) -> int:
+    run_pretraining(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ SciBERT built its scientific vocabulary, and saves it as a ``transformers`` toke
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
 import logging
@@ -20,8 +19,10 @@ from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 import structformer.modeling  # noqa: F401  (registers structbert: AutoTokenizer reads a checkpoint's config.json)
-from structformer.dataset_scripts.schema import PLAIN, load_corpus
+from structformer.arguments import parse_dataclass
+from structformer.dataset_scripts.schema import load_corpus
 from structformer.errors import InputError, run_command
+from structformer.trainers.arguments import TokenizerArguments
 
 logger = logging.getLogger(__name__)
 
@@ -179,33 +180,15 @@ def _iter_texts(dataset, column: str, batch_size: int = 256) -> Iterator[list[st
         yield dataset[start : start + batch_size][column]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="structformer train-tokenizer", description="Train a WordPiece tokenizer on a corpus."
-    )
-    parser.add_argument("--dataset", required=True, help="corpus folder or Hub id")
-    parser.add_argument(
-        "--dataset-config",
-        default=PLAIN,
-        help=f"config to read (default: {PLAIN}, the same text without spans)",
-    )
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--vocab-size", type=int, default=30522)
-    parser.add_argument("--min-frequency", type=int, default=2)
-    parser.add_argument(
-        "--no-lowercase", dest="lowercase", action="store_false", help="keep case (cased vocab)"
-    )
-    parser.add_argument(
-        "--max-documents", type=int, default=None, help="train on at most this many documents"
-    )
-    parser.add_argument("--cache-dir", default=None, help="datasets cache folder")
-    parser.add_argument("--output-dir", required=True)
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> TokenizerArguments:
+    return parse_dataclass(TokenizerArguments, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: TokenizerArguments) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     dataset = load_corpus(
