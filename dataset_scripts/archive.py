@@ -16,6 +16,9 @@ Nothing is ever extracted to disk. Sources come from strangers, so:
   The user's own links are followed: the sources named, and the entries of a folder of papers
   (but not a link to a folder that holds the link).
 
+:func:`plan_inputs` lists the sources' units (tars, paper folders and files), which tasks can read
+apart (:func:`task_share`); :func:`iter_papers` reads them all.
+
 Each input carries a ``stamp`` (a digest of its files' bytes) so that a resumed build parses again
 the papers edited since the interrupted run, even by an edit that kept sizes and times.
 
@@ -59,6 +62,13 @@ _PAPER_FILES = (*_TEX_SUFFIXES, ".gz", ".tgz", ".pdf", ".tar")
 # Where an input came from: a member of an arXiv bulk tar, a file or folder named by an arXiv id,
 # any other paper folder or file, a folder of a plain tar of paper folders.
 SOURCE_KINDS = ("arxiv_bulk_tar", "arxiv_id_file", "folder", "file", "tar_of_folders")
+# Whether to read the input ``(key, stamp)``: asked before an input is decompressed or read, so that
+# a resumed build skips what it finished and a task skips the members of a tar that are another's.
+Want = Callable[[str, str], bool]
+
+
+def _every(key: str, stamp: str) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -356,23 +366,19 @@ def _tar_layout(path: Path) -> str:
     return "bulk"
 
 
-def iter_tar(
-    path: Path, limits: ArchiveLimits, skip: Mapping[str, str] | None = None
-) -> Iterator[PaperInput]:
+def iter_tar(path: Path, limits: ArchiveLimits, want: Want = _every) -> Iterator[PaperInput]:
     """Papers of a ``.tar``: arXiv's bulk layout (:func:`iter_bulk_archive`) or a tar of paper folders."""
     if _tar_layout(path) == "bulk":
-        yield from iter_bulk_archive(path, limits, skip)
+        yield from iter_bulk_archive(path, limits, want)
     else:
-        yield from iter_folder_tar(path, limits, skip)
+        yield from iter_folder_tar(path, limits, want)
 
 
-def iter_folder_tar(
-    path: Path, limits: ArchiveLimits, skip: Mapping[str, str] | None = None
-) -> Iterator[PaperInput]:
+def iter_folder_tar(path: Path, limits: ArchiveLimits, want: Want = _every) -> Iterator[PaperInput]:
     """Papers of a plain tar of paper folders: each top-level folder is one paper, each top-level file
     a single-file paper (or a reject), as if the tar were unpacked into a folder of papers. One folder
-    holding every member is looked into; a tar with files only and no folder is one paper."""
-    skip = skip or {}
+    holding every member is looked into; a tar with files only and no folder is one paper. Only the
+    inputs that ``want`` accepts are read (see :data:`Want`)."""
     source, stamp = str(path), entry_stamp(path)
     try:
         with tarfile.open(path, mode="r:*") as tar:
@@ -382,6 +388,8 @@ def iter_folder_tar(
                 members.append(member)
                 if len(members) > _FOLDER_TAR_MEMBERS * limits.max_members:
                     detail = f"{path.name}: more than {len(members) - 1} members ({_FOLDER_TAR_MEMBERS} times the cap on a paper's tar members)"
+                    if not want(printable(f"{source}::<members>"), stamp):
+                        return
                     yield _reject(
                         f"{source}::<members>",
                         path.name,
@@ -406,13 +414,13 @@ def iter_folder_tar(
                     folders.add(top)
             if not folders:
                 key = printable(f"{source}::<whole>")
-                if skip.get(key) != stamp:
+                if want(key, stamp):
                     build = partial(_files_from_members, tar, members, limits, path.name, "")
                     yield _make(key, path.name, path.name, build, stamp, "file")
                 return
             for top in sorted(groups):
                 key, label = f"{source}::{prefix}{top}", f"{path.name}:{prefix}{top}"
-                if skip.get(printable(key)) == stamp:
+                if not want(printable(key), stamp):
                     continue
                 if top in folders:
                     build = partial(_files_from_members, tar, groups[top], limits, label, f"{prefix}{top}/")
@@ -421,7 +429,7 @@ def iter_folder_tar(
                     yield _tar_file_member(tar, groups[top][0], key, label, limits, stamp)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         key = f"{source}::<unreadable>"
-        if skip.get(printable(key)) != stamp:
+        if want(printable(key), stamp):
             detail = f"{path.name}: the archive is unreadable ({error})"
             yield _reject(key, path.name, path.name, "decode_error", detail, stamp, "tar_of_folders")
 
@@ -461,17 +469,14 @@ def _tar_file_member(
     )
 
 
-def iter_bulk_archive(
-    path: Path, limits: ArchiveLimits, skip: Mapping[str, str] | None = None
-) -> Iterator[PaperInput]:
+def iter_bulk_archive(path: Path, limits: ArchiveLimits, want: Want = _every) -> Iterator[PaperInput]:
     """Papers of an ``arXiv_src_YYMM_NNN.tar``, streamed member by member.
 
-    Members that ``skip`` maps to the archive's current stamp (done in an interrupted run) are not
+    Members that ``want`` refuses (done in an interrupted run, or another task's) are not
     decompressed. An archive that is unreadable or truncated yields one ``decode_error`` input for
     the unreadable rest, so the build reports it instead of stopping. A second member of the same
     name is a ``duplicate_member`` reject (the first one is read).
     """
-    skip = skip or {}
     source = str(path)
     stamp = entry_stamp(path)
     last = "<start>"
@@ -487,16 +492,16 @@ def iter_bulk_archive(
                 label = f"{path.name}:{member.name}"
                 if seen[member.name] > 1:
                     key = f"{key}#{seen[member.name]}"
-                    if skip.get(printable(key)) != stamp:
+                    if want(printable(key), stamp):
                         detail = f"{label}: member {seen[member.name]} of that name in the archive; the first was read"
                         yield _reject(
                             key, label, member.name, "duplicate_member", detail, stamp, "arxiv_bulk_tar"
                         )
-                elif skip.get(printable(key)) != stamp:
+                elif want(printable(key), stamp):
                     yield _bulk_member(tar, member, key, label, limits, stamp)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         key = f"{source}::<unreadable after {last}>"
-        if skip.get(printable(key)) != stamp:
+        if want(printable(key), stamp):
             logger.warning("%s: unreadable after member %s (%s)", path, printable(last), error)
             detail = f"{path.name}: the archive is unreadable after member {last} ({error})"
             yield _reject(key, path.name, path.name, "decode_error", detail, stamp, "arxiv_bulk_tar")
@@ -691,24 +696,30 @@ def _entry_files(entry: Path, limits: ArchiveLimits, label: str, follow: bool) -
 
 
 def _iter_folder_entry(
-    entry: Path, limits: ArchiveLimits, skip: Mapping[str, str], label: str, follow: bool = True
+    entry: Path, limits: ArchiveLimits, want: Want, label: str, follow: bool = True
 ) -> Iterator[PaperInput]:
     """One paper folder or file. ``label`` names it in the report without the local path above it."""
     key = printable(str(entry))
     # Not stamped when it may not be read: a link to / would have the whole disk walked.
     readable = _inside(entry, entry.parent) or (follow and not _inside(entry.parent, entry))
     stamp = entry_stamp(entry) if readable else ""
-    if skip.get(key) != stamp:
+    if want(key, stamp):
         kind = "folder" if entry.is_dir() else "file"
         yield _make(key, label, entry.name, lambda: _entry_files(entry, limits, label, follow), stamp, kind)
 
 
-def iter_papers(
-    sources: Iterable[str | os.PathLike],
-    limits: ArchiveLimits | None = None,
-    skip: Mapping[str, str] | None = None,
-) -> Iterator[PaperInput]:
-    """Every input of every source, in a deterministic order.
+@dataclass(frozen=True)
+class InputUnit:
+    """A piece of the inputs that can be read on its own: a ``.tar`` (``kind="tar"``, its papers
+    streamed), or one paper folder or file (``kind="entry"``). ``label`` names it in the report."""
+
+    path: Path
+    label: str
+    kind: str
+
+
+def plan_inputs(sources: Iterable[str | os.PathLike], limits: ArchiveLimits | None = None) -> list[InputUnit]:
+    """The units of ``sources``, in a deterministic order; reading them all gives :func:`iter_papers`.
 
     A source is a ``.tar`` (arXiv's bulk layout, or a plain tar of paper folders), a paper folder
     (exactly one of its top-level ``.tex`` files has ``\\begin{document}``), a folder of papers
@@ -716,29 +727,78 @@ def iter_papers(
     order), or a single paper file of those kinds. Every entry of a folder of papers but hidden ones is
     an input: a file that is no paper (a README, a ``.zip``) is an ``unsupported_format`` reject. The
     sources, and the entries of a folder of papers, may be symbolic links (they are the user's own);
-    inside a paper, links that leave it are never followed. Inputs that ``skip`` maps to their current
-    stamp (``{key: stamp}`` of a resumed build) are not read again.
+    inside a paper, links that leave it are never followed.
     """
     limits = limits or ArchiveLimits()
-    skip = skip or {}
+    units: list[InputUnit] = []
     for source in sources:
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         if path.is_dir() and not _undecodable(path.name):
             if _is_paper_folder(path, limits):
-                yield from _iter_folder_entry(path, limits, skip, path.name)
+                units.append(InputUnit(path, path.name, "entry"))
                 continue
             for child in sorted(path.iterdir(), key=lambda p: p.name):
                 if child.name.startswith("."):
                     logger.debug("%s: hidden, skipped", child)
                     continue
-                label = f"{path.name}/{child.name}"
                 if child.name.lower().endswith(".tar") and child.is_file() and not _undecodable(child.name):
-                    yield from iter_tar(child, limits, skip)
+                    units.append(InputUnit(child, child.name, "tar"))
                 else:
-                    yield from _iter_folder_entry(child, limits, skip, label)
+                    units.append(InputUnit(child, f"{path.name}/{child.name}", "entry"))
         elif path.name.lower().endswith(".tar") and path.is_file() and not _undecodable(path.name):
-            yield from iter_tar(path, limits, skip)
+            units.append(InputUnit(path, path.name, "tar"))
         else:
-            yield from _iter_folder_entry(path, limits, skip, path.name)
+            units.append(InputUnit(path, path.name, "entry"))
+    return units
+
+
+def iter_unit(unit: InputUnit, limits: ArchiveLimits, want: Want = _every) -> Iterator[PaperInput]:
+    """The inputs of one unit that ``want`` accepts (see :data:`Want`)."""
+    if unit.kind == "tar":
+        yield from iter_tar(unit.path, limits, want)
+    else:
+        yield from _iter_folder_entry(unit.path, limits, want, unit.label)
+
+
+def iter_papers(
+    sources: Iterable[str | os.PathLike],
+    limits: ArchiveLimits | None = None,
+    skip: Mapping[str, str] | None = None,
+) -> Iterator[PaperInput]:
+    """Every input of every source (see :func:`plan_inputs`), in a deterministic order.
+
+    Inputs that ``skip`` maps to their current stamp (``{key: stamp}`` of a resumed build) are not
+    read again.
+    """
+    limits = limits or ArchiveLimits()
+    skip = skip or {}
+    for unit in plan_inputs(sources, limits):
+        yield from iter_unit(unit, limits, lambda key, stamp: skip.get(key) != stamp)
+
+
+def part_of(key: str, parts: int) -> int:
+    """Which of ``parts`` parts of a tar the input ``key`` (``TAR::MEMBER``) belongs to: a stable hash of
+    the member's name, the same on every machine, so that the tasks sharing a tar read each member once."""
+    digest = hashlib.sha1(key.partition("::")[2].encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % parts
+
+
+def task_share(units: list[InputUnit], rank: int, tasks: int) -> list[tuple[InputUnit, int, int]]:
+    """``(unit, part, parts)`` that task ``rank`` of ``tasks`` reads: together, every input once.
+
+    With at least as many units as tasks, units go round-robin to the tasks, whole. With fewer (a
+    build of one big tar on many tasks), the tasks ``r`` with ``r % len(units) == i`` share unit ``i``:
+    a tar is split among them by :func:`part_of` its members' keys (each task streams the tar's
+    headers and reads only its own members), a paper folder or file goes to the first of them.
+    """
+    if not units:
+        return []
+    if len(units) >= tasks:
+        return [(unit, 0, 1) for index, unit in enumerate(units) if index % tasks == rank]
+    unit = units[rank % len(units)]
+    sharing = len(range(rank % len(units), tasks, len(units)))
+    if unit.kind == "tar":
+        return [(unit, rank // len(units), sharing)]
+    return [(unit, 0, 1)] if rank < len(units) else []

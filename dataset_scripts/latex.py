@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from .latex_source import (
     collect_macros,
@@ -27,19 +26,17 @@ from .latex_source import (
 )
 from .latex_text import (
     LatexOptions,
-    Section,
     build_sections,
     extract_abstract,
     extract_title,
     find_abstract,
     latex_to_text,
 )
+from .records import PaperError, ParsedPaper
 
 __all__ = [
+    "LATEX_REJECT_REASONS",
     "LatexOptions",
-    "PaperError",
-    "ParsedPaper",
-    "Section",
     "build_sections",
     "decode_bytes",
     "expand_macros",
@@ -55,28 +52,9 @@ __all__ = [
 # Extensions read as TeX source. Files without an extension are read too when they look like
 # TeX: old arXiv submissions are often a single file with no name suffix.
 TEX_SUFFIXES = (".tex", ".ltx", ".latex")
-
-
-class PaperError(Exception):
-    """A paper that cannot become a record. ``reason`` is one of the build report's reject
-    reasons (``no_main_file``, ``pdf_only``, ``decode_error``, ``empty``, ``parse_error``)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass
-class ParsedPaper:
-    """A paper's content. ``sections`` are in document order; ``warnings`` says what was
-    skipped on the way (missing includes, refused paths, macros that failed to convert)."""
-
-    title: str
-    abstract: str
-    sections: list[Section]
-    main_file: str
-    warnings: list[str] = field(default_factory=list)
+# The reject reasons of this parser besides the build's own (schema.REJECT_REASONS, which has the
+# other reasons parse_paper raises: pdf_only, decode_error, empty, parse_error).
+LATEX_REJECT_REASONS = {"no_main_file": "no TeX file with \\documentclass and \\begin{document}"}
 
 
 def _is_tex_source(path: str, data: bytes) -> bool:

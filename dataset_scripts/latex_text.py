@@ -10,7 +10,7 @@ per paragraph and then per node, so a bad macro costs that macro, not the paper.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -25,6 +25,7 @@ from pylatexenc.latex2text import (
 from structformer.errors import InputError
 
 from .latex_source import flatten_nesting, mask_verbatim, read_group
+from .records import Section
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,6 @@ class LatexOptions:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_paper_chars <= 0:
             raise InputError(f"max_paper_chars must be > 0, got {self.max_paper_chars}")
-
-
-@dataclass
-class Section:
-    """One heading and the paragraphs up to the next heading. ``title`` is empty only for the
-    text that comes before a paper's first heading."""
-
-    level: str
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
 
 
 # Heading commands and the section level (schema.SECTION_LEVELS) they map to (``\part`` and KOMA's

@@ -1,4 +1,7 @@
-"""Parsed papers to the rows of the ``arxiv_structured`` and ``arxiv_plain`` configs.
+"""The record format: what a paper parser returns, and the rows of ``arxiv_structured`` and ``arxiv_plain``.
+
+A paper parser (:mod:`.parsers`; LaTeX is one) turns a paper's files into a :class:`ParsedPaper`, or
+raises :class:`PaperError` with one of its reject reasons; nothing here depends on the source format.
 
 The text layout is fixed by docs/ARCHITECTURE.md: blocks joined by a blank line, in the order
 title, abstract, then each heading followed by its paragraphs. Empty blocks are left out so
@@ -13,10 +16,43 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .latex_text import Section
 from .schema import PARAGRAPH_SEPARATOR
+
+
+@dataclass
+class Section:
+    """One heading and the paragraphs up to the next heading. ``title`` is empty only for the
+    text that comes before a paper's first heading; ``level`` is one of ``schema.SECTION_LEVELS``."""
+
+    level: str
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParsedPaper:
+    """A paper's content, whatever its source format. ``sections`` are in document order;
+    ``warnings`` says what the parser skipped or repaired on the way (missing includes, refused
+    paths, macros that failed to convert)."""
+
+    title: str
+    abstract: str
+    sections: list[Section]
+    main_file: str
+    warnings: list[str] = field(default_factory=list)
+
+
+class PaperError(Exception):
+    """A paper that cannot become a record. ``reason`` is a reject reason of the build report:
+    one of ``schema.REJECT_REASONS`` or of the parser's own ``reject_reasons``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 def _latest_version(metadata: Mapping[str, Any]) -> str | None:
@@ -143,7 +179,9 @@ def linearize(title: str, abstract: str, sections: list[Section]) -> tuple[str, 
     return "".join(pieces), headers
 
 
-def to_record(parsed: Any, paper_id: str, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def to_record(
+    parsed: ParsedPaper, paper_id: str, metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``arxiv_structured`` row of a ``ParsedPaper``.
 
     ``metadata`` (for instance a line of arXiv's metadata snapshot) fills ``categories``,

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import pyarrow.parquet as pq
-from datasets import Features, List, Value
 
 from structformer.errors import InputError
+
+if TYPE_CHECKING:
+    import datasets
 
 STRUCTURED = "arxiv_structured"
 PLAIN = "arxiv_plain"
@@ -36,31 +39,72 @@ SECTION_LEVELS = HEADING_LEVELS[1:]
 # Between the blocks of ``text`` (title, abstract, each heading, each paragraph); no block holds one.
 PARAGRAPH_SEPARATOR = "\n\n"
 
-STRUCTURED_FEATURES = Features(
-    {
-        "id": Value("string"),
-        "title": Value("string"),
-        "abstract": Value("string"),
-        "sections": List(
-            {"level": Value("string"), "title": Value("string"), "paragraphs": List(Value("string"))}
-        ),
-        "text": Value("string"),
-        "headers": List({"start": Value("int64"), "end": Value("int64"), "level": Value("string")}),
-        "categories": Value("string"),
-        "license": Value("string"),
-        "version": Value("string"),
-        # Where the paper came from (archive.SOURCE_KINDS) and its language (records.detect_language).
-        "source_kind": Value("string"),
-        "language": Value("string"),
-    }
+# The columns of ``arxiv_structured``, in order; :func:`features` gives their types.
+STRUCTURED_FIELDS = (
+    "id",
+    "title",
+    "abstract",
+    "sections",
+    "text",
+    "headers",
+    "categories",
+    "license",
+    "version",
+    # Where the paper came from (archive.SOURCE_KINDS) and its language (records.detect_language).
+    "source_kind",
+    "language",
 )
-PLAIN_FEATURES = Features({"id": Value("string"), "text": Value("string")})
-FEATURES = {STRUCTURED: STRUCTURED_FEATURES, PLAIN: PLAIN_FEATURES}
-STRUCTURED_FIELDS = tuple(STRUCTURED_FEATURES)
+PLAIN_FIELDS = ("id", "text")
 
-# build_report.json's ``reasons``: every input that is not a record has exactly one of these.
+
+@cache
+def features(config: str) -> datasets.Features:
+    """The ``datasets`` features of one config (:data:`FEATURES` is the same, by config name).
+
+    ``datasets`` is imported here, on first use: it takes half a second, which ``build-corpus --help``
+    and every parse task would otherwise pay without needing it.
+    """
+    from datasets import Features, List, Value
+
+    if config == PLAIN:
+        return Features({"id": Value("string"), "text": Value("string")})
+    if config != STRUCTURED:
+        raise InputError(f"no config {config!r}; the configs are {list(CONFIG_NAMES)}")
+    string = Value("string")
+    found = Features(
+        {
+            "id": string,
+            "title": string,
+            "abstract": string,
+            "sections": List({"level": string, "title": string, "paragraphs": List(string)}),
+            "text": string,
+            "headers": List({"start": Value("int64"), "end": Value("int64"), "level": string}),
+            "categories": string,
+            "license": string,
+            "version": string,
+            "source_kind": string,
+            "language": string,
+        }
+    )
+    if tuple(found) != STRUCTURED_FIELDS:
+        raise AssertionError(f"STRUCTURED_FIELDS {STRUCTURED_FIELDS} != the features {tuple(found)}")
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    """``STRUCTURED_FEATURES``, ``PLAIN_FEATURES`` and ``FEATURES``, built on first use (see :func:`features`)."""
+    if name == "STRUCTURED_FEATURES":
+        return features(STRUCTURED)
+    if name == "PLAIN_FEATURES":
+        return features(PLAIN)
+    if name == "FEATURES":
+        return {config: features(config) for config in CONFIG_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# build_report.json's ``reasons``: every input that is not a record has exactly one of these, or one of
+# the reasons of the build's paper parser (``parsers.PaperParser.reject_reasons``).
 REJECT_REASONS: dict[str, str] = {
-    "no_main_file": "no TeX file with \\documentclass and \\begin{document}",
     "pdf_only": "only a PDF or PostScript file was submitted",
     "decode_error": "a corrupt archive, or TeX files that do not decode as text",
     "timeout": "parsing took longer than the per-paper time limit",
@@ -172,6 +216,8 @@ def load_corpus(
     would return the old rows, whereas the Parquet builder keys its cache on each file's path and
     modification time. ``config=None`` is the default config (``arxiv_structured``).
     """
+    import datasets
+
     if Path(dataset).expanduser().exists():
         files = data_files(Path(dataset).expanduser(), config or DEFAULT_CONFIG)
         loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=cache_dir)

@@ -3,12 +3,15 @@
 It follows ``transformers.HfArgumentParser``'s conventions, so the flags read as in the ``run_*`` scripts: field
 ``foo_bar`` is ``--foo-bar`` (``--foo_bar`` too), a ``bool`` is ``--foo`` (``--foo false`` works) and, when it
 defaults to True, ``--no-foo``; ``Literal[...]`` gives choices, ``list[X]`` takes one or more values, ``X | None``
-is optional, a field without default is required, and the defaults show in ``--help``. Field metadata adds:
+is optional (for a non-string ``X``, ``--foo none`` sets None: e.g. no bound), a field without default is
+required, and the defaults show in ``--help``. Field metadata adds:
 
 - ``help``: the flag's help text;
 - ``aliases``: more option strings (``["--output", "-o"]``);
 - ``positional``: a positional argument instead of a flag (with a list type: one or more values);
 - ``append``: a repeatable flag whose values collect into a list (``--latex-option a=1 --latex-option b=2``).
+
+A list flag given the one value ``none`` is the empty list (``--global-attention-types none``).
 
 The class names its command and help text with the class variables ``command`` and ``description``. Its
 ``__post_init__`` validates; an :class:`~structformer.errors.InputError` raised there is a usage error (exit 2).
@@ -31,8 +34,9 @@ from structformer.errors import InputError
 
 T = TypeVar("T")
 
-# A list flag cannot be given zero values (nargs="+"); this word spells the empty list.
-EMPTY_LIST = "none"
+# A list flag cannot be given zero values (nargs="+"); this word spells the empty list, and None for an
+# optional number.
+NONE = "none"
 
 
 def flag(name: str) -> str:
@@ -65,14 +69,22 @@ def _choice(choices: tuple[Any, ...]) -> Any:
     return parse
 
 
-def _unwrap_optional(annotation: Any) -> Any:
-    """``X | None`` -> ``X``; anything else unchanged."""
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; anything else ``(annotation, False)``."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) != 1:
             raise TypeError(f"only X | None unions are supported as arguments, got {annotation}")
-        return args[0]
-    return annotation
+        return args[0], True
+    return annotation, False
+
+
+def _or_none(convert: Any) -> Any:
+    def parse(value: str) -> Any:
+        return None if value.lower() == NONE else convert(value)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its errors
+    return parse
 
 
 def _default(item: dataclasses.Field) -> Any:
@@ -86,7 +98,7 @@ def _default(item: dataclasses.Field) -> Any:
 def _add_field(parser: argparse.ArgumentParser, item: dataclasses.Field, annotation: Any) -> None:
     meta = dict(item.metadata)
     kwargs: dict[str, Any] = {"help": meta.get("help")}
-    annotation = _unwrap_optional(annotation)
+    annotation, optional = _unwrap_optional(annotation)
     origin = typing.get_origin(annotation)
     default = _default(item)
     required = default is dataclasses.MISSING
@@ -102,6 +114,8 @@ def _add_field(parser: argparse.ArgumentParser, item: dataclasses.Field, annotat
             kwargs["action"] = "append"
         else:
             kwargs["nargs"] = "+"
+    elif optional and annotation is not str:
+        kwargs["type"] = _or_none(annotation)
     else:
         kwargs["type"] = annotation
     if not required:
@@ -153,6 +167,8 @@ def parse_dataclass(cls: type[T], argv: Sequence[str] | None = None) -> T:
     for item in dataclasses.fields(cls):
         if item.metadata.get("append") and values.get(item.name) is None:
             values[item.name] = _default(item)
+        elif isinstance(values.get(item.name), list) and values[item.name] == [NONE]:
+            values[item.name] = []
     try:
         return cls(**values)
     except InputError as err:
@@ -167,7 +183,12 @@ def to_argv(arguments: Any) -> list[str]:
     for item in dataclasses.fields(arguments):
         value = getattr(arguments, item.name)
         default = _default(item)
-        if value is None or (default is not dataclasses.MISSING and value == default):
+        if default is not dataclasses.MISSING and value == default:
+            continue
+        if value is None:  # at a default that is not None: only an optional number can say so
+            if _unwrap_optional(typing.get_type_hints(type(arguments))[item.name])[0] is str:
+                raise ValueError(f"{flag(item.name)}: None cannot be spelled on the command line")
+            argv += [flag(item.name), NONE]
             continue
         if item.metadata.get("positional"):
             positional += list(map(str, value)) if isinstance(value, (list, tuple)) else [str(value)]
@@ -177,7 +198,7 @@ def to_argv(arguments: Any) -> list[str]:
             for entry in value:
                 argv += [flag(item.name), str(entry)]
         elif isinstance(value, (list, tuple)):
-            argv += [flag(item.name), *(map(str, value) if value else [EMPTY_LIST])]
+            argv += [flag(item.name), *(map(str, value) if value else [NONE])]
         else:
             argv += [flag(item.name), str(value)]
     # Positionals first: a list flag before them would take them as its values.

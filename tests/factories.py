@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from structformer.dataset_scripts import schema
+from structformer.dataset_scripts import datatrove_blocks, schema, workers
 
 WORDS = [
     "attention",
@@ -265,3 +266,31 @@ def build_results(exp: Path) -> Path:
     path = exp / "results.json"
     path.write_text(json.dumps(results), encoding="utf-8")
     return path
+
+
+def log_parsed(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Append the id of every paper sent to a parse process to ``log``: the parse processes are forked,
+    so a list in this process would not see them."""
+    real_encode = workers._encode_task
+
+    def logged(paper_id: str, files: dict[str, bytes]) -> bytes:
+        with log.open("a") as handle:
+            handle.write(paper_id + "\n")
+        return real_encode(paper_id, files)
+
+    monkeypatch.setattr(workers, "_encode_task", logged)
+
+
+def interrupt_reading(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Make the reader stop after ``after`` inputs, as if the build had been killed there."""
+    real_iter = datatrove_blocks.iter_unit
+    read = []
+
+    def interrupted(*args, **kwargs):
+        for paper in real_iter(*args, **kwargs):
+            if len(read) == after:
+                raise KeyboardInterrupt
+            read.append(paper.key)
+            yield paper
+
+    monkeypatch.setattr(datatrove_blocks, "iter_unit", interrupted)

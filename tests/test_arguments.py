@@ -25,6 +25,8 @@ class _Example:
     output_dir: str = field(metadata={"help": "out", "aliases": ["--output", "-o"]})
     mode: Literal["a", "b"] = field(default="a", metadata={"help": "a mode"})
     size: int | None = field(default=None, metadata={"help": "a size"})
+    bound: int | None = field(default=10, metadata={"help": "'none' for no bound"})
+    label: str | None = field(default="x", metadata={"help": "a string"})
     ratio: float = field(default=0.5, metadata={"help": "a ratio"})
     shuffle: bool = field(default=True, metadata={"help": "on by default"})
     verbose: bool = field(default=False, metadata={"help": "off by default"})
@@ -52,6 +54,9 @@ def test_flags_follow_the_hf_argument_parser_conventions() -> None:
         option=["x=1", "y=2"],
         names=["p", "q"],
     )
+    # "none" is None for an optional number, and a string for a string.
+    none = parse_dataclass(_Example, ["s", "-o", "o", "--bound", "none", "--label", "none"])
+    assert (none.bound, none.label) == (None, "none")
     # Underscored spellings (run_mlm's) and the long alias work too.
     assert parse_dataclass(_Example, ["s", "--output_dir", "o", "--verbose"]).verbose is True
     assert parse_dataclass(_Example, ["s", "--output", "o"]).option == []
@@ -88,8 +93,10 @@ def test_to_argv_round_trips() -> None:
         "--names",
         "none",
     ]
-    parsed = parse_dataclass(_Example, to_argv(dataclasses.replace(args, names=["n"])))
-    assert parsed == dataclasses.replace(args, names=["n"])
+    for changed in (dataclasses.replace(args, names=["n"]), dataclasses.replace(args, bound=None, size=3)):
+        assert parse_dataclass(_Example, to_argv(changed)) == changed
+    with pytest.raises(ValueError, match="--label: None cannot be spelled"):
+        to_argv(dataclasses.replace(args, label=None))
     with pytest.raises(InputError, match="--ratio must be below 1"):
         _Example(sources=["s"], output_dir="o", ratio=1.0)
 

@@ -10,13 +10,16 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from factories import interrupt_reading, log_parsed
 
-from structformer.dataset_scripts import build, latex
-from structformer.dataset_scripts.build import BuildOptions, build_corpus, load_metadata, main, split_of
+from structformer.dataset_scripts import latex, merge
+from structformer.dataset_scripts.build import BuildOptions, build_corpus, main
 from structformer.dataset_scripts.builder import ArxivStructured
+from structformer.dataset_scripts.merge import load_metadata, split_of
+from structformer.dataset_scripts.parsers import make_parser, reject_reasons
 from structformer.dataset_scripts.sample import SAMPLE_RECORDS, SAMPLE_REJECTS, pack_sample_archive
-from structformer.dataset_scripts.schema import REJECT_REASONS, STRUCTURED_FEATURES
-from structformer.errors import InputError
+from structformer.dataset_scripts.schema import STRUCTURED_FEATURES
+from structformer.errors import InputError, RunStopped
 
 SHARDS = [
     f"data/{config}/{split}-00000-of-00001.parquet"
@@ -102,27 +105,18 @@ def test_rebuild_is_byte_identical_and_resumes(
     sample_archive: Path, sample_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output = tmp_path / "again"
-    real_iter = build.iter_papers
-
-    def interrupted(*args, **kwargs):
-        for count, paper in enumerate(real_iter(*args, **kwargs)):
-            if count == 9:
-                raise KeyboardInterrupt
-            yield paper
-
-    monkeypatch.setattr(build, "iter_papers", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    interrupt_reading(monkeypatch, after=9)
+    with pytest.raises(RunStopped, match="a parse task failed .*KeyboardInterrupt.* rerun the same command"):
         build_corpus([sample_archive], output, _options(num_proc=1))
-    journal = output / ".build-corpus" / "journal.jsonl"
+    journal = output / ".build-corpus" / "journal" / "00000.jsonl"
     done = len(journal.read_bytes().splitlines())
-    # only the journal is there: no lock left behind, no shard of a half-built corpus
+    # only the work folder is there: no lock left behind, no shard of a half-built corpus
     assert 0 < done <= 9 and [p.name for p in output.iterdir()] == [".build-corpus"]
 
-    monkeypatch.setattr(build, "iter_papers", real_iter)
-    sent = []
-    real_encode = build._encode_task
-    monkeypatch.setattr(build, "_encode_task", lambda *a: sent.append(a[0]) or real_encode(*a))
+    monkeypatch.undo()
+    log_parsed(tmp_path / "parsed", monkeypatch)
     build_corpus([sample_archive], output, _options(num_proc=2, max_tasks_per_worker=3))
+    sent = (tmp_path / "parsed").read_text().split()
     assert len(sent) == SAMPLE_RECORDS + 1 - done  # every input but the PDF goes to a parser once
     # neither the interruption, nor num_proc, nor recycled workers change a byte
     assert _files(output) == _files(sample_corpus)
@@ -214,7 +208,7 @@ def test_dedupe_metadata_filters_and_traversal(tmp_path: Path) -> None:
         ("2101.00001", "duplicate"),
         ("2101.00002", "too_short"),
     }
-    assert set(report["reasons"]) <= set(REJECT_REASONS)
+    assert set(report["reasons"]) <= set(reject_reasons(make_parser("latex")))
     assert str(tmp_path) not in json.dumps(report)  # no local paths in a report meant for publishing
     assert report["stats"]["metadata_joined"] == 2
     rows = {}
@@ -249,12 +243,12 @@ def test_bad_metadata_sources_and_options_fail_clearly(tmp_path: Path) -> None:
 
 def test_validation_split_is_stable_and_never_empty() -> None:
     ids = [f"2101.{i:05d}" for i in range(200)]
-    splits = build._assign_splits(ids, _options(validation_fraction=0.1))
+    splits = merge._assign_splits(ids, _options(validation_fraction=0.1))
     assert splits["validation"] == [i for i in ids if split_of(i, 0.1) == "validation"]
     assert 5 < len(splits["validation"]) < 40
-    tiny = build._assign_splits(ids[:3], _options(validation_fraction=0.0, min_validation=1))
+    tiny = merge._assign_splits(ids[:3], _options(validation_fraction=0.0, min_validation=1))
     assert len(tiny["validation"]) == 1 and len(tiny["train"]) == 2
-    assert build._assign_splits(ids[:1], _options(min_validation=1)) == {"train": ids[:1], "validation": []}
+    assert merge._assign_splits(ids[:1], _options(min_validation=1)) == {"train": ids[:1], "validation": []}
 
 
 def test_builder_configs_match_the_cli_build(

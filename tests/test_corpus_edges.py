@@ -16,11 +16,13 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from factories import interrupt_reading
 from huggingface_hub import DatasetCard
 
-from structformer.dataset_scripts import build, latex, schema
+from structformer.dataset_scripts import latex, merge, schema, workers
 from structformer.dataset_scripts.build import BuildOptions, build_corpus, main
-from structformer.errors import InputError
+from structformer.dataset_scripts.parsers import LatexParser, make_parser, reject_reasons
+from structformer.errors import InputError, RunStopped
 
 
 def _paper(title: str, body: str = "The method works on every input we tried, and it is fast.") -> str:
@@ -56,7 +58,7 @@ def _check_counts(report: dict) -> None:
         == report["records"] + report["rejects"]
         == len(report["rejected"]) + report["records"]
     )
-    assert set(report["reasons"]) <= set(schema.REJECT_REASONS)
+    assert set(report["reasons"]) <= set(reject_reasons(make_parser("latex")))
 
 
 def test_version_names_that_are_not_arxiv_ids_stay_apart(tmp_path: Path) -> None:
@@ -93,7 +95,7 @@ def test_deep_nesting_on_a_heading_line_keeps_the_heading_and_says_so() -> None:
         + "Real words of a paper written on one line. " * 10
         + "\\emph{" * 200 + "deep" + "}" * 200 + " The end.\\end{document}"
     )  # fmt: skip
-    outcome = build.parse_one("x", {"main.tex": one_line.encode()}, latex.LatexOptions())
+    outcome = workers.parse_one("x", {"main.tex": one_line.encode()}, LatexParser())
     assert len(outcome["record"]["text"]) > 400 and outcome["parse_warnings"]
 
 
@@ -102,7 +104,7 @@ def test_one_size_cap_the_documented_one(tmp_path: Path) -> None:
     is too_large, and the reject names the option."""
     big = _paper("Big", "Text of a big paper.\n" + "%" + "x" * (5 * 2**20) + "\n").encode()
     assert len(big) > 5 * 2**20
-    assert build.parse_one("big", {"main.tex": big}, latex.LatexOptions())["record"]["title"] == "Big"
+    assert workers.parse_one("big", {"main.tex": big}, LatexParser())["record"]["title"] == "Big"
     papers = tmp_path / "papers"
     papers.mkdir()
     (papers / "big.tex").write_bytes(big)
@@ -160,18 +162,10 @@ def test_resume_reparses_an_edit_that_keeps_size_and_mtime(
     for name in ("a", "b", "c"):
         (papers / f"{name}.tex").write_text(_paper(f"Paper {name}", "The first draft."))
     out = tmp_path / "out"
-    real_iter = build.iter_papers
-
-    def interrupted(*args, **kwargs):
-        for count, paper in enumerate(real_iter(*args, **kwargs)):
-            if count == 2:
-                raise KeyboardInterrupt
-            yield paper
-
-    monkeypatch.setattr(build, "iter_papers", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    interrupt_reading(monkeypatch, after=2)
+    with pytest.raises(RunStopped):
         build_corpus([papers], out, _options())
-    monkeypatch.setattr(build, "iter_papers", real_iter)
+    monkeypatch.undo()
     edited = papers / "a.tex"
     info = edited.stat()
     edited.write_text(_paper("Paper a", "The FIXED draft."))
@@ -217,7 +211,7 @@ def test_disk_full_names_the_file_and_keeps_nothing_half_written(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(table, where, **kwargs)
 
-    monkeypatch.setattr(build.pq, "write_table", full)
+    monkeypatch.setattr(merge.pq, "write_table", full)
     with pytest.raises(InputError) as caught:
         main(
             [str(papers), "--output-dir", str(out), "--num-proc", "1", "--no-progress", "--min-chars", "none"]

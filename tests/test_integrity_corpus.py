@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from structformer.dataset_scripts import build, latex, schema
+from structformer.dataset_scripts import datatrove_blocks, latex, schema, workers
 from structformer.dataset_scripts.archive import iter_papers
 from structformer.dataset_scripts.build import BuildOptions, build_corpus, main
+from structformer.dataset_scripts.parsers import LatexParser, make_parser, reject_reasons
 from structformer.dataset_scripts.schema import load_corpus  # the loader pretrain calls
-from structformer.errors import InputError
+from structformer.errors import InputError, RunStopped
 
 
 def _paper(title: str, body: str = "The method works on every input we tried.") -> str:
@@ -191,8 +192,10 @@ def test_a_build_without_records_writes_nothing_and_keeps_its_journal(
         InputError, match=r"no input became a record \(2 inputs; rejects: \{'too_short': 2\}\)"
     ):
         build_corpus([sources], out, _options(min_chars=10**6))
-    assert _tree(out) == {".build-corpus/manifest.json", ".build-corpus/journal.jsonl"}
-    monkeypatch.setattr(build, "_encode_task", lambda *args: pytest.fail("parsed again"))
+    tree = _tree(out)
+    assert {".build-corpus/manifest.json", ".build-corpus/journal/00000.jsonl"} <= tree
+    assert all(path.startswith(".build-corpus/") for path in tree)
+    monkeypatch.setattr(workers, "_encode_task", lambda *args: pytest.fail("parsed again"))
     assert build_corpus([sources], out, _options())["records"] == 2
 
 
@@ -249,7 +252,7 @@ def test_links_fifos_and_loops_are_named_rejects(odd_folder: Path, tmp_path: Pat
 
     report = build_corpus([odd_folder], tmp_path / "corpus", _options())
     assert report["records"] == 4 and report["reasons"] == {"unreadable": 3, "unsafe_archive": 1}
-    assert set(report["reasons"]) <= set(schema.REJECT_REASONS)
+    assert set(report["reasons"]) <= set(reject_reasons(make_parser("latex")))
     assert report["stats"]["records_with_skipped_archive_members"] == 1
 
 
@@ -264,27 +267,35 @@ def test_resume_parses_papers_edited_since_the_interruption(
         (sources / name).mkdir(parents=True)
         (sources / name / "main.tex").write_text(_paper(f"Paper {name}", "The first draft."))
     out = tmp_path / "corpus"
-    real_iter = build.iter_papers
+    real_iter = datatrove_blocks.iter_unit
+    read: list[str] = []
 
     def interrupted(*args, **kwargs):
-        for count, paper in enumerate(real_iter(*args, **kwargs)):
-            if count == 2:
+        for paper in real_iter(*args, **kwargs):
+            if len(read) == 2:
                 raise KeyboardInterrupt
+            read.append(paper.key)
             yield paper
 
-    monkeypatch.setattr(build, "iter_papers", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(datatrove_blocks, "iter_unit", interrupted)
+    with pytest.raises(RunStopped):
         build_corpus([sources], out, _options())
-    monkeypatch.setattr(build, "iter_papers", real_iter)
+    monkeypatch.undo()
     edited = sources / "a" / "main.tex"
     stat = edited.stat()
     edited.write_text(_paper("Paper a", "The second draft, longer than the first."))
     os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a coarse clock still moves on
-    sent: list[str] = []
-    real_encode = build._encode_task
-    monkeypatch.setattr(build, "_encode_task", lambda *a: sent.append(a[0]) or real_encode(*a))
+    sent = tmp_path / "sent"
+    real_encode = workers._encode_task
+
+    def logged(paper_id: str, files: dict[str, bytes]) -> bytes:
+        with sent.open("a") as handle:  # the parse runs in a child process: a file sees it
+            handle.write(paper_id + "\n")
+        return real_encode(paper_id, files)
+
+    monkeypatch.setattr(workers, "_encode_task", logged)
     build_corpus([sources], out, _options(validation_fraction=0.0, min_validation=0))
-    assert sorted(sent) == ["a", "c"]  # b is taken from the journal, a is parsed again
+    assert sorted(sent.read_text().split()) == ["a", "c"]  # b is taken from the journal, a is parsed again
     rows = pq.read_table(out / "data" / "arxiv_structured" / "train-00000-of-00001.parquet").to_pylist()
     assert [("second draft" in row["text"], row["id"]) for row in rows] == [
         (True, "a"),
@@ -298,18 +309,22 @@ def test_resume_parses_papers_edited_since_the_interruption(
 _KILLED_BUILD = """
 import os, sys, time
 from pathlib import Path
-from structformer.dataset_scripts import build, latex
+from structformer.dataset_scripts import build, latex, workers
 
 pids, source, out, mode = sys.argv[1:]
+real_parse = latex.parse_paper
 
-def stuck(files, options=None):
-    (Path(pids) / str(os.getpid())).touch()
-    time.sleep(120)
+def stuck_on_b(files, options=None):
+    if b"Paper b" in b"".join(files.values()):
+        (Path(pids) / str(os.getpid())).touch()
+        time.sleep(120)
+    return real_parse(files, options)
 
-latex.parse_paper = stuck
+latex.parse_paper = stuck_on_b
 if mode == "poll":
-    build._set_parent_death_signal = lambda: False
-build.build_corpus([source], out, build.BuildOptions(num_proc=2, progress=False, timeout=300))
+    workers._set_parent_death_signal = lambda: False
+options = build.BuildOptions(num_proc=2, progress=False, timeout=300, min_chars=None, tasks=2, workers=2)
+build.build_corpus([source], out, options)
 """
 
 
@@ -321,41 +336,82 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; reaping it is its new parent's business
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 @pytest.mark.parametrize("mode", ["prctl", "poll"])
-def test_workers_exit_when_the_build_is_killed(tmp_path: Path, mode: str) -> None:
+def test_a_killed_build_leaves_no_process_and_reruns_only_what_did_not_finish(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks at once; one finishes, the other is killed with the build while a paper hangs. The
+    runner, datatrove's manager and task processes and the parse workers all end with the build, the
+    output's lock goes with it, and the rerun runs only the unfinished task, parsing only the paper
+    it had not finished."""
     pids = tmp_path / "pids"
     pids.mkdir()
-    sources = _papers(tmp_path / "papers", ["a", "b"])
-    script = [
-        sys.executable,
-        "-c",
-        textwrap.dedent(_KILLED_BUILD),
-        str(pids),
-        str(sources),
-        str(tmp_path / "out"),
-        mode,
-    ]
+    sources = _papers(tmp_path / "papers", ["a", "b", "c", "d"])  # task 0: a, c; task 1: b, d
+    out = tmp_path / "out"
+    script = [sys.executable, "-c", textwrap.dedent(_KILLED_BUILD), str(pids), str(sources), str(out), mode]
     parent = subprocess.Popen(script)
-    workers: list[int] = []
+    below: set[int] = set()
+    work = out / ".build-corpus"
     try:
         deadline = time.monotonic() + 60
-        while len(workers) < 2 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            list(pids.iterdir())
+            and (work / "datatrove" / "completions" / "00000").is_file()
+            and '"id": "d"' in _read(work / "journal" / "00001.jsonl")
+        ):
             time.sleep(0.1)
-            workers = [int(p.name) for p in pids.iterdir()]
-        assert len(workers) == 2, "the workers never started parsing"
+        assert list(pids.iterdir()), "paper b never started parsing"
+        below = _descendants(parent.pid)
+        assert len(below) >= 5  # the runner, the manager, 2 task processes, the stuck parse worker...
         parent.kill()
         parent.wait()
-        deadline = time.monotonic() + 5
-        while any(map(_alive, workers)) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while any(map(_alive, below)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(map(_alive, workers)), f"orphaned workers {workers} outlived the build"
+        assert not [pid for pid in below if _alive(pid)], "processes outlived the build"
     finally:
         parent.kill()
-        for pid in workers:
+        for pid in below:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+    sent = tmp_path / "sent"
+    real_encode = workers._encode_task
+
+    def logged(paper_id: str, files: dict[str, bytes]) -> bytes:
+        with sent.open("a") as handle:
+            handle.write(paper_id + "\n")
+        return real_encode(paper_id, files)
+
+    monkeypatch.setattr(workers, "_encode_task", logged)
+    report = build_corpus([sources], out, _options(num_proc=2, timeout=300, tasks=2, workers=2))  # not locked
+    assert report["records"] == 4 and sent.read_text().split() == ["b"]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 # ----------------------------------------------------------------------------- 12. deep nesting
@@ -367,7 +423,7 @@ def test_brace_nesting_of_a_few_hundred_levels_keeps_the_paper(depth: int) -> No
     paper = latex.parse_paper({"main.tex": _paper("Nested", body).encode()})
     paragraphs = [p for section in paper.sections for p in section.paragraphs]
     assert paragraphs[0] == "Keep this paragraph." and paragraphs[-1] == "And this one too."
-    assert build.parse_one("x", {"main.tex": _paper("Nested", body).encode()}, latex.LatexOptions())["record"]
+    assert workers.parse_one("x", {"main.tex": _paper("Nested", body).encode()}, LatexParser())["record"]
 
 
 # ----------------------------------------------------------------------------- unwritable output

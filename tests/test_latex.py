@@ -6,8 +6,6 @@ import pytest
 
 from structformer.dataset_scripts.latex import (
     LatexOptions,
-    PaperError,
-    Section,
     build_sections,
     decode_bytes,
     expand_macros,
@@ -25,6 +23,7 @@ from structformer.dataset_scripts.latex_source import (
     remove_disabled_blocks,
     split_document,
 )
+from structformer.dataset_scripts.records import PaperError, Section
 
 
 def doc(body: str, preamble: str = "") -> bytes:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from structformer.dataset_scripts.latex import ParsedPaper, Section, parse_paper
-from structformer.dataset_scripts.records import linearize, to_plain, to_record
+from structformer.dataset_scripts.latex import parse_paper
+from structformer.dataset_scripts.records import ParsedPaper, Section, linearize, to_plain, to_record
 from structformer.dataset_scripts.schema import STRUCTURED_FIELDS
 
 

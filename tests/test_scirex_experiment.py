@@ -10,8 +10,8 @@ import pytest
 from test_finetune import PIECES, SPECIALS, scirex_doc_with_relations
 from transformers import BertTokenizer
 
-from structformer.errors import InputError
 from structformer.command_arguments import ExperimentArguments
+from structformer.errors import InputError
 from structformer.experiment import finetune_step
 from structformer.trainers import scirex_metric as sm
 from structformer.trainers.report import _scirex_section

@@ -195,8 +195,6 @@ class PretrainArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.global_attention_types is not None and list(self.global_attention_types) == ["none"]:
-            self.global_attention_types = []
         require(self.max_seq_length >= 8, f"--max-seq-length must be at least 8, got {self.max_seq_length}")
         require(
             0.0 <= self.validation_split < 1.0,
